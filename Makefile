@@ -1,0 +1,35 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh machine:
+# they create .venv, install the CPU stack in the order shared/ENVIRONMENT.md requires, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := libportaudio2 espeak-ng sox
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps test demo clean
+
+install: $(STAMP)
+
+# Debian packages: PortAudio for sounddevice, espeak-ng and sox for speech made in tests.
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+# torch first, alone, so the local CPU build is taken and no CUDA build is pulled in.
+$(STAMP): pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[cpu,dev]'
+	touch $@
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
