@@ -1,0 +1,256 @@
+"""Model configuration: the presets (``tiny``, ``sd15``) and the ``config.json`` of a model directory.
+
+A model directory holds ``config.json`` (a serialised :class:`ModelConfig`) and one safetensors
+file per component. A ``config.json`` may also name a preset and override some of its fields::
+
+    {"preset": "tiny", "unet": {"block_out_channels": [32, 64, 64]}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.models.audio import AudioConfig, ProjectionConfig
+
+SD15_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+SD15_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+
+@dataclass
+class UNetConfig:
+    """The 2D structure shared by the ReferenceNet and the backbone (diffusers' names and meanings).
+
+    ``num_attention_heads`` is the number of heads (SD1.5's ``attention_head_dim: 8`` is, in
+    diffusers, really a head count). ``cross_attention_dim`` is the width of the audio tokens
+    the backbone's ``attn2`` reads; ``cross_attention_scale`` multiplies that attention's output.
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    down_block_types: tuple[str, ...] = SD15_BLOCKS
+    up_block_types: tuple[str, ...] = SD15_UP_BLOCKS
+    layers_per_block: int = 2
+    num_attention_heads: int = 8
+    cross_attention_dim: int = 768
+    cross_attention_scale: float = 1.0
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    use_linear_projection: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0.0
+
+    @classmethod
+    def from_diffusers(cls, config: dict[str, Any]) -> "UNetConfig":
+        """Read a diffusers ``UNet2DConditionModel`` ``config.json`` (SD1.5 layout)."""
+        heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+        if not isinstance(heads, int):
+            raise ValueError(f"per-block head counts are not supported: {heads!r}")
+        return cls(
+            in_channels=config.get("in_channels", 4), out_channels=config.get("out_channels", 4),
+            block_out_channels=tuple(config["block_out_channels"]),
+            down_block_types=tuple(config["down_block_types"]), up_block_types=tuple(config["up_block_types"]),
+            layers_per_block=config.get("layers_per_block", 2), num_attention_heads=heads,
+            cross_attention_dim=config.get("cross_attention_dim", 768),
+            norm_num_groups=config.get("norm_num_groups", 32), norm_eps=config.get("norm_eps", 1e-5),
+            use_linear_projection=config.get("use_linear_projection", False),
+            flip_sin_to_cos=config.get("flip_sin_to_cos", True), freq_shift=config.get("freq_shift", 0))
+
+
+@dataclass
+class TemporalConfig:
+    """Motion modules: heads, the length of the position table, and where they sit.
+
+    ``resolutions`` are downsampling factors (1 = the first block's resolution, 8 = the last);
+    ``mid_block`` adds one in the mid block. AnimateDiff v2 / Hallo / EchoMimic: 8 heads,
+    32 positions, (1, 2, 4, 8), mid block on.
+    """
+
+    num_attention_heads: int = 8
+    max_frames: int = 32
+    resolutions: tuple[int, ...] = (1, 2, 4, 8)
+    mid_block: bool = True
+
+
+@dataclass
+class SpeedConfig:
+    """EMO's speed layers: head rotation speed per frame -> tokens for the temporal cross-attention.
+
+    A speed ``w`` (radians per second) is encoded against ``len(centers)`` buckets as
+    ``tanh((w - c_d) / r_d * 3)``, windowed over frames ``f-m .. f+m``, and mapped by an MLP to
+    ``tokens`` tokens of width ``dim``.
+    """
+
+    enabled: bool = True
+    centers: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    radii: tuple[float, ...] = (0.125, 0.125, 0.125, 0.125, 0.25, 0.25, 0.5, 1.0)
+    window: int = 2
+    hidden_dim: int = 256
+    tokens: int = 2
+    dim: int = 256
+
+
+@dataclass
+class FaceLocatorConfig:
+    """Conv encoder of the face-region mask (pixel resolution, ``conditioning_channels`` planes).
+
+    ``target``: ``"conv_in"`` adds its features after the backbone's ``conv_in`` (EchoMimic,
+    Hallo: output width = first block width); ``"latent"`` adds them to the noisy latent (EMO:
+    output width = latent channels).
+    """
+
+    conditioning_channels: int = 1
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 128)
+    target: str = "conv_in"
+
+
+@dataclass
+class ReferenceNetConfig:
+    """``cross_attention``: keep ``attn2`` (Hallo; SD1.5 loads as is) or drop it (EchoMimic)."""
+
+    cross_attention: bool = True
+    context_tokens: int = 1
+
+
+@dataclass
+class VAEConfig:
+    """A diffusers VAE: ``kind`` ``"kl"`` (AutoencoderKL) or ``"tiny"`` (AutoencoderTiny, TAESD).
+
+    ``config`` holds the diffusers constructor arguments; ``scaling_factor`` maps latents to the
+    diffusion model's scale (SD: 0.18215; TAESD: 1.0).
+    """
+
+    kind: str = "kl"
+    config: dict[str, Any] = field(default_factory=dict)
+    scaling_factor: float = 0.18215
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build the networks of one model, plus its generation defaults."""
+
+    name: str = "custom"
+    resolution: int = 512
+    latent_downscale: int = 8
+    fps: float = 25.0
+    clip_frames: int = 12
+    motion_frames: int = 4
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    face_locator: FaceLocatorConfig = field(default_factory=FaceLocatorConfig)
+    reference_net: ReferenceNetConfig = field(default_factory=ReferenceNetConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["audio"] = self.audio.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict; ``"preset": name`` starts from that preset and applies the rest on top."""
+        data = dict(data)
+        base = preset(data.pop("preset")).to_dict() if "preset" in data else {}
+        merged = _deep_merge(base, data)
+        unknown = set(merged) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in merged:
+                continue
+            value = merged[f.name]
+            if f.name == "audio":
+                value = AudioConfig.from_dict(value)
+            elif isinstance(value, dict) and f.name != "scheduler":
+                value = _dataclass_from_dict(_SECTIONS[f.name], value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+
+_SECTIONS = {"unet": UNetConfig, "temporal": TemporalConfig, "speed": SpeedConfig,
+             "face_locator": FaceLocatorConfig, "reference_net": ReferenceNetConfig, "vae": VAEConfig}
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) and k != "config" else v for k, v in data.items()})
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("config", "encoder"):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _sd15() -> ModelConfig:
+    return ModelConfig(
+        name="sd15", resolution=512, fps=25.0, clip_frames=12, motion_frames=4,
+        unet=UNetConfig(), temporal=TemporalConfig(), speed=SpeedConfig(),
+        face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(16, 32, 64, 128)),
+        reference_net=ReferenceNetConfig(cross_attention=True),
+        audio=AudioConfig(kind="wav2vec2", fps=25.0, window=2, projection=ProjectionConfig(32, 512, 768)),
+        vae=VAEConfig(kind="kl", scaling_factor=0.18215, config=dict(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+            layers_per_block=2, norm_num_groups=32, sample_size=512)),
+        scheduler=dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                       prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"))
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(
+        name="tiny", resolution=128, fps=25.0, clip_frames=8, motion_frames=4,
+        unet=UNetConfig(block_out_channels=(32, 64, 64),
+                        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                        layers_per_block=1, num_attention_heads=4, cross_attention_dim=64, norm_num_groups=8),
+        temporal=TemporalConfig(num_attention_heads=4, max_frames=24, resolutions=(1, 2, 4), mid_block=True),
+        speed=SpeedConfig(hidden_dim=32, tokens=2, dim=32),
+        face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(8, 16, 32, 32)),
+        reference_net=ReferenceNetConfig(cross_attention=False),
+        audio=AudioConfig(kind="wav2vec2", fps=25.0, window=2, projection=ProjectionConfig(4, 64, 64), encoder=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            conv_dim=[32] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+        vae=VAEConfig(kind="kl", scaling_factor=1.0, config=dict(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[16, 32, 32, 32],
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+            layers_per_block=1, norm_num_groups=8, sample_size=128)),
+        scheduler=dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                       prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"))
+
+
+PRESETS = {"tiny": _tiny, "sd15": _sd15}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset's config (a fresh copy)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()

@@ -1,0 +1,410 @@
+"""Audio encoders and the audio projection: 16 kHz mono PCM -> per-frame audio tokens.
+
+Two feature paths, each shaped like the system it imports from:
+
+* ``wav2vec2`` (Hallo): the conv feature extractor's 50 Hz output is linearly interpolated to the
+  video frame count ``ceil(seconds * fps)`` *before* the feature projection and the transformer, so the
+  transformer runs at the frame rate; every transformer layer output is kept -> ``[frames, layers, dim]``.
+  Each frame then sees frames ``f-m .. f+m`` (clamped at the ends) and :class:`AudioProjection` turns
+  that window into ``tokens`` vectors of ``output_dim`` for the backbone's audio cross-attention.
+* ``whisper`` (EchoMimic v1): log-mel in 30 s windows, the encoder's states after the conv +
+  positional embedding and after each block (the final layer norm is not used) at 50 Hz; video frame
+  ``i`` takes whisper steps ``c-2m .. c+2m+1`` around ``c = int(i * 50 / fps)`` (clamped) at every level,
+  flattened to ``(4m + 2) * levels`` tokens of the encoder width. No projection.
+
+The transformers modules are held so that state-dict keys match the released files: for wav2vec2 the
+``Wav2Vec2Model`` children sit at the top level (``feature_extractor.*``, ``feature_projection.*``,
+``encoder.*``, ``masked_spec_embed``) and the projection is ``audioproj.*`` (Hallo's ``net.pth`` prefix);
+for whisper the encoder is ``encoder.*`` (the keys of a transformers ``WhisperModel``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+SAMPLE_RATE = 16000
+"""Both encoders were trained on 16 kHz audio (samples per second)."""
+
+WHISPER_STEP_RATE = 50
+"""Whisper encoder steps per second: hop of 160 samples, then a stride-2 conv."""
+
+WHISPER_HOP = 160
+WHISPER_POSITIONS = 1500
+WHISPER_WINDOW_SAMPLES = WHISPER_POSITIONS * 2 * WHISPER_HOP
+"""Samples in one whisper window (30 s): the encoder only accepts exactly 3000 mel frames."""
+
+NORM_EPS = 1e-7
+"""Variance floor of Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation."""
+
+ENCODER_KINDS = ("wav2vec2", "whisper")
+
+
+@dataclass
+class ProjectionConfig:
+    """Sizes of :class:`AudioProjection` (wav2vec2 only). Defaults are Hallo's.
+
+    tokens: audio tokens per video frame; intermediate_dim: width of the two hidden layers;
+    output_dim: token width (the backbone's cross-attention dim).
+    """
+
+    tokens: int = 32
+    intermediate_dim: int = 512
+    output_dim: int = 768
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"projection.{f.name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class AudioConfig:
+    """Everything needed to build an :class:`AudioEncoder`; JSON round-trips via to_dict/from_dict.
+
+    kind: "wav2vec2" or "whisper".
+    encoder: keyword arguments of the transformers config (``Wav2Vec2Config`` / ``WhisperConfig``);
+        empty means that class's defaults (wav2vec2-base / whisper-tiny shapes).
+    fps: video frames per second.
+    window: m; frame f sees audio of frames f-m .. f+m (wav2vec2) or whisper steps c-2m .. c+2m+1.
+    layers: indices of the kept hidden states, ``None`` for all. wav2vec2: into the transformer layer
+        outputs (0 = first layer). whisper: into the levels (0 = after conv + positional embedding,
+        k = after block k).
+    normalize: wav2vec2 only; zero-mean unit-variance input as ``Wav2Vec2FeatureExtractor`` does.
+    projection: wav2vec2: :class:`ProjectionConfig` (``None`` means Hallo's sizes). whisper: must be
+        ``None`` (tokens go straight to the backbone).
+    sample_rate: PCM sample rate in Hz; both encoders need 16000.
+    """
+
+    kind: str = "wav2vec2"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    fps: float = 25
+    window: int = 2
+    layers: list[int] | None = None
+    normalize: bool = True
+    projection: ProjectionConfig | None = None
+    sample_rate: int = SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"audio encoder kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps!r}")
+        if not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"window must be a non-negative integer, got {self.window!r}")
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be {SAMPLE_RATE} (both encoders are 16 kHz models), "
+                             f"got {self.sample_rate}")
+        if self.layers is not None:
+            self.layers = list(self.layers)
+            if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+                raise ValueError(f"layers must be distinct non-negative indices or None, got {self.layers!r}")
+        if isinstance(self.projection, Mapping):
+            self.projection = ProjectionConfig(**self.projection)
+        if self.kind == "wav2vec2" and self.projection is None:
+            self.projection = ProjectionConfig()
+        if self.kind == "whisper" and self.projection is not None:
+            raise ValueError("whisper audio tokens go straight to the backbone: projection must be None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (the projection as a nested dict or None)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AudioConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown audio config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def frame_count(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Video frames covered by ``num_samples`` of audio: ``ceil(seconds * fps)``."""
+    return math.ceil(num_samples * fps / sample_rate)
+
+
+def frame_windows(features: Tensor, window: int) -> Tensor:
+    """Give each frame its neighbours: ``[frames, ...]`` -> ``[frames, 2*window+1, ...]``.
+
+    Entry ``[f, j]`` is ``features[clamp(f - window + j, 0, frames-1)]``, i.e. frames f-m .. f+m with
+    the first and last frame repeated past the ends.
+    """
+    frames = features.shape[0]
+    offsets = torch.arange(-window, window + 1, device=features.device)
+    index = (torch.arange(frames, device=features.device)[:, None] + offsets[None, :]).clamp(0, frames - 1)
+    return features[index]
+
+
+def whisper_frame_tokens(levels: Tensor, num_frames: int, fps: float, window: int = 2) -> Tensor:
+    """Gather EchoMimic's per-frame whisper tokens from 50 Hz level states.
+
+    levels: ``[steps, L, D]`` (step s covers audio time ``s/50 s``). Frame i has centre
+    ``c = int(i * 50 / fps)`` and takes steps ``c-2m .. c+2m+1`` (``4m+2`` steps, clamped to
+    ``0 .. steps-1``). Returns ``[num_frames, (4m+2)*L, D]`` with token ``L*j + l`` = level l of the
+    j-th of those steps.
+    """
+    steps, num_levels, dim = levels.shape
+    centres = torch.floor(torch.arange(num_frames, dtype=torch.float64, device=levels.device) * WHISPER_STEP_RATE / fps)
+    offsets = torch.arange(-2 * window, 2 * window + 2, device=levels.device)
+    index = (centres.long()[:, None] + offsets[None, :]).clamp(0, steps - 1)
+    return levels[index].reshape(num_frames, offsets.numel() * num_levels, dim)
+
+
+def _layer_output(output: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """Hidden state of an encoder layer call (transformers 4 returns a tuple, 5 a tensor)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class AudioProjection(nn.Module):
+    """Hallo's audio projection (parameter names ``proj1``, ``proj2``, ``proj3``, ``norm``).
+
+    Maps a frame's window of features ``[..., window_frames, layers, dim]`` to
+    ``[..., tokens, output_dim]``: flatten (window, layer, channel order), Linear -> ReLU -> Linear ->
+    ReLU -> Linear to ``tokens * output_dim``, reshape, LayerNorm over ``output_dim``.
+    """
+
+    def __init__(self, window_frames: int, layers: int, dim: int, intermediate_dim: int, tokens: int, output_dim: int):
+        super().__init__()
+        self.tokens = tokens
+        self.output_dim = output_dim
+        self.proj1 = nn.Linear(window_frames * layers * dim, intermediate_dim)
+        self.proj2 = nn.Linear(intermediate_dim, intermediate_dim)
+        self.proj3 = nn.Linear(intermediate_dim, tokens * output_dim)
+        self.norm = nn.LayerNorm(output_dim)
+
+    def forward(self, windows: Tensor) -> Tensor:
+        """``[..., window_frames, layers, dim]`` -> ``[..., tokens, output_dim]``."""
+        lead = windows.shape[:-3]
+        x = torch.relu(self.proj1(windows.flatten(-3)))
+        x = torch.relu(self.proj2(x))
+        x = self.proj3(x).reshape(*lead, self.tokens, self.output_dim)
+        return self.norm(x)
+
+
+class AudioEncoder(nn.Module):
+    """Audio encoder (+ projection for wav2vec2): 16 kHz mono PCM -> per-frame audio tokens.
+
+    Construction allocates through the current default device, so ``with torch.device("meta"):
+    AudioEncoder(config)`` builds a weightless copy (for counting parameters). The module is put in
+    eval mode (no dropout, no SpecAugment; the masking vector is kept only so checkpoints load).
+    """
+
+    def __init__(self, config: AudioConfig, pretrained: Wav2Vec2Model | WhisperEncoder | None = None):
+        """Build from ``config``; ``pretrained`` (used by :meth:`from_pretrained`) supplies loaded weights."""
+        super().__init__()
+        self.config = config
+        if config.kind == "wav2vec2":
+            model = pretrained if pretrained is not None else Wav2Vec2Model(Wav2Vec2Config(**config.encoder))
+            self.encoder_config = model.config
+            if self.encoder_config.add_adapter:
+                raise ValueError("wav2vec2 configs with add_adapter=True are not supported")
+            self.feature_extractor = model.feature_extractor
+            self.feature_projection = model.feature_projection
+            self.encoder = model.encoder
+            if hasattr(model, "masked_spec_embed"):
+                self.masked_spec_embed = model.masked_spec_embed
+            self.level_count = self.encoder_config.num_hidden_layers
+            self.level_index = self._check_layers(config.layers)
+            proj = config.projection
+            self.audioproj = AudioProjection(
+                2 * config.window + 1, len(self.level_index), self.encoder_config.hidden_size,
+                proj.intermediate_dim, proj.tokens, proj.output_dim,
+            )
+            self.min_samples = self._receptive_field()
+        else:
+            encoder = pretrained if pretrained is not None else WhisperEncoder(WhisperConfig(**config.encoder))
+            self.encoder_config = encoder.config
+            if self.encoder_config.max_source_positions != WHISPER_POSITIONS:
+                raise ValueError(
+                    f"whisper encoders take 30 s windows: max_source_positions must be {WHISPER_POSITIONS}"
+                )
+            self.encoder = encoder
+            self.level_count = self.encoder_config.encoder_layers + 1
+            self.level_index = self._check_layers(config.layers)
+            self.mel = WhisperFeatureExtractor(
+                feature_size=self.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=WHISPER_HOP,
+                chunk_length=WHISPER_WINDOW_SAMPLES // SAMPLE_RATE,
+            )
+            self.min_samples = 1
+        self.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, config: AudioConfig | None = None, dtype: torch.dtype = torch.float32
+    ) -> AudioEncoder:
+        """Load the encoder from a local transformers directory (offline, no download).
+
+        The directory's ``config.json`` decides the kind (``wav2vec2``: any Wav2Vec2 checkpoint, e.g.
+        ``Wav2Vec2ForCTC`` files with the ``wav2vec2.`` prefix; ``whisper``: a Whisper model, whose
+        decoder is dropped). ``config`` gives the other settings (its ``encoder`` dict is replaced by
+        the directory's); the wav2vec2 projection stays randomly initialised. Weights are cast to ``dtype``.
+        """
+        model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
+        if model_type not in ENCODER_KINDS:
+            raise ValueError(f"{os.fspath(path)} holds a {model_type!r} model; expected one of {ENCODER_KINDS}")
+        config = config if config is not None else AudioConfig(kind=model_type)
+        if config.kind != model_type:
+            raise ValueError(f"{os.fspath(path)} holds a {model_type} model but the config asks for {config.kind}")
+        if model_type == "wav2vec2":
+            pretrained = Wav2Vec2Model.from_pretrained(path, local_files_only=True)
+        else:
+            pretrained = WhisperModel.from_pretrained(path, local_files_only=True).get_encoder()
+        config = AudioConfig.from_dict({**config.to_dict(), "encoder": pretrained.config.to_diff_dict()})
+        return cls(config, pretrained).to(dtype)
+
+    @property
+    def output_tokens(self) -> int:
+        """Audio tokens per video frame that the backbone's cross-attention sees."""
+        if self.config.kind == "wav2vec2":
+            return self.config.projection.tokens
+        return (4 * self.config.window + 2) * len(self.level_index)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of each audio token (the backbone's audio cross-attention dim)."""
+        if self.config.kind == "wav2vec2":
+            return self.config.projection.output_dim
+        return self.encoder_config.d_model
+
+    def features(self, pcm: Tensor, num_frames: int | None = None, sample_rate: int | None = None) -> Tensor:
+        """Per-frame audio features of ``pcm`` (float mono samples at 16 kHz, shape ``[samples]``).
+
+        num_frames: output frames; ``None`` means ``ceil(seconds * fps)``. wav2vec2: a larger count
+        zero-pads the (normalised) audio by ``sample_rate // fps`` samples per extra frame, as Hallo
+        pads a clip; a smaller count is an error (it would compress time). whisper: frames past the
+        audio repeat its last step.
+        sample_rate: if given, checked against 16000.
+        Returns wav2vec2 ``[frames, layers, hidden]``; whisper ``[frames, output_tokens, d_model]``.
+        """
+        pcm = self._check_pcm(pcm, sample_rate)
+        natural = frame_count(pcm.numel(), self.config.fps)
+        frames = natural if num_frames is None else num_frames
+        if frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {frames}")
+        if self.config.kind == "wav2vec2":
+            if frames < natural:
+                raise ValueError(
+                    f"num_frames={frames} is fewer than the {natural} frames of the audio; trim the audio instead"
+                )
+            return self._wav2vec2_features(pcm, frames, frames - natural)
+        return self._whisper_tokens(pcm, frames)
+
+    def tokens(self, pcm: Tensor, num_frames: int | None = None, sample_rate: int | None = None) -> Tensor:
+        """Audio tokens per video frame, ``[frames, output_tokens, output_dim]``; arguments as :meth:`features`.
+
+        wav2vec2: features -> each frame's window of 2m+1 frames -> :class:`AudioProjection`.
+        whisper: the features are already the tokens.
+        """
+        feats = self.features(pcm, num_frames, sample_rate)
+        if self.config.kind == "wav2vec2":
+            return self.audioproj(frame_windows(feats, self.config.window))
+        return feats
+
+    def forward(self, pcm: Tensor, num_frames: int | None = None) -> Tensor:
+        """Same as :meth:`tokens`."""
+        return self.tokens(pcm, num_frames)
+
+    def _check_layers(self, layers: list[int] | None) -> list[int]:
+        if layers is None:
+            return list(range(self.level_count))
+        if max(layers) >= self.level_count:
+            raise ValueError(
+                f"layers {layers} out of range: the {self.config.kind} encoder has {self.level_count} hidden states"
+            )
+        return list(layers)
+
+    def _receptive_field(self) -> int:
+        """Fewest samples for which the wav2vec2 conv feature extractor yields one frame."""
+        samples = 1
+        for kernel, stride in reversed(list(zip(self.encoder_config.conv_kernel, self.encoder_config.conv_stride))):
+            samples = kernel + stride * (samples - 1)
+        return samples
+
+    def _check_pcm(self, pcm: Tensor, sample_rate: int | None) -> Tensor:
+        if sample_rate is not None and sample_rate != self.config.sample_rate:
+            raise ValueError(
+                f"audio is at {sample_rate} Hz; the audio encoder needs {self.config.sample_rate} Hz (resample first)"
+            )
+        pcm = torch.as_tensor(pcm)
+        if pcm.dim() != 1:
+            raise ValueError(f"audio must be mono PCM of shape [samples], got shape {list(pcm.shape)}")
+        if not pcm.is_floating_point():
+            raise ValueError(f"audio must be float PCM in [-1, 1], got {pcm.dtype} (scale integer PCM first)")
+        if pcm.numel() == 0:
+            raise ValueError("audio is empty")
+        if pcm.numel() < self.min_samples:
+            raise ValueError(
+                f"audio too short: {pcm.numel()} samples, "
+                f"the {self.config.kind} encoder needs at least {self.min_samples}"
+            )
+        if not torch.isfinite(pcm).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        return pcm
+
+    def _wav2vec2_features(self, pcm: Tensor, frames: int, pad_frames: int) -> Tensor:
+        """[samples] -> [frames, layers, hidden]; conv features resampled to ``frames`` before the transformer."""
+        weight = self.feature_projection.projection.weight
+        x = pcm.to(device=weight.device, dtype=torch.float64)
+        if self.config.normalize:
+            x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + NORM_EPS)
+        x = F.pad(x, (0, pad_frames * int(self.config.sample_rate // self.config.fps)))
+        conv = self.feature_extractor(x.to(weight.dtype)[None])
+        conv = F.interpolate(conv, size=frames, mode="linear", align_corners=True)
+        hidden, _ = self.feature_projection(conv.transpose(1, 2))
+        hidden = hidden + self.encoder.pos_conv_embed(hidden)
+        if not self.encoder_config.do_stable_layer_norm:
+            hidden = self.encoder.layer_norm(hidden)
+        outputs = []
+        for layer in self.encoder.layers:
+            hidden = _layer_output(layer(hidden, attention_mask=None))
+            outputs.append(hidden)
+        return torch.stack(outputs, dim=2)[0, :, self.level_index]
+
+    def whisper_levels(self, pcm: Tensor) -> Tensor:
+        """Whisper level states of ``pcm`` ([samples] at 16 kHz): ``[steps, levels, d_model]`` at 50 Hz.
+
+        Audio is cut into 30 s windows, each turned into 3000 log-mel frames by
+        ``WhisperFeatureExtractor`` (zero-padded) and encoded; levels are the states after conv +
+        positional embedding and after each block (no final layer norm), all of them, before the
+        ``layers`` selection. ``steps = ceil(samples / 320)``: only steps that hold audio are kept.
+        """
+        if self.config.kind != "whisper":
+            raise ValueError("whisper_levels needs a whisper audio encoder")
+        return self._whisper_levels(self._check_pcm(pcm, None))
+
+    def _whisper_levels(self, pcm: Tensor) -> Tensor:
+        """:meth:`whisper_levels` of already-checked PCM."""
+        weight = self.encoder.conv1.weight
+        windows = [w.detach().to("cpu", torch.float32).numpy() for w in pcm.split(WHISPER_WINDOW_SAMPLES)]
+        mel = self.mel(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        hidden = F.gelu(self.encoder.conv1(mel.to(device=weight.device, dtype=weight.dtype)))
+        hidden = F.gelu(self.encoder.conv2(hidden)).transpose(1, 2)
+        hidden = hidden + self.encoder.embed_positions.weight[: hidden.shape[1]]
+        levels = [hidden]
+        for layer in self.encoder.layers:
+            hidden = _layer_output(layer(hidden, None))
+            levels.append(hidden)
+        steps = math.ceil(pcm.numel() * WHISPER_STEP_RATE / SAMPLE_RATE)
+        return torch.stack(levels, dim=2).flatten(0, 1)[:steps]
+
+    def _whisper_tokens(self, pcm: Tensor, frames: int) -> Tensor:
+        """[samples] -> [frames, (4m+2)*levels, d_model] (EchoMimic's per-frame token layout)."""
+        levels = self._whisper_levels(pcm)[:, self.level_index]
+        return whisper_frame_tokens(levels, frames, self.config.fps, self.config.window)

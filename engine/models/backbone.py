@@ -1,0 +1,68 @@
+"""The backbone: a 3D UNet (SD1.5 2D layers + motion modules) with EMO's conditioning.
+
+Per transformer block: reference-attention (``attn1`` over the frame's tokens and the reference
+bank's tokens), audio-attention (``attn2`` to the frame's audio tokens), feed-forward. A motion
+module follows every layer at the configured resolutions, with motion-frame features prepended on
+the frame axis and speed tokens read by cross-attention. The face locator's features are added
+after ``conv_in`` or to the latent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import ModelConfig
+from engine.models.blocks import UNetContext
+from engine.models.unet import UNet
+
+
+class Backbone(UNet):
+    """Denoising network. Parameter names are diffusers' plus ``motion_modules`` (AnimateDiff v2)."""
+
+    def __init__(self, cfg: ModelConfig):
+        speed_dim = cfg.speed.dim if cfg.speed.enabled else None
+        super().__init__(cfg.unet, cfg.unet.cross_attention_dim, cfg.temporal, motion_modules=True,
+                         speed_dim=speed_dim, head=True)
+        self.face_target = cfg.face_locator.target
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor | None = None,
+                reference_bank: list[torch.Tensor] | None = None,
+                motion_features: list[torch.Tensor] | None = None,
+                face_features: torch.Tensor | None = None,
+                speed_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """One denoising step on a batch of clips.
+
+        Args:
+            sample: noisy latents ``[B, C, F, h, w]``.
+            timestep: ``[]`` or ``[B]`` (one per clip) or ``[B, F]`` (one per frame).
+            audio_tokens: ``[B, F, T, D]`` per-frame tokens for ``attn2``; None skips audio-attention.
+            reference_bank: per transformer block ``[B, L, C]`` (ReferenceNet tokens); None gives
+                plain self-attention (the unconditional branch).
+            motion_features: per motion-module location ``[B, n, C, h, w]`` (ReferenceNet features of
+                the previous clip's last n frames); None runs the temporal modules on the clip alone.
+            face_features: face-locator output ``[B, F or 1, C', h, w]`` (``C'`` = first block width for
+                target ``conv_in``, latent channels for target ``latent``).
+            speed_tokens: ``[B, F, S, D_s]``; motion frames reuse the first frame's tokens.
+        Returns:
+            model output (eps or v) ``[B, C_out, F, h, w]``.
+        """
+        b, c, frames, h, w = sample.shape
+        x = sample.permute(0, 2, 1, 3, 4).reshape(b * frames, c, h, w)
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.reshape(-1, 1).expand(b, frames) if t.dim() < 2 else t
+        if t.shape != (b, frames):
+            raise ValueError(f"timestep shape {tuple(t.shape)} does not fit {b} clips of {frames} frames")
+        face = None
+        if face_features is not None:
+            face = face_features.expand(b, frames, *face_features.shape[2:]).reshape(b * frames, -1, h, w)
+            if self.face_target == "latent":
+                x, face = x + face.to(x.dtype), None
+        if speed_tokens is not None and motion_features is not None:
+            n = motion_features[0].shape[1]
+            speed_tokens = torch.cat([speed_tokens[:, :1].expand(-1, n, -1, -1), speed_tokens], dim=1)
+        ctx = UNetContext(
+            temb=self.time_embed(t.reshape(-1)), num_frames=frames,
+            audio_tokens=audio_tokens.flatten(0, 1) if audio_tokens is not None else None,
+            reference_bank=reference_bank, motion_features=motion_features, speed_tokens=speed_tokens)
+        out = self.head(self.run_blocks(x, ctx, residual_in=face))
+        return out.view(b, frames, -1, h, w).permute(0, 2, 1, 3, 4)
