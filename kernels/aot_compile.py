@@ -1,0 +1,162 @@
+"""Compile the kernels for NVIDIA GPUs ahead of time, on a machine without one.
+
+Triton's interpreter (how the kernels are tested on a CPU) accepts code that no NVIDIA GPU compiles,
+``tl.dot`` tiles under 16 for one. Compiling each kernel's launch configurations to a cubin with the
+``ptxas`` bundled in the triton wheel catches that anywhere, and ``cuobjdump`` (bundled too) reports
+the registers and local-memory spills of each, which bound occupancy.
+
+    python -m kernels.aot_compile [--arch 80 90] [--json]
+
+Must run without ``TRITON_INTERPRET=1``: Triton decorates its own library functions for the interpreter
+when that is set at import, and those cannot be compiled afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from kernels import group_norm, temporal_attention
+from kernels.dispatch import check_triton_mode, interpreter_enabled
+
+DEFAULT_ARCHS = (80, 90)
+
+
+@dataclass
+class KernelCase:
+    """One launch configuration of a kernel: pointer element type, fp32 scalars, constexprs, warps."""
+
+    name: str
+    fn: Callable
+    pointer_type: str
+    float_args: frozenset[str]
+    constexprs: dict
+    num_warps: int
+
+
+@dataclass
+class CompileResult:
+    """Outcome of compiling one case for one architecture; registers and spills when cuobjdump ran."""
+
+    name: str
+    arch: int
+    config: dict
+    ok: bool
+    registers: int | None = None
+    local_bytes: int | None = None
+    error: str | None = None
+
+
+def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelCase:
+    """The temporal-attention launch the wrapper makes for these frames, head dim and element type."""
+    block_f, block_d, num_warps = temporal_attention.attention_config(num_frames, head_dim)
+    precision = "ieee" if pointer_type == "*fp32" else "tf32"
+    return KernelCase(
+        name=f"temporal_attention f={num_frames} d={head_dim} {pointer_type[1:]}",
+        fn=temporal_attention._temporal_attention_kernel,
+        pointer_type=pointer_type,
+        float_args=frozenset({"qk_scale"}),
+        constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=precision),
+        num_warps=num_warps,
+    )
+
+
+def group_norm_case(group_size: int, pointer_type: str, affine: bool, silu: bool) -> KernelCase:
+    """The GroupNorm launch the wrapper makes for this group size, element type, affine and SiLU."""
+    block, num_warps = group_norm.group_norm_config(group_size)
+    return KernelCase(
+        name=f"group_norm group={group_size} {pointer_type[1:]}{' silu' if silu else ''}",
+        fn=group_norm._group_norm_kernel,
+        pointer_type=pointer_type,
+        float_args=frozenset({"eps"}),
+        constexprs=dict(HAS_WEIGHT=affine, HAS_BIAS=affine, APPLY_SILU=silu, BLOCK=block),
+        num_warps=num_warps,
+    )
+
+
+def default_cases() -> list[KernelCase]:
+    """Configurations that SD1.5-sized motion modules and resnets launch (every block size they reach)."""
+    return [
+        attention_case(16, 40, "*fp16"),
+        attention_case(18, 80, "*bf16"),
+        attention_case(48, 160, "*fp16"),
+        attention_case(100, 40, "*fp16"),
+        attention_case(28, 160, "*fp32"),
+        group_norm_case(10 * 64 * 64, "*fp16", affine=True, silu=True),
+        group_norm_case(40 * 8 * 8, "*bf16", affine=True, silu=False),
+        group_norm_case(30, "*fp32", affine=False, silu=True),
+    ]
+
+
+def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        report = subprocess.run([tool, "--dump-resource-usage", handle.name], capture_output=True, text=True).stdout
+    registers, local = re.search(r"REG:(\d+)", report), re.search(r"LOCAL:(\d+)", report)
+    return (int(registers.group(1)) if registers else None, int(local.group(1)) if local else None)
+
+
+def compile_case(case: KernelCase, arch: int) -> CompileResult:
+    """Compile ``case`` for ``sm_<arch>`` down to a cubin; the error's first line when it fails."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    check_triton_mode(interpret=False)
+    kernel = JITFunction(case.fn)
+    signature = {}
+    for name in kernel.arg_names:
+        if name in case.constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = case.pointer_type
+        else:
+            signature[name] = "fp32" if name in case.float_args else "i32"
+    config = dict(case.constexprs, num_warps=case.num_warps)
+    try:
+        compiled = triton.compile(
+            ASTSource(kernel, signature, case.constexprs),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=case.num_warps),
+        )
+    except Exception as exc:  # noqa: BLE001 - any compiler failure is the result being reported
+        message = " ".join(str(exc).split())
+        return CompileResult(case.name, arch, config, ok=False, error=f"{type(exc).__name__}: {message}")
+    registers, local = _resource_usage(compiled.asm["cubin"])
+    return CompileResult(case.name, arch, config, ok=True, registers=registers, local_bytes=local)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compile the Triton kernels for NVIDIA GPUs without a GPU.")
+    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), help="SM versions (default 80 90)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    args = parser.parse_args(argv)
+    if interpreter_enabled():
+        print("aot_compile: unset TRITON_INTERPRET; compiling needs Triton's compiler, not its interpreter", file=sys.stderr)
+        return 2
+    results = [compile_case(case, arch) for arch in args.arch for case in default_cases()]
+    if args.json:
+        print(json.dumps([asdict(r) for r in results]))
+    else:
+        for r in results:
+            usage = f"{r.registers} registers, {r.local_bytes} B local" if r.ok else r.error
+            print(f"sm_{r.arch}  {'ok  ' if r.ok else 'FAIL'}  {r.name}  {usage}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""EMOTE_KERNELS: which backend runs, the forced-triton error, the log line, and the wrappers' routing."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kernels import dispatch
+from kernels import group_norm as gn
+from kernels import temporal_attention as ta
+
+
+@pytest.fixture(autouse=True)
+def fresh_choice():
+    dispatch.reset_backend()
+    yield
+    dispatch.reset_backend()
+
+
+def set_machine(monkeypatch, mode: str | None, cuda: bool, interpret: bool, triton_error: str | None = None) -> None:
+    if mode is None:
+        monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(dispatch.ENV_VAR, mode)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
+    monkeypatch.setattr(dispatch, "triton_import_error", lambda: triton_error)
+
+
+@pytest.mark.parametrize(
+    "mode, cuda, interpret, triton_error, expected",
+    [
+        (None, False, False, None, "torch"),
+        ("auto", False, True, None, "torch"),
+        ("auto", True, False, None, "triton"),
+        (" AUTO ", True, False, "No module named 'triton'", "torch"),
+        ("torch", True, False, None, "torch"),
+        ("triton", True, False, None, "triton"),
+        ("triton", False, True, None, "triton"),
+    ],
+)
+def test_mode_resolves_to_backend(monkeypatch, mode, cuda, interpret, triton_error, expected):
+    set_machine(monkeypatch, mode, cuda, interpret, triton_error)
+    assert dispatch.active_backend() == expected
+
+
+def test_forced_triton_without_cuda_or_interpreter_is_a_clear_error(monkeypatch):
+    set_machine(monkeypatch, "triton", cuda=False, interpret=False)
+    with pytest.raises(RuntimeError, match="needs a CUDA device.*TRITON_INTERPRET=1"):
+        dispatch.active_backend()
+
+
+def test_forced_triton_without_the_package_is_a_clear_error(monkeypatch):
+    set_machine(monkeypatch, "triton", cuda=True, interpret=False, triton_error="No module named 'triton'")
+    with pytest.raises(RuntimeError, match="triton does not import"):
+        dispatch.active_backend()
+
+
+def test_unknown_mode_is_rejected(monkeypatch):
+    set_machine(monkeypatch, "cuda", cuda=True, interpret=False)
+    with pytest.raises(ValueError, match="EMOTE_KERNELS='cuda' is not one of auto, triton, torch"):
+        dispatch.active_backend()
+
+
+def test_choice_is_logged_once_and_cached(monkeypatch, caplog):
+    set_machine(monkeypatch, "torch", cuda=False, interpret=False)
+    with caplog.at_level(logging.INFO, logger="emote.kernels"):
+        assert dispatch.active_backend() == "torch"
+        monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+        assert dispatch.active_backend() == "torch"
+    records = [r for r in caplog.records if r.name == "emote.kernels"]
+    assert len(records) == 1 and "torch" in records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "mode, interpret, on_cuda, expected",
+    [("torch", True, False, False), ("triton", True, False, True), ("triton", False, True, True), ("auto", False, False, False)],
+)
+def test_use_triton_depends_on_backend_and_tensor_device(monkeypatch, mode, interpret, on_cuda, expected):
+    set_machine(monkeypatch, mode, cuda=True, interpret=interpret)
+    tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda")) if on_cuda else torch.empty(0)
+    assert dispatch.use_triton(tensor) is expected
+
+
+@pytest.mark.parametrize("mode, expected", [("torch", "reference"), ("triton", "triton")])
+def test_wrappers_route_by_backend(monkeypatch, mode, expected):
+    set_machine(monkeypatch, mode, cuda=False, interpret=True)
+    calls = []
+    for module, name in ((ta, "temporal_attention"), (gn, "group_norm")):
+        for impl in ("reference", "triton"):
+            monkeypatch.setattr(module, f"{name}_{impl}", lambda *args, _n=f"{name}_{impl}", **kw: calls.append(_n))
+    x = torch.zeros(4, 6, 32)
+    ta.temporal_attention(x, x, x, 2, 2)
+    gn.group_norm(x, 8)
+    assert calls == [f"temporal_attention_{expected}", f"group_norm_{expected}"]
+
+
+def test_triton_jit_follows_the_mode_triton_was_imported_in(monkeypatch):
+    """Same mode as at triton's import: one cached kernel object; the other mode: a clear error."""
+    pytest.importorskip("triton")
+    from triton.language import standard
+
+    imported_interpreted = type(standard.max).__name__ == "InterpretedFunction"
+
+    def kernel(x_ptr):
+        pass
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if imported_interpreted else "0")
+    made = dispatch.triton_jit(kernel)
+    assert dispatch.triton_jit(kernel) is made
+    assert type(made).__name__ == ("InterpretedFunction" if imported_interpreted else "JITFunction")
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if imported_interpreted else "1")
+    with pytest.raises(RuntimeError, match="when triton was first imported"):
+        dispatch.triton_jit(kernel)
