@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.models.audio import AudioConfig, ProjectionConfig
+from engine.sampling.schedules import NoiseSchedule
 
 SD15_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD15_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -131,7 +132,12 @@ class VAEConfig:
 
 @dataclass
 class ModelConfig:
-    """Everything needed to build the networks of one model, plus its generation defaults."""
+    """Everything needed to build the networks of one model, plus its generation defaults.
+
+    ``motion_init``: what stands for the motion frames before any frame exists (the first clip):
+    ``"zeros"`` (EMO) or ``"reference"`` (the reference image's own ReferenceNet features).
+    ``scheduler``: the training noise schedule (:class:`NoiseSchedule` fields).
+    """
 
     name: str = "custom"
     resolution: int = 512
@@ -139,6 +145,7 @@ class ModelConfig:
     fps: float = 25.0
     clip_frames: int = 12
     motion_frames: int = 4
+    motion_init: str = "zeros"
     unet: UNetConfig = field(default_factory=UNetConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
@@ -219,8 +226,7 @@ def _sd15() -> ModelConfig:
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
             layers_per_block=2, norm_num_groups=32, sample_size=512)),
-        scheduler=dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
-                       prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"))
+        scheduler=NoiseSchedule.hallo().to_dict())
 
 
 def _tiny() -> ModelConfig:
@@ -242,8 +248,7 @@ def _tiny() -> ModelConfig:
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[16, 32, 32, 32],
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
             layers_per_block=1, norm_num_groups=8, sample_size=128)),
-        scheduler=dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
-                       prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"))
+        scheduler=NoiseSchedule.hallo().to_dict())
 
 
 PRESETS = {"tiny": _tiny, "sd15": _sd15}

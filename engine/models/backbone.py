@@ -29,7 +29,8 @@ class Backbone(UNet):
                 reference_bank: list[torch.Tensor] | None = None,
                 motion_features: list[torch.Tensor] | None = None,
                 face_features: torch.Tensor | None = None,
-                speed_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                speed_tokens: torch.Tensor | None = None,
+                reference_keep: torch.Tensor | None = None) -> torch.Tensor:
         """One denoising step on a batch of clips.
 
         Args:
@@ -43,6 +44,7 @@ class Backbone(UNet):
             face_features: face-locator output ``[B, F or 1, C', h, w]`` (``C'`` = first block width for
                 target ``conv_in``, latent channels for target ``latent``).
             speed_tokens: ``[B, F, S, D_s]``; motion frames reuse the first frame's tokens.
+            reference_keep: ``[B]`` bool; False drops the reference bank for that clip (guidance).
         Returns:
             model output (eps or v) ``[B, C_out, F, h, w]``.
         """
@@ -63,6 +65,6 @@ class Backbone(UNet):
         ctx = UNetContext(
             temb=self.time_embed(t.reshape(-1)), num_frames=frames,
             audio_tokens=audio_tokens.flatten(0, 1) if audio_tokens is not None else None,
-            reference_bank=reference_bank, motion_features=motion_features, speed_tokens=speed_tokens)
+            reference_bank=reference_bank, reference_keep=reference_keep, motion_features=motion_features, speed_tokens=speed_tokens)
         out = self.head(self.run_blocks(x, ctx, residual_in=face))
         return out.view(b, frames, -1, h, w).permute(0, 2, 1, 3, 4)

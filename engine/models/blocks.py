@@ -56,6 +56,8 @@ class UNetContext:
         audio_tokens: ``[B*F, T, D]`` tokens for the cross-attention (``attn2``), or None.
         reference_bank: per transformer block, ``[B, L, C]`` reference tokens appended to the
             self-attention keys/values; None means plain self-attention.
+        reference_keep: ``[B]`` bool; samples marked False ignore the reference tokens (plain
+            self-attention), so guidance branches with and without the reference share one batch.
         motion_features: per motion-module location, ``[B, n, C, h, w]`` features of the motion
             frames, prepended on the frame axis inside the motion module; None means no motion frames.
         speed_tokens: ``[B, n+F, S, D_s]`` speed tokens for the temporal modules' cross-attention.
@@ -66,6 +68,7 @@ class UNetContext:
     num_frames: int = 1
     audio_tokens: torch.Tensor | None = None
     reference_bank: list[torch.Tensor] | None = None
+    reference_keep: torch.Tensor | None = None
     motion_features: list[torch.Tensor] | None = None
     speed_tokens: torch.Tensor | None = None
     bank_out: list[torch.Tensor] | None = None
@@ -79,7 +82,7 @@ class Attention(nn.Module):
     values from ``context`` ``[N, S, context_dim]`` when given (cross-attention), else from ``x``.
     ``reference`` ``[B, R, query_dim]`` (with ``N = B * frames``) appends R reference tokens to the
     keys/values of every frame of its sample; their projections are computed once per sample,
-    not once per frame.
+    not once per frame. ``reference_keep`` ``[B]`` bool masks them out for the samples marked False.
     """
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
@@ -96,14 +99,20 @@ class Attention(nn.Module):
         return t.view(n, length, self.heads, inner // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                reference: torch.Tensor | None = None) -> torch.Tensor:
+                reference: torch.Tensor | None = None, reference_keep: torch.Tensor | None = None) -> torch.Tensor:
         source = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(source), self.to_v(source)
+        mask = None
         if reference is not None:
             frames = x.shape[0] // reference.shape[0]
             k = torch.cat([k, self.to_k(reference).repeat_interleave(frames, dim=0)], dim=1)
             v = torch.cat([v, self.to_v(reference).repeat_interleave(frames, dim=0)], dim=1)
-        out = F.scaled_dot_product_attention(self._split_heads(q), self._split_heads(k), self._split_heads(v))
+            if reference_keep is not None:
+                own = torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+                ref = reference_keep.to(x.device).repeat_interleave(frames)[:, None].expand(-1, reference.shape[1])
+                mask = torch.cat([own, ref], dim=1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(self._split_heads(q), self._split_heads(k), self._split_heads(v),
+                                             attn_mask=mask)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out[0](out)
 
@@ -160,7 +169,7 @@ class BasicTransformerBlock(nn.Module):
         if ctx.bank_out is not None:
             ctx.bank_out.append(normed)
         reference = ctx.reference_bank[self.bank_index] if ctx.reference_bank is not None else None
-        x = self.attn1(normed, reference=reference) + x
+        x = self.attn1(normed, reference=reference, reference_keep=ctx.reference_keep) + x
         if hasattr(self, "attn2") and ctx.audio_tokens is not None:
             x = self.attn2(self.norm2(x), context=ctx.audio_tokens) * self.cross_attention_scale + x
         return self.ff(self.norm3(x)) + x

@@ -99,3 +99,13 @@ def test_face_locator_and_temporal_outputs_start_at_zero():
 def test_timestep_shape_mismatch_is_a_clear_error(model, inputs):
     with pytest.raises(ValueError, match="timestep shape"):
         _run(model, inputs, torch.zeros(B, F + 1))
+
+
+def test_reference_keep_false_equals_no_reference_bank(model, inputs):
+    """One batch with the bank masked out for clip 1 equals plain self-attention for that clip."""
+    t = torch.tensor([500, 20])
+    masked = _run(model, inputs, t, reference_keep=torch.tensor([True, False]))
+    with_bank = _run(model, inputs, t)
+    without_bank = _run(model, inputs, t, reference_bank=None)
+    torch.testing.assert_close(masked[0], with_bank[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(masked[1], without_bank[1], rtol=0, atol=1e-5)
