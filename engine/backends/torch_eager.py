@@ -1,0 +1,59 @@
+"""PyTorch eager backend: the model's own modules, under ``torch.inference_mode``."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.backends.base import Backend
+from engine.models.model import EmoteModel
+from engine.models.reference_net import ReferenceBank
+
+
+class TorchEagerBackend(Backend):
+    """Runs :class:`EmoteModel` as it is, in ``dtype`` on ``device``.
+
+    The audio encoder and the speed encoder always run in float32 (they are cheap, and wav2vec2's
+    normalisation and whisper's log-mel need the range).
+    """
+
+    name = "torch"
+
+    def __init__(self, model: EmoteModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        self.model = model.to(self.device).eval()
+        for name in ("reference_net", "backbone", "face_locator", "vae"):
+            getattr(self.model, name).to(dtype)
+
+    @torch.inference_mode()
+    def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return self.model.audio_encoder.tokens(pcm.float().to(self.device), num_frames).to(self.dtype)
+
+    @torch.inference_mode()
+    def reference(self, latents: torch.Tensor) -> ReferenceBank:
+        return self.model.reference_net(latents.to(self.dtype))
+
+    @torch.inference_mode()
+    def backbone(self, sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
+                 speed_tokens, reference_keep) -> torch.Tensor:
+        return self.model.backbone(sample.to(self.dtype), timestep, audio_tokens=audio_tokens,
+                                   reference_bank=reference_bank, motion_features=motion_features,
+                                   face_features=face_features, speed_tokens=speed_tokens,
+                                   reference_keep=reference_keep)
+
+    @torch.inference_mode()
+    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.model.face_locator(mask.to(self.dtype))
+
+    @torch.inference_mode()
+    def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
+        if not hasattr(self.model, "speed_encoder"):
+            return None
+        return self.model.speed_encoder(speed.to(self.device)).to(self.dtype)
+
+    @torch.inference_mode()
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.vae.encode(images.to(self.dtype))
+
+    @torch.inference_mode()
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.vae.decode(latents.to(self.dtype))

@@ -1,0 +1,73 @@
+"""Denoise one clip: the sampler loop with guidance branches batched into one backbone call per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.backends.base import Backend
+from engine.sampling.guidance import GuidanceScales, branches_needed, combine, split_batched
+from engine.sampling.samplers import Sampler, sample
+
+
+@dataclass
+class ClipConditions:
+    """Everything the backbone reads for one clip besides the noisy latents (batch 1).
+
+    Attributes:
+        audio_tokens: ``[1, F, T, D]``.
+        reference_bank: per transformer block ``[1, L, C]``.
+        motion_features: per motion-module location ``[1, n, C, h, w]``.
+        face_features: ``[1, 1, C', h, w]`` (the same mask for every frame).
+        speed_tokens: ``[1, F, S, D_s]`` or None.
+    """
+
+    audio_tokens: torch.Tensor
+    reference_bank: list[torch.Tensor]
+    motion_features: list[torch.Tensor]
+    face_features: torch.Tensor
+    speed_tokens: torch.Tensor | None
+
+
+class ClipDenoiser:
+    """Runs ``steps`` sampler steps on a clip with classifier-free guidance over reference and audio.
+
+    The branches guidance needs (:func:`branches_needed`: one when both scales are 1) are stacked in
+    the batch of a single backbone call per step: branches without audio get zero audio tokens
+    (as Hallo and EchoMimic), branches without the reference get ``reference_keep = False``.
+    """
+
+    def __init__(self, backend: Backend, sampler: Sampler, steps: int, guidance: GuidanceScales):
+        self.backend, self.sampler, self.steps, self.guidance = backend, sampler, steps, guidance
+        self.branches = branches_needed(guidance)
+
+    def _batched(self, cond: ClipConditions) -> dict:
+        n = len(self.branches)
+        keep_audio = torch.tensor([b.uses_audio for b in self.branches], device=cond.audio_tokens.device)
+        audio = cond.audio_tokens.expand(n, *cond.audio_tokens.shape[1:]) * keep_audio.view(n, 1, 1, 1).to(
+            cond.audio_tokens.dtype)
+
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(n, *t.shape[1:])
+
+        return dict(
+            audio_tokens=audio,
+            reference_bank=[rep(t) for t in cond.reference_bank],
+            motion_features=[rep(t) for t in cond.motion_features],
+            face_features=rep(cond.face_features),
+            speed_tokens=rep(cond.speed_tokens) if cond.speed_tokens is not None else None,
+            reference_keep=torch.tensor([b.uses_reference for b in self.branches], device=audio.device),
+        )
+
+    def __call__(self, noise: torch.Tensor, cond: ClipConditions, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        """``noise`` ``[1, C, F, h, w]`` (unit Gaussian) -> clean latents of the same shape."""
+        batched = self._batched(cond)
+        n = len(self.branches)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = self.backend.backbone(x.expand(n, *x.shape[1:]), t.expand(n, *t.shape[1:]), **batched)
+            return combine(split_batched(out.to(x.dtype), self.branches), self.guidance)
+
+        return sample(model_fn, self.sampler, noise, self.steps, generator=generator, per_frame=True)

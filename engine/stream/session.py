@@ -1,0 +1,183 @@
+"""A generation session: push audio in (any block size), pull frames out, clip by clip.
+
+This is the one generation path. ``emote generate`` pushes a whole file and ends the stream; a
+live source pushes blocks as they arrive. Everything a frame depends on (clip cut, audio window,
+noise, motion frames) is a function of the audio and the options alone, so both give the same frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.backends.base import Backend
+from engine.config import ModelConfig
+from engine.sampling.clip_denoiser import ClipConditions, ClipDenoiser
+from engine.sampling.guidance import GuidanceScales
+from engine.sampling.samplers import make_sampler
+from engine.sampling.schedules import NoiseSchedule
+from engine.stream.audio_features import StreamingAudioFeatures
+from engine.stream.chunk_planner import ChunkPlanner, Clip
+
+
+@dataclass
+class GenerationOptions:
+    """What the user chooses per run (the model's config supplies the rest).
+
+    Attributes:
+        steps: sampler steps per clip (1-50).
+        sampler: "ddim", "lcm" or "euler".
+        cfg_audio, cfg_ref: guidance scales (1 = off; both 1 -> one backbone batch per step).
+        seed: noise seed; with the same inputs the same seed gives the same frames.
+        head_speed: constant head rotation speed in rad/s for the speed layers.
+        clip_frames / first_clip_frames: clip sizes (None: the model's ``clip_frames``; first = clip).
+        audio_context_s: left audio context of each clip's audio-encoder window, seconds.
+    """
+
+    steps: int = 4
+    sampler: str = "ddim"
+    cfg_audio: float = 1.0
+    cfg_ref: float = 1.0
+    seed: int = 0
+    head_speed: float = 0.0
+    clip_frames: int | None = None
+    first_clip_frames: int | None = None
+    audio_context_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 50:
+            raise ValueError(f"steps must be between 1 and 50, got {self.steps}")
+        if self.audio_context_s < 0:
+            raise ValueError(f"audio_context_s must be >= 0, got {self.audio_context_s}")
+
+
+@dataclass
+class Frame:
+    """One output frame: ``index`` from 0, presentation time ``pts`` in seconds, RGB ``image`` uint8 [H, W, 3]."""
+
+    index: int
+    pts: float
+    image: np.ndarray
+
+
+def to_image_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> ``[1, 3, H, W]`` in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return t.to(device=device, dtype=dtype)
+
+
+def to_uint8_frames(images: torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` in [-1, 1] -> uint8 ``[N, H, W, 3]``."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def clip_seed(seed: int, start_frame: int) -> int:
+    """The noise seed of the clip starting at ``start_frame``: fixed by (seed, frame), not by arrival."""
+    return int(np.random.SeedSequence([seed, start_frame]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Session:
+    """One portrait, a stream of audio, frames out.
+
+    The reference bank, face-locator features and speed tokens are computed once, at construction;
+    :meth:`reset` starts a new utterance without recomputing them.
+    """
+
+    def __init__(self, backend: Backend, config: ModelConfig, image: np.ndarray, face_mask: np.ndarray,
+                 options: GenerationOptions):
+        self.backend, self.config, self.options = backend, config, options
+        size = image.shape[0]
+        multiple = config.latent_downscale * 2 ** (len(config.unet.block_out_channels) - 1)
+        if image.shape[:2] != (size, size) or size % multiple:
+            raise ValueError(f"portrait must be square with a side that is a multiple of {multiple}, "
+                             f"got {image.shape[1]}x{image.shape[0]}")
+        self.size = size
+        self.fps = config.fps
+        self.motion_frames = config.motion_frames
+        clip = options.clip_frames or config.clip_frames
+        window = config.audio.window
+        self.planner = ChunkPlanner(clip, options.first_clip_frames, lookahead=window)
+        self.audio = StreamingAudioFeatures(backend, config.fps, lookahead=window,
+                                            left_context=round(options.audio_context_s * config.fps))
+        schedule = NoiseSchedule.from_dict(config.scheduler)
+        self.denoiser = ClipDenoiser(backend, make_sampler(options.sampler, schedule), options.steps,
+                                     GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio))
+        device, dtype = backend.device, backend.dtype
+        self.reference_latent = backend.vae_encode(to_image_tensor(image, device, dtype))
+        bank = backend.reference(self.reference_latent)
+        self.reference_tokens = bank.tokens
+        self.reference_features = bank.features
+        mask = torch.from_numpy(np.ascontiguousarray(face_mask, dtype=np.float32))[None, None]
+        self.face = backend.face_features(mask.to(device=device, dtype=dtype))[:, None]
+        self._speed_cache: dict[int, torch.Tensor | None] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new utterance: audio, clip cut and motion frames start over; the reference stays."""
+        self.audio.reset()
+        self.planner.reset()
+        init = self.config.motion_init
+        if init not in ("zeros", "reference"):
+            raise ValueError(f"motion_init must be 'zeros' or 'reference', not {init!r}")
+        n = self.motion_frames
+        self._motion = [f.expand(n, *f.shape[1:]) if init == "reference" else torch.zeros_like(f).expand(n, *f.shape[1:])
+                        for f in self.reference_features]
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Append 16 kHz mono float32 PCM (any block size, including empty)."""
+        self.audio.push(pcm)
+
+    def end(self) -> None:
+        """Mark the end of the audio: the remaining frames can be produced."""
+        self.audio.end()
+
+    def _speed_tokens(self, frames: int) -> torch.Tensor | None:
+        if frames not in self._speed_cache:
+            speed = torch.full((1, frames), float(self.options.head_speed), device=self.backend.device)
+            self._speed_cache[frames] = self.backend.speed_tokens(speed)
+        return self._speed_cache[frames]
+
+    def conditions(self, clip: Clip) -> ClipConditions:
+        """The backbone's inputs for ``clip`` besides the latents (consumes nothing)."""
+        tokens = self.audio.tokens(clip)
+        return ClipConditions(
+            audio_tokens=tokens[None].to(self.backend.dtype),
+            reference_bank=self.reference_tokens,
+            motion_features=[m[None] for m in self._motion],
+            face_features=self.face,
+            speed_tokens=self._speed_tokens(clip.frames))
+
+    def denoise(self, clip: Clip) -> torch.Tensor:
+        """Clean latents ``[1, C, F, h, w]`` of ``clip``; advances the motion frames."""
+        cond = self.conditions(clip)
+        h = self.size // self.config.latent_downscale
+        generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, clip.start))
+        noise = torch.randn(1, self.config.unet.in_channels, clip.frames, h, h, generator=generator)
+        latents = self.denoiser(noise.to(self.backend.device), cond, generator=generator)
+        self._advance_motion(latents[0].transpose(0, 1))
+        self.audio.release_before(clip.end)
+        return latents
+
+    def _advance_motion(self, clip_latents: torch.Tensor) -> None:
+        """Motion frames for the next clip: the last n frames so far, through the ReferenceNet."""
+        n = self.motion_frames
+        newest = self.backend.reference(clip_latents[-n:].to(self.backend.dtype)).features
+        self._motion = [torch.cat([old, new])[-n:] for old, new in zip(self._motion, newest)]
+
+    def decode(self, clip: Clip, latents: torch.Tensor) -> list[Frame]:
+        """VAE-decode a clip's latents into frames with their presentation times."""
+        images = to_uint8_frames(self.backend.vae_decode(latents[0].transpose(0, 1)))
+        return [Frame(clip.start + i, (clip.start + i) / self.fps, img) for i, img in enumerate(images)]
+
+    def ready_clips(self) -> list[Clip]:
+        """Clips whose audio (plus look-ahead) is in, in order; each is returned once."""
+        return self.planner.ready(self.audio.frames_available, self.audio.total_frames)
+
+    def frames(self) -> Iterator[Frame]:
+        """Generate every clip that is ready now and yield its frames in order."""
+        for clip in self.ready_clips():
+            yield from self.decode(clip, self.denoise(clip))

@@ -1,0 +1,164 @@
+"""The generation session: clip cut, chunking independence, guidance batching, motion frames."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backends.torch_eager import TorchEagerBackend
+from engine.config import preset
+from engine.models.checkpoint import random_model
+from engine.stream.chunk_planner import ChunkPlanner, Clip
+from engine.stream.session import GenerationOptions, Session
+
+SR = 16000
+
+
+class RecordingBackend(TorchEagerBackend):
+    """The eager backend, recording what the backbone and the ReferenceNet receive."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backbone_calls: list[dict] = []
+        self.reference_calls: list[torch.Tensor] = []
+
+    def backbone(self, sample, timestep, **kwargs):
+        self.backbone_calls.append(dict(sample=sample.clone(), timestep=timestep.clone(), **kwargs))
+        return super().backbone(sample, timestep, **kwargs)
+
+    def reference(self, latents):
+        self.reference_calls.append(latents.clone())
+        return super().reference(latents)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(preset("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    rng = np.random.RandomState(0)
+    image = (rng.rand(128, 128, 3) * 255).astype(np.uint8)
+    mask = np.zeros((128, 128), np.float32)
+    mask[32:96, 40:88] = 1
+    return image, mask
+
+
+def speech(seconds: float, seed: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.RandomState(seed)
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.randn(t.size)).astype(
+        np.float32)
+
+
+def run(model, portrait, pcm, blocks=None, backend=None, **options):
+    backend = backend or TorchEagerBackend(model)
+    session = Session(backend, model.config, *portrait, GenerationOptions(**{"steps": 1, **options}))
+    frames = []
+    for block in (blocks if blocks is not None else [pcm]):
+        session.push_audio(block)
+        frames.extend(session.frames())
+    session.end()
+    frames.extend(session.frames())
+    return frames
+
+
+def test_planner_cuts_by_frame_count_only():
+    planner = ChunkPlanner(clip_frames=12, first_clip_frames=4, lookahead=2)
+    assert planner.ready(5) == []
+    assert planner.ready(6) == [Clip(0, 0, 4)]
+    assert planner.ready(18) == [Clip(1, 4, 16)]
+    assert planner.ready(20, total_frames=21) == [Clip(2, 16, 21)]
+    assert planner.ready(21, total_frames=21) == []
+
+
+def test_frame_count_times_and_shape(model, portrait):
+    pcm = speech(1.23)
+    frames = run(model, portrait, pcm)
+    assert len(frames) == math.ceil(1.23 * 25)
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert frames[-1].pts == pytest.approx((len(frames) - 1) / 25)
+    assert frames[0].image.shape == (128, 128, 3) and frames[0].image.dtype == np.uint8
+
+
+def test_same_frames_however_the_audio_arrives(model, portrait):
+    pcm = speech(1.0)
+    whole = run(model, portrait, pcm, first_clip_frames=4)
+    ten_ms = run(model, portrait, pcm, blocks=np.array_split(pcm, len(pcm) // 160), first_clip_frames=4)
+    cuts = np.sort(np.random.RandomState(3).choice(len(pcm), 17, replace=False))
+    random_blocks = run(model, portrait, pcm, blocks=np.split(pcm, cuts), first_clip_frames=4)
+    assert len(whole) == len(ten_ms) == len(random_blocks) == 25
+    for a, b, c in zip(whole, ten_ms, random_blocks):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.image, c.image)
+
+
+def test_seed_decides_the_frames(model, portrait):
+    pcm = speech(0.4)
+    a, b = run(model, portrait, pcm, seed=5), run(model, portrait, pcm, seed=5)
+    c = run(model, portrait, pcm, seed=6)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.image, y.image) for x, y in zip(a, c))
+
+
+def test_guidance_one_is_one_batch_per_step(model, portrait):
+    pcm = speech(0.32)
+    plain = RecordingBackend(model)
+    frames = run(model, portrait, pcm, backend=plain, steps=3)
+    assert len(plain.backbone_calls) == 3 and all(c["sample"].shape[0] == 1 for c in plain.backbone_calls)
+    guided = RecordingBackend(model)
+    guided_frames = run(model, portrait, pcm, backend=guided, steps=3, cfg_audio=3.5, cfg_ref=2.0)
+    assert len(guided.backbone_calls) == 3 and all(c["sample"].shape[0] == 3 for c in guided.backbone_calls)
+    call = guided.backbone_calls[0]
+    assert call["reference_keep"].tolist() == [True, True, False]
+    assert call["audio_tokens"][0].abs().sum() > 0 and call["audio_tokens"][1:].abs().sum() == 0
+    assert not all(np.array_equal(a.image, b.image) for a, b in zip(frames, guided_frames))
+
+
+def test_next_clip_gets_the_last_latents_of_the_previous_clip(model, portrait):
+    backend = RecordingBackend(model)
+    session = Session(backend, model.config, *portrait, GenerationOptions(steps=1, first_clip_frames=4))
+    session.push_audio(speech(1.0))
+    session.end()
+    clips = session.ready_clips()
+    assert [c.frames for c in clips] == [4, 8, 8, 5]
+    n = model.config.motion_frames
+    first_motion = session.conditions(clips[0]).motion_features
+    assert all(m.abs().max() == 0 for m in first_motion), "motion_init 'zeros' gives zero features"
+    latents = session.denoise(clips[0])
+    motion_input = backend.reference_calls[-1]
+    torch.testing.assert_close(motion_input, latents[0].transpose(0, 1)[-n:], rtol=0, atol=0)
+    expected = model.reference_net(motion_input).features
+    session.denoise(clips[1])
+    received = backend.backbone_calls[-1]["motion_features"]
+    for got, want in zip(received, expected):
+        torch.testing.assert_close(got[0], want, rtol=0, atol=1e-6)
+
+
+def test_reference_motion_init_uses_the_reference_features(model, portrait):
+    cfg = preset("tiny")
+    cfg.motion_init = "reference"
+    session = Session(TorchEagerBackend(model), cfg, *portrait, GenerationOptions(steps=1))
+    session.push_audio(speech(0.2))
+    motion = session.conditions(Clip(0, 0, 1))
+    for got, ref in zip(motion.motion_features, session.reference_features):
+        torch.testing.assert_close(got[0], ref.expand_as(got[0]))
+
+
+def test_reset_keeps_the_reference_and_restarts_frames(model, portrait):
+    backend = RecordingBackend(model)
+    session = Session(backend, model.config, *portrait, GenerationOptions(steps=1))
+    session.push_audio(speech(0.4))
+    session.end()
+    first = list(session.frames())
+    calls = len(backend.reference_calls)
+    session.reset()
+    session.push_audio(speech(0.4))
+    session.end()
+    again = list(session.frames())
+    assert [f.index for f in again] == [f.index for f in first]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again))
+    assert len(backend.reference_calls) - calls == len({f.index // 8 for f in again}), "no new reference-image pass"
