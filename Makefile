@@ -9,6 +9,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps test demo clean
 
+DEMO_IMAGE := engine/assets/demo/portrait.png
+DEMO_AUDIO := engine/assets/demo/speech.wav
+DEMO_OUT := out/demo.mp4
+MODEL ?= tiny
+
 install: $(STAMP)
 
 # Debian packages: PortAudio for sounddevice, espeak-ng and sox for speech made in tests.
@@ -30,6 +35,12 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The main job on the shipped photo and speech (tiny preset: seeded random weights until a trained default ships).
+demo: system-deps $(STAMP)
+	@mkdir -p $(dir $(DEMO_OUT))
+	$(VENV)/bin/emote generate --image $(DEMO_IMAGE) --audio $(DEMO_AUDIO) --out $(DEMO_OUT) --model $(MODEL)
+	@echo "demo video: $(abspath $(DEMO_OUT))"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -45,6 +45,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Photo + speech -> MP4 with the speech muxed in."""
+    from engine.faces import FaceBox
+    from engine.pipeline import GenerateRequest, generate, is_untrained_preset
+    from engine.stream.session import GenerationOptions
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    options = GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
+                                seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
+                                first_clip_frames=args.first_clip)
+    request = GenerateRequest(
+        image=Path(args.image), audio=Path(args.audio), out=Path(args.out), model=args.model, size=args.size,
+        fps=args.fps, face_box=FaceBox.parse(args.face_box) if args.face_box else None,
+        on_missing_face="error" if args.require_face else "center",
+        png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, options=options)
+    if is_untrained_preset(args.model):
+        print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
+              "its frames are not a face yet", file=sys.stderr)
+    result = generate(request, progress=not args.quiet)
+    rate = result.wall_seconds / max(result.media_seconds, 1e-9)
+    print(f"wrote {result.out} ({result.frames} frames, {result.media_seconds:.2f} s of video) in "
+          f"{result.wall_seconds:.1f} s ({rate:.2f} s per second of video)")
+    return 0
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
+    parser.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "lcm", "euler"], help="sampler (default: ddim)")
+    parser.add_argument("--cfg-audio", type=float, default=1.0, help="audio guidance scale (1 = off)")
+    parser.add_argument("--cfg-ref", type=float, default=1.0, help="reference guidance scale (1 = off)")
+    parser.add_argument("--fps", type=float, default=None, help="video frame rate (default: the model's, 25)")
+    parser.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
+    parser.add_argument("--head-speed", type=float, default=0.0, help="head rotation speed, rad/s (default: 0)")
+    parser.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
+    parser.add_argument("--first-clip", type=int, default=None, help="frames in the first clip (default: --clip)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed; same seed + same inputs = same video")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--face-box", default=None, metavar="X0,Y0,X1,Y1", help="face box in photo pixels")
+    parser.add_argument("--require-face", action="store_true", help="fail when no face is detected")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emote", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -53,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
+    gen = sub.add_parser("generate", help="photo + speech file -> talking-head MP4 (H.264 + AAC)")
+    gen.add_argument("--image", required=True, help="portrait photo (any common format)")
+    gen.add_argument("--audio", required=True, help="speech (any format PyAV reads)")
+    gen.add_argument("--out", required=True, help="output .mp4 path")
+    gen.add_argument("--png-dir", default=None, help="also write the frames as PNG files into this directory")
+    _add_generation_options(gen)
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 
@@ -64,9 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"emote: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"emote: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("emote: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""`emote generate` end to end on the tiny preset: the MP4, determinism, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.media import read_video_info
+
+ASSETS = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo"
+PORTRAIT = ASSETS / "portrait.png"
+SR = 16000
+
+
+def write_wav(path: Path, pcm: np.ndarray, rate: int = SR) -> Path:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def voiced(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.4 * np.sin(2 * np.pi * 160 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+def decode_frames(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def generate(tmp_path: Path, out: str, *extra: str, audio: Path | None = None, image: Path = PORTRAIT) -> int:
+    audio = audio or write_wav(tmp_path / "speech.wav", voiced(3.0))
+    return main(["generate", "--image", str(image), "--audio", str(audio), "--out", str(tmp_path / out),
+                 "--steps", "1", "--quiet", *extra])
+
+
+def test_three_seconds_give_75_frames_with_matching_audio(tmp_path):
+    assert generate(tmp_path, "a.mp4", "--seed", "3") == 0
+    info = read_video_info(tmp_path / "a.mp4")
+    assert info["frames"] == 75 and info["fps"] == 25
+    assert (info["width"], info["height"]) == (128, 128)
+    assert abs(info["audio_duration"] - 3.0) <= 1 / 25
+    assert generate(tmp_path, "b.mp4", "--seed", "3") == 0
+    assert np.array_equal(decode_frames(tmp_path / "a.mp4"), decode_frames(tmp_path / "b.mp4"))
+
+
+def test_png_sequence_and_size(tmp_path):
+    audio = write_wav(tmp_path / "short.wav", voiced(0.5))
+    assert generate(tmp_path, "c.mp4", "--size", "96", "--png-dir", str(tmp_path / "png"), audio=audio) == 0
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 13 and Image.open(pngs[0]).size == (96, 96)
+
+
+def _bad_model_dir(tmp_path: Path) -> Path:
+    from engine.config import preset
+    from engine.models.checkpoint import random_model, save_model
+
+    save_model(random_model(preset("tiny")), tmp_path / "model")
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    cfg["unet"]["block_out_channels"] = [32, 64, 128]
+    (tmp_path / "model" / "config.json").write_text(json.dumps(cfg))
+    return tmp_path / "model"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing image", "no such file"),
+    ("corrupt image", "not a readable image"),
+    ("unreadable audio", "not a readable media file"),
+    ("empty audio", "empty"),
+    ("silent audio", "silent"),
+    ("no face", "no face"),
+    ("wrong model shapes", "shape mismatches"),
+])
+def test_bad_input_is_one_line_nonzero_and_no_output(tmp_path, capsys, case, message):
+    image, audio, extra = PORTRAIT, None, []
+    if case == "missing image":
+        image = tmp_path / "nowhere.png"
+    elif case == "corrupt image":
+        image = tmp_path / "corrupt.jpg"
+        image.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    elif case == "unreadable audio":
+        audio = tmp_path / "noise.wav"
+        audio.write_bytes(np.random.RandomState(0).bytes(4000))
+    elif case == "empty audio":
+        audio = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
+    elif case == "silent audio":
+        audio = write_wav(tmp_path / "silent.wav", np.zeros(SR, np.float32))
+    elif case == "no face":
+        image = tmp_path / "blank.png"
+        Image.new("RGB", (200, 160), (90, 120, 200)).save(image)
+        extra = ["--require-face"]
+    elif case == "wrong model shapes":
+        extra = ["--model", str(_bad_model_dir(tmp_path))]
+    code = generate(tmp_path, "out.mp4", *extra, audio=audio, image=image)
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line.startswith("emote: error:")]
+    assert len(lines) == 1 and message in lines[0].lower(), err
+    assert not (tmp_path / "out.mp4").exists()
+    assert not list(tmp_path.glob(".out.mp4*")), "no partial file may be left"
