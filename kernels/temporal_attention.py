@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from kernels.dispatch import triton_jit, use_triton
 
@@ -71,11 +72,12 @@ def temporal_attention_reference(
     compute_dtype = torch.promote_types(q.dtype, torch.float32)
 
     def frames_last(x: torch.Tensor) -> torch.Tensor:
-        # [(b*f), hw, heads*d] -> [b, hw, heads, f, d]
-        return x.to(compute_dtype).reshape(batch, num_frames, positions, heads, head_dim).permute(0, 2, 3, 1, 4)
+        # [(b*f), hw, heads*d] -> [b*hw, heads, f, d]
+        x = x.to(compute_dtype).reshape(batch, num_frames, positions, heads, head_dim).permute(0, 2, 3, 1, 4)
+        return x.reshape(batch * positions, heads, num_frames, head_dim)
 
-    scores = frames_last(q) @ frames_last(k).transpose(-1, -2) * (1.0 / math.sqrt(head_dim))
-    out = scores.softmax(dim=-1) @ frames_last(v)
+    out = F.scaled_dot_product_attention(frames_last(q), frames_last(k), frames_last(v))
+    out = out.view(batch, positions, heads, num_frames, head_dim)
     return out.permute(0, 3, 1, 2, 4).reshape(rows, positions, channels).to(q.dtype)
 
 

@@ -1,5 +1,6 @@
 """UNet building blocks with diffusers parameter names.
 
+GroupNorm (+SiLU) runs through :mod:`kernels.group_norm` (Triton on CUDA, PyTorch elsewhere).
 Every module here keeps the attribute names of diffusers' ``UNet2DConditionModel`` pieces
 (``resnets.N.norm1``, ``attentions.N.transformer_blocks.0.attn1.to_q``, ...), so SD1.5 weights in
 diffusers format load without renaming. The spatial layout is always "frames stacked in the
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels.group_norm import group_norm
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
@@ -225,10 +228,13 @@ class ResnetBlock2D(nn.Module):
         if in_channels != out_channels:
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
+    def _norm_silu(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        return group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=True)
+
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self._norm_silu(self.norm1, x))
         h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self._norm_silu(self.norm2, h)))
         shortcut = self.conv_shortcut(x) if hasattr(self, "conv_shortcut") else x
         return shortcut + h
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.models.blocks import Attention, FeedForward, UNetContext
+from kernels.group_norm import group_norm
+from kernels.temporal_attention import temporal_attention
 
 
 class PositionalEncoding(nn.Module):
@@ -57,19 +58,6 @@ class TemporalSelfAttention(Attention):
         return self.to_out[0](out)
 
 
-def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int,
-                       heads: int) -> torch.Tensor:
-    """Attention over the frame axis. ``q, k, v``: ``[B*F, N, H*D]`` -> ``[B*F, N, H*D]``."""
-    bf, n, inner = q.shape
-    b, d = bf // num_frames, inner // heads
-
-    def to_seq(t: torch.Tensor) -> torch.Tensor:
-        return t.view(b, num_frames, n, heads, d).permute(0, 2, 3, 1, 4).reshape(b * n, heads, num_frames, d)
-
-    out = F.scaled_dot_product_attention(to_seq(q), to_seq(k), to_seq(v))
-    return out.view(b, n, heads, num_frames, d).permute(0, 3, 1, 2, 4).reshape(bf, n, inner)
-
-
 class TemporalTransformerBlock(nn.Module):
     """Two temporal self-attentions, an optional speed cross-attention, and a feed-forward."""
 
@@ -108,7 +96,8 @@ class TemporalTransformer3DModel(nn.Module):
     def forward(self, x: torch.Tensor, num_frames: int, speed_tokens: torch.Tensor | None) -> torch.Tensor:
         """``x``: ``[B*F, C, h, w]`` -> same shape."""
         bf, c, h, w = x.shape
-        hidden = self.norm(x).permute(0, 2, 3, 1).reshape(bf, h * w, c)
+        hidden = group_norm(x, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps)
+        hidden = hidden.permute(0, 2, 3, 1).reshape(bf, h * w, c)
         hidden = self.proj_in(hidden)
         for block in self.transformer_blocks:
             hidden = block(hidden, num_frames, speed_tokens)
