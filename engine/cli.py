@@ -74,6 +74,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Frames out as audio comes in, from the microphone, a (paced) file or raw PCM on stdin."""
+    from engine.faces import FaceBox
+    from engine.pipeline import StreamRequest, is_untrained_preset, stream
+    from engine.stream.runner import LagPolicy
+    from engine.stream.session import GenerationOptions
+    from engine.stream.sources import FileSource, MicrophoneSource, StdinPcmSource
+
+    if args.mic:
+        device = int(args.input_device) if args.input_device and args.input_device.isdigit() else args.input_device
+        source = MicrophoneSource(device=device)
+    elif args.audio:
+        source = FileSource(args.audio, realtime=args.realtime)
+    else:
+        source = StdinPcmSource(args.stdin_pcm)
+    options = GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
+                                seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
+                                first_clip_frames=args.first_clip)
+    request = StreamRequest(
+        image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
+        face_box=FaceBox.parse(args.face_box) if args.face_box else None,
+        on_missing_face="error" if args.require_face else "center", device=args.device, options=options,
+        policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
+    if is_untrained_preset(args.model):
+        print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
+              "its frames are not a face yet", file=sys.stderr)
+    stats = stream(request, source, live_status=not args.quiet)
+    print(stats.table())
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
     parser.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
@@ -107,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--png-dir", default=None, help="also write the frames as PNG files into this directory")
     _add_generation_options(gen)
     gen.set_defaults(func=cmd_generate)
+    live = sub.add_parser("stream", help="frames out as audio comes in (microphone, paced file, stdin PCM)")
+    live.add_argument("--image", required=True, help="portrait photo (any common format)")
+    where = live.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mic", action="store_true", help="read the microphone (sounddevice / PortAudio)")
+    where.add_argument("--audio", help="read an audio file")
+    where.add_argument("--stdin-pcm", type=int, metavar="RATE", help="raw s16le mono PCM at RATE Hz on stdin")
+    live.add_argument("--input-device", default=None, help="microphone index or name (default: the system's)")
+    live.add_argument("--realtime", action="store_true", help="pace --audio at real time (as a live source)")
+    live.add_argument("--out", required=True, help="output .mp4 path")
+    live.add_argument("--policy", default="grow", choices=["grow", "skip", "steps"],
+                      help="when generation falls behind: let latency grow, skip clips, or use fewer steps")
+    live.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    _add_generation_options(live)
+    live.set_defaults(func=cmd_stream)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""Offline generation: a photo and an audio file in, an MP4 (and optionally PNG frames) out.
+"""Jobs: a portrait plus an audio source in, an MP4 (and optionally PNG frames) out.
 
-This is the streaming session fed by the whole file at once (no clock): the same code path, so a
-file and a live source give the same frames for the same audio.
+``generate`` (offline) and ``stream`` (live) are the same path: a :class:`LiveSession` fed by an
+audio source, the offline one unpaced, so a file and a microphone give the same frames for the
+same audio.
 """
 
 from __future__ import annotations
@@ -18,30 +19,35 @@ from tqdm import tqdm
 from engine.backends import make_backend
 from engine.config import PRESETS
 from engine.faces import FaceBox, prepare_portrait
-from engine.media import MediaError, PngSequenceWriter, VideoWriter, load_audio, load_image
+from engine.media import MediaError, load_image
 from engine.models.checkpoint import load_model, random_model, resolve_config
 from engine.models.model import EmoteModel
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.runner import LagPolicy, LiveSession, run_stream
+from engine.stream.session import Frame, GenerationOptions, Session
+from engine.stream.sinks import FrameSink, Mp4Sink, PngSink
+from engine.stream.sources import AudioSource, FileSource
+from engine.stream.stats import StreamStats
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
+OFFLINE_BLOCK_MS = 1000.0
 
 
-@dataclass
-class GenerateRequest:
-    """One offline generation job.
+@dataclass(kw_only=True)
+class StreamRequest:
+    """A portrait and where its video goes; the audio comes from a source.
 
     Attributes:
-        image, audio: input files (any common image format; any audio PyAV reads).
+        image: the portrait (any common image format).
         out: the MP4 to write (H.264 + AAC); ``png_dir`` optionally also gets the frames as PNG.
         model: a preset name (seeded random weights) or a model directory.
         size: output side in pixels (None: the model's resolution). fps: None: the model's.
         face_box: face box in the photo's pixels, instead of the detector. on_missing_face: "center"
             (a centred box, with a warning) or "error".
+        policy: what to do when generation falls behind real time.
     """
 
     image: Path
-    audio: Path
     out: Path
     model: str = "tiny"
     size: int | None = None
@@ -52,6 +58,14 @@ class GenerateRequest:
     device: str = "cpu"
     backend: str = "torch"
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    policy: LagPolicy = field(default_factory=LagPolicy)
+
+
+@dataclass(kw_only=True)
+class GenerateRequest(StreamRequest):
+    """An offline job: the audio is a file."""
+
+    audio: Path
 
 
 @dataclass
@@ -68,10 +82,7 @@ class GenerateResult:
 def open_model(source: str, fps: float | None = None, seed: int = 0) -> EmoteModel:
     """A preset with seeded random weights, or a model directory's weights; ``fps`` overrides the frame rate."""
     cfg = resolve_config(source)
-    if Path(source).is_dir():
-        model = load_model(Path(source))
-    else:
-        model = random_model(cfg, seed=seed)
+    model = load_model(Path(source)) if Path(source).is_dir() else random_model(cfg, seed=seed)
     if fps is not None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -93,39 +104,54 @@ def check_audio(pcm: np.ndarray, path: Path) -> None:
         raise MediaError(f"{path}: the audio is silent (peak below {SILENCE_PEAK:g})")
 
 
-def generate(request: GenerateRequest, progress: bool = True) -> GenerateResult:
-    """Run one job; nothing is left at ``request.out`` unless it completes."""
-    started = time.perf_counter()
+def open_session(request: StreamRequest) -> tuple[Session, bool]:
+    """Model, portrait and backend for ``request``; returns the session and whether a face was detected."""
     image = load_image(request.image)
-    pcm = load_audio(request.audio, SAMPLE_RATE)
-    check_audio(pcm, request.audio)
     model = open_model(request.model, request.fps)
-    cfg = model.config
-    size = request.size or cfg.resolution
+    size = request.size or model.config.resolution
     portrait = prepare_portrait(image, size, face_box=request.face_box, on_missing=request.on_missing_face)
     if not portrait.detected and request.face_box is None:
         print(f"warning: no face found in {request.image}; using a centred box (pass --face-box x0,y0,x1,y1)",
               file=sys.stderr)
     dtype = torch.float16 if request.device.startswith("cuda") else torch.float32
     backend = make_backend(request.backend, model, request.device, dtype)
-    session = Session(backend, cfg, portrait.image, portrait.mask, request.options)
-    session.push_audio(pcm)
-    session.end()
-    total = session.audio.total_frames
-    sinks = [VideoWriter(request.out, cfg.fps, size=(size, size), sample_rate=SAMPLE_RATE, audio=pcm)]
+    return Session(backend, model.config, portrait.image, portrait.mask, request.options), portrait.detected
+
+
+def _sinks(request: StreamRequest, session: Session) -> list[FrameSink]:
+    sinks: list[FrameSink] = [Mp4Sink(request.out, session.fps, (session.size, session.size))]
     if request.png_dir is not None:
-        sinks.append(PngSequenceWriter(request.png_dir))
-    try:
-        with tqdm(total=total, unit="frame", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
-            for frame in session.frames():
-                for sink in sinks:
-                    sink.write_frame(frame.image)
-                bar.update(1)
-        for sink in sinks:
-            sink.close()
-    except BaseException:
-        for sink in sinks:
-            sink.abort()
-        raise
-    return GenerateResult(out=Path(request.out), frames=total, media_seconds=pcm.size / SAMPLE_RATE,
-                          wall_seconds=time.perf_counter() - started, face_detected=portrait.detected)
+        sinks.append(PngSink(request.png_dir))
+    return sinks
+
+
+def stream(request: StreamRequest, source: AudioSource, live_status: bool = True) -> StreamStats:
+    """Run ``source`` through a live session into the request's sinks; prints a status line while it runs."""
+    session, _ = open_session(request)
+    live = LiveSession(session, request.policy)
+    last_print = [0.0]
+
+    def status(frame: Frame, running: LiveSession) -> None:
+        now = time.monotonic()
+        if live_status and now - last_print[0] >= 0.5:
+            last_print[0] = now
+            print("\r" + running.stats.status_line(), end="", file=sys.stderr, flush=True)
+
+    stats = run_stream(source, live, _sinks(request, session), on_frame=status)
+    if live_status:
+        print(file=sys.stderr)
+    return stats
+
+
+def generate(request: GenerateRequest, progress: bool = True) -> GenerateResult:
+    """Run one offline job (the stream path, unpaced); nothing is left at ``request.out`` unless it completes."""
+    started = time.perf_counter()
+    source = FileSource(request.audio, block_ms=OFFLINE_BLOCK_MS)
+    check_audio(source.pcm, request.audio)
+    session, detected = open_session(request)
+    total = session.audio.frame_count(source.pcm.size)
+    with tqdm(total=total, unit="frame", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
+        run_stream(source, LiveSession(session, request.policy), _sinks(request, session),
+                   on_frame=lambda frame, live: bar.update(1))
+    return GenerateResult(out=Path(request.out), frames=total, media_seconds=source.duration,
+                          wall_seconds=time.perf_counter() - started, face_detected=detected)

@@ -60,9 +60,12 @@ class ClipDenoiser:
             reference_keep=torch.tensor([b.uses_reference for b in self.branches], device=audio.device),
         )
 
-    def __call__(self, noise: torch.Tensor, cond: ClipConditions, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
-        """``noise`` ``[1, C, F, h, w]`` (unit Gaussian) -> clean latents of the same shape."""
+    def __call__(self, noise: torch.Tensor, cond: ClipConditions, generator: torch.Generator | None = None,
+                 steps: int | None = None) -> torch.Tensor:
+        """``noise`` ``[1, C, F, h, w]`` (unit Gaussian) -> clean latents of the same shape.
+
+        ``steps`` overrides the configured number of steps for this clip (the "fewer steps" lag policy).
+        """
         batched = self._batched(cond)
         n = len(self.branches)
 
@@ -70,4 +73,4 @@ class ClipDenoiser:
             out = self.backend.backbone(x.expand(n, *x.shape[1:]), t.expand(n, *t.shape[1:]), **batched)
             return combine(split_batched(out.to(x.dtype), self.branches), self.guidance)
 
-        return sample(model_fn, self.sampler, noise, self.steps, generator=generator, per_frame=True)
+        return sample(model_fn, self.sampler, noise, steps or self.steps, generator=generator, per_frame=True)

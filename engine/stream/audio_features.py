@@ -63,10 +63,14 @@ class StreamingAudioFeatures:
         """Frames whose audio is completely in."""
         return math.floor(self._samples * self.fps / self.sample_rate + 1e-9)
 
+    def frame_count(self, samples: int) -> int:
+        """Video frames of ``samples`` samples of audio: ceil(duration x fps)."""
+        return math.ceil(samples * self.fps / self.sample_rate - 1e-9)
+
     @property
     def total_frames(self) -> int | None:
         """ceil(duration x fps) once the stream has ended, else None."""
-        return math.ceil(self._samples * self.fps / self.sample_rate - 1e-9) if self.ended else None
+        return self.frame_count(self._samples) if self.ended else None
 
     def _pcm(self, start: int, stop: int) -> np.ndarray:
         buffer = np.concatenate(self._chunks) if len(self._chunks) > 1 else (

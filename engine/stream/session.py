@@ -56,11 +56,15 @@ class GenerationOptions:
 
 @dataclass
 class Frame:
-    """One output frame: ``index`` from 0, presentation time ``pts`` in seconds, RGB ``image`` uint8 [H, W, 3]."""
+    """One output frame: ``index`` from 0, presentation time ``pts`` in seconds, RGB ``image`` uint8 [H, W, 3].
+
+    ``skipped``: generation fell behind and this frame repeats the last one (the "skip" lag policy).
+    """
 
     index: int
     pts: float
     image: np.ndarray
+    skipped: bool = False
 
 
 def to_image_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -151,16 +155,28 @@ class Session:
             face_features=self.face,
             speed_tokens=self._speed_tokens(clip.frames))
 
-    def denoise(self, clip: Clip) -> torch.Tensor:
-        """Clean latents ``[1, C, F, h, w]`` of ``clip``; advances the motion frames."""
+    def denoise(self, clip: Clip, steps: int | None = None) -> torch.Tensor:
+        """Clean latents ``[1, C, F, h, w]`` of ``clip``; advances the motion frames.
+
+        ``steps`` overrides the session's steps for this clip (when generation falls behind).
+        """
         cond = self.conditions(clip)
         h = self.size // self.config.latent_downscale
         generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, clip.start))
         noise = torch.randn(1, self.config.unet.in_channels, clip.frames, h, h, generator=generator)
-        latents = self.denoiser(noise.to(self.backend.device), cond, generator=generator)
+        latents = self.denoiser(noise.to(self.backend.device), cond, generator=generator, steps=steps)
         self._advance_motion(latents[0].transpose(0, 1))
         self.audio.release_before(clip.end)
         return latents
+
+    def skip(self, clip: Clip) -> None:
+        """Give up on ``clip`` (too late): its audio is released, the motion frames stay as they were."""
+        self.audio.release_before(clip.end)
+
+    def needed_samples(self, clip: Clip) -> int:
+        """Samples that must be in before ``clip`` can run: its frames plus the look-ahead (or all, at the end)."""
+        needed = self.audio.frame_sample(clip.end + self.planner.lookahead)
+        return min(needed, self.audio.samples) if self.audio.ended else needed
 
     def _advance_motion(self, clip_latents: torch.Tensor) -> None:
         """Motion frames for the next clip: the last n frames so far, through the ReferenceNet."""

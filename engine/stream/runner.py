@@ -1,0 +1,297 @@
+"""The streaming runtime: a :class:`Session` driven by worker threads joined by bounded queues.
+
+Stages (one class each): :class:`DenoiseStage` (audio in -> clips released by the planner ->
+latents), :class:`DecodeStage` (latents -> frames; overlaps the next clip's denoising), and the
+consumer iterating :class:`LiveSession`. :func:`run_stream` adds a source thread and the sinks.
+When generation falls behind real time, :class:`LagPolicy` decides: let latency grow, skip clips
+(their frames repeat the last image and are reported as skipped), or run fewer steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from engine.stream.chunk_planner import Clip
+from engine.stream.session import Frame, Session
+from engine.stream.sinks import FrameSink
+from engine.stream.sources import AudioSource
+from engine.stream.stats import StreamStats, latency_floor, ttff_floor
+
+POLICIES = ("grow", "skip", "steps")
+_END = object()
+
+
+@dataclass(frozen=True)
+class LagPolicy:
+    """What to do with a clip whose audio has been in for longer than ``max_lag_s`` before it starts.
+
+    ``grow``: run it anyway (no frame lost, latency grows). ``skip``: drop it (its frames repeat the
+    last image, marked skipped). ``steps``: run it with ``min_steps`` sampler steps.
+    """
+
+    kind: str = "grow"
+    max_lag_s: float = 1.0
+    min_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise ValueError(f"lag policy must be one of {', '.join(POLICIES)}, not {self.kind!r}")
+
+
+@dataclass
+class _Latents:
+    clip: Clip
+    latents: object | None  # torch.Tensor, or None for a skipped clip
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class DenoiseStage(threading.Thread):
+    """Feeds audio into the session and denoises every clip the planner releases, in order."""
+
+    def __init__(self, session: Session, audio: queue.Queue, out: queue.Queue, stats: StreamStats,
+                 policy: LagPolicy, clock: Callable[[], float]):
+        super().__init__(name="emote-denoise", daemon=True)
+        self.session, self.audio, self.out = session, audio, out
+        self.stats, self.policy, self.clock = stats, policy, clock
+        self.stop_requested = threading.Event()
+
+    def _take_audio(self) -> bool:
+        """Move queued audio into the session (waits for at least one item); False once the stream ended."""
+        items = [self.audio.get()]
+        while True:
+            try:
+                items.append(self.audio.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is _END:
+                self.session.end()
+            else:
+                self.session.push_audio(item)
+        return not self.session.audio.ended
+
+    def _lag(self, clip: Clip) -> float:
+        arrival = self.stats.audio_arrival(self.session.needed_samples(clip))
+        return 0.0 if arrival is None else self.clock() - arrival
+
+    def _run_clip(self, clip: Clip) -> _Latents:
+        late = self._lag(clip) > self.policy.max_lag_s
+        if late and self.policy.kind == "skip":
+            self.session.skip(clip)
+            return _Latents(clip, None)
+        steps = self.policy.min_steps if late and self.policy.kind == "steps" else None
+        started = time.perf_counter()
+        latents = self.session.denoise(clip, steps=steps)
+        self.stats.stage("denoise", time.perf_counter() - started, clip.index)
+        return _Latents(clip, latents)
+
+    def run(self) -> None:
+        try:
+            open_stream = True
+            while open_stream and not self.stop_requested.is_set():
+                open_stream = self._take_audio()
+                for clip in self.session.ready_clips():
+                    if self.stop_requested.is_set():
+                        break
+                    self.out.put(self._run_clip(clip))
+            self.out.put(_END)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self.out.put(_Failure(exc))
+
+
+class DecodeStage(threading.Thread):
+    """Decodes each clip's latents into frames while the next clip is denoised."""
+
+    def __init__(self, session: Session, latents: queue.Queue, out: queue.Queue, stats: StreamStats):
+        super().__init__(name="emote-decode", daemon=True)
+        self.session, self.latents, self.out, self.stats = session, latents, out, stats
+        self.last_image = np.zeros((session.size, session.size, 3), np.uint8)
+
+    def run(self) -> None:
+        while True:
+            item = self.latents.get()
+            if item is _END or isinstance(item, _Failure):
+                self.out.put(item)
+                return
+            try:
+                self._decode(item)
+            except BaseException as exc:
+                self.out.put(_Failure(exc))
+                return
+
+    def _decode(self, item: _Latents) -> None:
+        clip = item.clip
+        if item.latents is None:
+            for i in range(clip.start, clip.end):
+                self.out.put(Frame(i, i / self.session.fps, self.last_image, skipped=True))
+            return
+        started = time.perf_counter()
+        frames = self.session.decode(clip, item.latents)
+        self.stats.stage("decode", time.perf_counter() - started, clip.index)
+        self.last_image = frames[-1].image
+        for frame in frames:
+            self.out.put(frame)
+
+
+class LiveSession:
+    """Push audio in from any thread; iterate frames out (``for frame in live`` or ``async for``).
+
+    Audio of unknown total length: call :meth:`end` when it stops; the remaining frames are
+    flushed and the iteration ends. :meth:`reset` then starts a new utterance with the same
+    portrait (the reference bank is not recomputed).
+    """
+
+    def __init__(self, session: Session, policy: LagPolicy | None = None, stats: StreamStats | None = None,
+                 queue_clips: int = 2, clock: Callable[[], float] = time.perf_counter):
+        self.session, self.policy = session, policy or LagPolicy()
+        self.clock = clock
+        self.queue_clips = queue_clips
+        self.stats = stats or self.new_stats()
+        self._start()
+
+    def new_stats(self) -> StreamStats:
+        """Stats for this session's clip sizes, with the latency floors filled in."""
+        planner, fps = self.session.planner, self.session.fps
+        return StreamStats(fps, self.clock,
+                           latency_floor_s=latency_floor(planner.clip_frames, planner.lookahead, fps),
+                           ttff_floor_s=ttff_floor(planner.first_clip_frames, planner.lookahead, fps))
+
+    def _start(self) -> None:
+        self._audio: queue.Queue = queue.Queue()
+        latents: queue.Queue = queue.Queue(maxsize=self.queue_clips)
+        self._frames: queue.Queue = queue.Queue(maxsize=self.queue_clips * self.session.planner.clip_frames)
+        self._denoise = DenoiseStage(self.session, self._audio, latents, self.stats, self.policy, self.clock)
+        self._decode = DecodeStage(self.session, latents, self._frames, self.stats)
+        self._ended = False
+        self._finished = False
+        self._denoise.start()
+        self._decode.start()
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Append 16 kHz mono float32 PCM (any block size); never blocks."""
+        if self._ended:
+            raise RuntimeError("audio pushed after end(); call reset() for a new utterance")
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        self.stats.audio_in(pcm.size)
+        self._audio.put(pcm)
+
+    def end(self) -> None:
+        """No more audio for this utterance: the remaining frames will be produced."""
+        if not self._ended:
+            self._ended = True
+            self._audio.put(_END)
+
+    def next_frame(self, timeout: float | None = None) -> Frame | None:
+        """The next frame (waits for it), or None when the utterance is over; re-raises a worker's error."""
+        if self._finished:
+            return None
+        item = self._frames.get(timeout=timeout)
+        if item is _END:
+            self._finished = True
+            return None
+        if isinstance(item, _Failure):
+            self._finished = True
+            raise item.error
+        if item.skipped:
+            self.stats.frame_skipped(item.index)
+        else:
+            self.stats.frame_out(item.index)
+        return item
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    async def __aiter__(self):
+        loop = asyncio.get_running_loop()
+        while (frame := await loop.run_in_executor(None, self.next_frame)) is not None:
+            yield frame
+
+    def reset(self) -> None:
+        """Start a new utterance (after the last one's frames were drained, or abandoning them)."""
+        self.close()
+        self.session.reset()
+        self.stats = self.new_stats()
+        self._start()
+
+    def close(self) -> None:
+        """Stop the workers and drop what is still queued."""
+        self._denoise.stop_requested.set()
+        self.end()
+        while self._denoise.is_alive() or self._decode.is_alive():
+            try:
+                self._frames.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._finished = True
+
+
+def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
+               on_frame: Callable[[Frame, LiveSession], None] | None = None) -> StreamStats:
+    """Feed ``source`` into ``live`` from a thread and write every frame (and the audio) to ``sinks``.
+
+    Ctrl-C stops the source and flushes what was already heard, so the output stays playable.
+    On any other error the sinks are aborted (nothing half-written is left).
+    """
+    heard: deque[np.ndarray] = deque()
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for block in source.blocks():
+                heard.append(block)
+                live.push_audio(block)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            live.end()
+
+    feeder = threading.Thread(target=feed, name="emote-source", daemon=True)
+    feeder.start()
+    try:
+        while True:
+            try:
+                frame = live.next_frame()
+            except KeyboardInterrupt:
+                print("\nstopping: finishing the frames already heard", file=sys.stderr)
+                source.close()
+                continue
+            if frame is None:
+                break
+            while heard:
+                block = heard.popleft()
+                for sink in sinks:
+                    sink.write_audio(block)
+            for sink in sinks:
+                sink.write(frame)
+            if on_frame is not None:
+                on_frame(frame, live)
+        feeder.join(timeout=5)
+        if failure:
+            raise failure[0]
+        while heard:
+            block = heard.popleft()
+            for sink in sinks:
+                sink.write_audio(block)
+        for sink in sinks:
+            sink.close()
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        source.close()
+        live.close()
+        raise
+    return live.stats

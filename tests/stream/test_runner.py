@@ -1,0 +1,193 @@
+"""The threaded streaming runtime: equivalence with offline, pacing, lag policies, errors, flushing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backends.torch_eager import TorchEagerBackend
+from engine.cli import main
+from engine.config import preset
+from engine.media import read_video_info
+from engine.models.checkpoint import random_model
+from engine.stream.runner import LagPolicy, LiveSession, run_stream
+from engine.stream.session import GenerationOptions, Session
+from engine.stream.sinks import CallbackSink
+from engine.stream.sources import FileSource
+
+SR = 16000
+PORTRAIT = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "portrait.png"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(preset("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    rng = np.random.RandomState(0)
+    mask = np.zeros((128, 128), np.float32)
+    mask[32:96, 40:88] = 1
+    return (rng.rand(128, 128, 3) * 255).astype(np.uint8), mask
+
+
+def speech(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * 170 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def write_wav(path: Path, pcm: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(SR)
+        f.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+class SlowBackend(TorchEagerBackend):
+    """The eager backend with a fixed delay per backbone call (a machine too slow for real time)."""
+
+    def __init__(self, model, delay: float):
+        super().__init__(model)
+        self.delay = delay
+
+    def backbone(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().backbone(*args, **kwargs)
+
+
+def offline(model, portrait, pcm, **options):
+    session = Session(TorchEagerBackend(model), model.config, *portrait, GenerationOptions(steps=1, **options))
+    session.push_audio(pcm)
+    session.end()
+    return list(session.frames())
+
+
+def test_live_session_in_10ms_blocks_equals_offline(model, portrait):
+    pcm = speech(1.0)
+    want = offline(model, portrait, pcm, first_clip_frames=4)
+    live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
+                               GenerationOptions(steps=1, first_clip_frames=4)))
+    for block in np.array_split(pcm, len(pcm) // 160):
+        live.push_audio(block)
+    live.end()
+    got = list(live)
+    assert [f.index for f in got] == [f.index for f in want]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, want))
+
+
+def test_async_iteration(model, portrait):
+    pcm = speech(0.4)
+    want = offline(model, portrait, pcm)
+
+    async def consume():
+        live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait, GenerationOptions(steps=1)))
+        live.push_audio(pcm)
+        live.end()
+        return [frame async for frame in live]
+
+    got = asyncio.run(consume())
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, want)) and len(got) == len(want)
+
+
+def test_reset_starts_a_new_utterance_with_the_same_reference(model, portrait):
+    pcm = speech(0.4)
+    live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait, GenerationOptions(steps=1)))
+    live.push_audio(pcm)
+    live.end()
+    first = list(live)
+    bank = live.session.reference_tokens
+    live.reset()
+    live.push_audio(pcm)
+    live.end()
+    second = list(live)
+    assert live.session.reference_tokens is bank
+    assert [f.index for f in second] == [f.index for f in first]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, second))
+
+
+def test_paced_file_gives_frames_before_the_audio_ends(model, portrait, tmp_path):
+    pcm = speech(3.0)
+    source = FileSource(write_wav(tmp_path / "s.wav", pcm), block_ms=20, realtime=True)
+    live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
+                               GenerationOptions(steps=1, first_clip_frames=4)))
+    heard_at_frame = []
+    stats = run_stream(source, live, [], on_frame=lambda f, running: heard_at_frame.append(running.stats.samples_in))
+    summary = stats.summary()
+    assert len(heard_at_frame) == 75
+    assert heard_at_frame[0] < 0.5 * pcm.size, "the first frame comes while most of the audio is still unsent"
+    assert summary["time_to_first_frame_s"] > 0 and summary["latency_s"]["median"] > 0
+    assert summary["latency_s"]["max"] >= summary["latency_s"]["median"]
+
+
+def test_skip_policy_bounds_latency_and_grow_loses_nothing(model, portrait, tmp_path):
+    pcm = speech(3.0)
+    wav = write_wav(tmp_path / "s.wav", pcm)
+
+    def run(policy):
+        backend = SlowBackend(model, delay=0.6)
+        live = LiveSession(Session(backend, model.config, *portrait, GenerationOptions(steps=1, clip_frames=4)),
+                           policy)
+        frames = []
+        stats = run_stream(FileSource(wav, block_ms=20, realtime=True), live, [CallbackSink(frames.append)])
+        return frames, stats.summary()
+
+    skip_frames, skip = run(LagPolicy("skip", max_lag_s=0.3))
+    grow_frames, grow = run(LagPolicy("grow"))
+    assert len(skip_frames) == len(grow_frames) == 75
+    assert grow["frames_skipped"] == 0 and not any(f.skipped for f in grow_frames)
+    assert skip["frames_skipped"] > 0 and skip["frames_skipped"] == sum(f.skipped for f in skip_frames)
+    assert skip["latency_s"]["max"] < grow["latency_s"]["max"]
+
+
+def test_stream_cli_equals_generate(tmp_path, capsys):
+    wav = write_wav(tmp_path / "s.wav", speech(0.6))
+    common = ["--image", str(PORTRAIT), "--steps", "1", "--quiet", "--first-clip", "4"]
+    assert main(["generate", "--audio", str(wav), "--out", str(tmp_path / "g.mp4"), *common]) == 0
+    assert main(["stream", "--audio", str(wav), "--out", str(tmp_path / "s.mp4"), *common]) == 0
+    assert "time to first frame" in capsys.readouterr().out.lower()
+    import av
+
+    def frames(path):
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+    g, s = frames(tmp_path / "g.mp4"), frames(tmp_path / "s.mp4")
+    assert len(g) == len(s) == 15 and all(np.array_equal(a, b) for a, b in zip(g, s))
+
+
+def test_ending_mid_clip_flushes_and_durations_agree(tmp_path):
+    wav = write_wav(tmp_path / "odd.wav", speech(1.37))
+    assert main(["stream", "--audio", str(wav), "--out", str(tmp_path / "o.mp4"), "--image", str(PORTRAIT),
+                 "--steps", "1", "--quiet"]) == 0
+    info = read_video_info(tmp_path / "o.mp4")
+    assert info["frames"] == 35
+    assert abs(info["audio_duration"] - info["frames"] / 25) <= 1 / 25
+
+
+def test_mic_without_a_device_is_a_one_line_error(tmp_path, capsys):
+    code = main(["stream", "--mic", "--out", str(tmp_path / "m.mp4"), "--image", str(PORTRAIT), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err[-1].startswith("emote: error:") and "device" in err[-1].lower()
+    assert not (tmp_path / "m.mp4").exists()
+
+
+def test_a_worker_failure_reaches_the_consumer(model, portrait):
+    class Broken(TorchEagerBackend):
+        def backbone(self, *args, **kwargs):
+            raise RuntimeError("backbone exploded")
+
+    live = LiveSession(Session(Broken(model), model.config, *portrait, GenerationOptions(steps=1)))
+    live.push_audio(speech(0.5))
+    live.end()
+    with pytest.raises(RuntimeError, match="backbone exploded"):
+        list(live)
+    torch.set_num_threads(torch.get_num_threads())
