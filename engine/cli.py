@@ -49,16 +49,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Photo + speech -> MP4 with the speech muxed in."""
     from engine.faces import FaceBox
     from engine.pipeline import GenerateRequest, generate, is_untrained_preset
-    from engine.stream.session import GenerationOptions
 
     if args.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
-    options = GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
-                                seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
-                                first_clip_frames=args.first_clip)
+    options = _generation_options(args)
     request = GenerateRequest(
         image=Path(args.image), audio=Path(args.audio), out=Path(args.out), model=args.model, size=args.size,
         fps=args.fps, face_box=FaceBox.parse(args.face_box) if args.face_box else None,
@@ -79,7 +76,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from engine.faces import FaceBox
     from engine.pipeline import StreamRequest, is_untrained_preset, stream
     from engine.stream.runner import LagPolicy
-    from engine.stream.session import GenerationOptions
     from engine.stream.sources import FileSource, MicrophoneSource, StdinPcmSource
 
     if args.mic:
@@ -89,9 +85,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         source = FileSource(args.audio, realtime=args.realtime)
     else:
         source = StdinPcmSource(args.stdin_pcm)
-    options = GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
-                                seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
-                                first_clip_frames=args.first_clip)
+    options = _generation_options(args)
     request = StreamRequest(
         image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
         face_box=FaceBox.parse(args.face_box) if args.face_box else None,
@@ -106,6 +100,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_options(args: argparse.Namespace):
+    """The :class:`GenerationOptions` of ``generate`` / ``stream`` arguments."""
+    from engine.stream.session import GenerationOptions
+
+    return GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
+                             seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
+                             first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group)
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
     parser.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
@@ -117,6 +120,10 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-speed", type=float, default=0.0, help="head rotation speed, rad/s (default: 0)")
     parser.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
     parser.add_argument("--first-clip", type=int, default=None, help="frames in the first clip (default: --clip)")
+    parser.add_argument("--schedule", default="clip", choices=["clip", "rolling"],
+                        help="clip: each clip through all steps; rolling: groups at staggered noise levels, "
+                             "one backbone call per group (default: clip)")
+    parser.add_argument("--group", type=int, default=2, help="frames per group of the rolling schedule (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; same seed + same inputs = same video")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--face-box", default=None, metavar="X0,Y0,X1,Y1", help="face box in photo pixels")

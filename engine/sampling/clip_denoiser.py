@@ -1,4 +1,4 @@
-"""Denoise one clip: the sampler loop with guidance branches batched into one backbone call per step."""
+"""Denoising with guidance branches batched into one backbone call per step: whole clips, or one step of a window."""
 
 from __future__ import annotations
 
@@ -30,19 +30,19 @@ class ClipConditions:
     speed_tokens: torch.Tensor | None
 
 
-class ClipDenoiser:
-    """Runs ``steps`` sampler steps on a clip with classifier-free guidance over reference and audio.
+class GuidedBackbone:
+    """One guided backbone evaluation: the branches guidance needs stacked in one batch.
 
-    The branches guidance needs (:func:`branches_needed`: one when both scales are 1) are stacked in
-    the batch of a single backbone call per step: branches without audio get zero audio tokens
-    (as Hallo and EchoMimic), branches without the reference get ``reference_keep = False``.
+    :func:`branches_needed` gives one branch when both scales are 1. Branches without audio get zero
+    audio tokens (as Hallo and EchoMimic), branches without the reference get ``reference_keep = False``.
     """
 
-    def __init__(self, backend: Backend, sampler: Sampler, steps: int, guidance: GuidanceScales):
-        self.backend, self.sampler, self.steps, self.guidance = backend, sampler, steps, guidance
+    def __init__(self, backend: Backend, guidance: GuidanceScales):
+        self.backend, self.guidance = backend, guidance
         self.branches = branches_needed(guidance)
 
-    def _batched(self, cond: ClipConditions) -> dict:
+    def batched(self, cond: ClipConditions) -> dict:
+        """The backbone's keyword inputs for all branches (batch = number of branches)."""
         n = len(self.branches)
         keep_audio = torch.tensor([b.uses_audio for b in self.branches], device=cond.audio_tokens.device)
         audio = cond.audio_tokens.expand(n, *cond.audio_tokens.shape[1:]) * keep_audio.view(n, 1, 1, 1).to(
@@ -60,17 +60,26 @@ class ClipDenoiser:
             reference_keep=torch.tensor([b.uses_reference for b in self.branches], device=audio.device),
         )
 
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, batched: dict) -> torch.Tensor:
+        """Guided model output for latents ``x`` ``[1, C, F, h, w]`` at timesteps ``t`` ``[1, F]``."""
+        n = len(self.branches)
+        out = self.backend.backbone(x.expand(n, *x.shape[1:]), t.expand(n, *t.shape[1:]), **batched)
+        return combine(split_batched(out.to(x.dtype), self.branches), self.guidance)
+
+
+class ClipDenoiser:
+    """Runs ``steps`` sampler steps on a clip, one guided backbone batch per step."""
+
+    def __init__(self, backend: Backend, sampler: Sampler, steps: int, guidance: GuidanceScales):
+        self.sampler, self.steps = sampler, steps
+        self.model = GuidedBackbone(backend, guidance)
+
     def __call__(self, noise: torch.Tensor, cond: ClipConditions, generator: torch.Generator | None = None,
                  steps: int | None = None) -> torch.Tensor:
         """``noise`` ``[1, C, F, h, w]`` (unit Gaussian) -> clean latents of the same shape.
 
         ``steps`` overrides the configured number of steps for this clip (the "fewer steps" lag policy).
         """
-        batched = self._batched(cond)
-        n = len(self.branches)
-
-        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self.backend.backbone(x.expand(n, *x.shape[1:]), t.expand(n, *t.shape[1:]), **batched)
-            return combine(split_batched(out.to(x.dtype), self.branches), self.guidance)
-
-        return sample(model_fn, self.sampler, noise, steps or self.steps, generator=generator, per_frame=True)
+        batched = self.model.batched(cond)
+        return sample(lambda x, t: self.model(x, t, batched), self.sampler, noise, steps or self.steps,
+                      generator=generator, per_frame=True)

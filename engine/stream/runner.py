@@ -35,7 +35,8 @@ class LagPolicy:
     """What to do with a clip whose audio has been in for longer than ``max_lag_s`` before it starts.
 
     ``grow``: run it anyway (no frame lost, latency grows). ``skip``: drop it (its frames repeat the
-    last image, marked skipped). ``steps``: run it with ``min_steps`` sampler steps.
+    last image, marked skipped). ``steps``: run it with ``min_steps`` sampler steps (clip schedule
+    only; a rolling window's depth is fixed, so there it acts as ``grow``).
     """
 
     kind: str = "grow"
@@ -87,18 +88,29 @@ class DenoiseStage(threading.Thread):
         arrival = self.stats.audio_arrival(self.session.needed_samples(clip))
         return 0.0 if arrival is None else self.clock() - arrival
 
-    def _run_clip(self, clip: Clip) -> _Latents:
+    def _run_clip(self, clip: Clip) -> list[_Latents]:
         late = self._lag(clip) > self.policy.max_lag_s
         if late and self.policy.kind == "skip":
             self.session.skip(clip)
-            return _Latents(clip, None)
+            return [_Latents(clip, None)]
         steps = self.policy.min_steps if late and self.policy.kind == "steps" else None
         started = time.perf_counter()
-        latents = self.session.denoise(clip, steps=steps)
+        done = self.session.step(clip, steps=steps)
         self.stats.stage("denoise", time.perf_counter() - started, clip.index)
-        return _Latents(clip, latents)
+        return [_Latents(c, latents) for c, latents in done]
+
+    def _emit(self, items: list[_Latents]) -> None:
+        """Hand clips on in frame order (a rolling window finishes a clip after later ones were skipped)."""
+        for item in items:
+            self._pending[item.clip.start] = item
+        while self._next_start in self._pending:
+            item = self._pending.pop(self._next_start)
+            self._next_start = item.clip.end
+            self.out.put(item)
 
     def run(self) -> None:
+        self._pending: dict[int, _Latents] = {}
+        self._next_start = 0
         try:
             open_stream = True
             while open_stream and not self.stop_requested.is_set():
@@ -106,7 +118,9 @@ class DenoiseStage(threading.Thread):
                 for clip in self.session.ready_clips():
                     if self.stop_requested.is_set():
                         break
-                    self.out.put(self._run_clip(clip))
+                    self._emit(self._run_clip(clip))
+            if not self.stop_requested.is_set():
+                self._emit([_Latents(c, latents) for c, latents in self.session.flush()])
             self.out.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self.out.put(_Failure(exc))

@@ -21,6 +21,7 @@ from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.audio_features import StreamingAudioFeatures
 from engine.stream.chunk_planner import ChunkPlanner, Clip
+from engine.stream.rolling import RollingWindow
 
 
 @dataclass
@@ -35,6 +36,8 @@ class GenerationOptions:
         head_speed: constant head rotation speed in rad/s for the speed layers.
         clip_frames / first_clip_frames: clip sizes (None: the model's ``clip_frames``; first = clip).
         audio_context_s: left audio context of each clip's audio-encoder window, seconds.
+        schedule: "clip" (each clip denoised through all steps) or "rolling" (groups of
+            ``group_frames`` at staggered noise levels, one backbone call per group: see rolling.py).
     """
 
     steps: int = 4
@@ -46,10 +49,16 @@ class GenerationOptions:
     clip_frames: int | None = None
     first_clip_frames: int | None = None
     audio_context_s: float = 1.0
+    schedule: str = "clip"
+    group_frames: int = 2
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 50:
             raise ValueError(f"steps must be between 1 and 50, got {self.steps}")
+        if self.schedule not in ("clip", "rolling"):
+            raise ValueError(f"schedule must be 'clip' or 'rolling', not {self.schedule!r}")
+        if self.group_frames < 1:
+            raise ValueError(f"group_frames must be >= 1, got {self.group_frames}")
         if self.audio_context_s < 0:
             raise ValueError(f"audio_context_s must be >= 0, got {self.audio_context_s}")
 
@@ -102,14 +111,19 @@ class Session:
         self.size = size
         self.fps = config.fps
         self.motion_frames = config.motion_frames
-        clip = options.clip_frames or config.clip_frames
         window = config.audio.window
-        self.planner = ChunkPlanner(clip, options.first_clip_frames, lookahead=window)
+        self.rolling = options.schedule == "rolling"
+        if self.rolling:
+            self.planner = ChunkPlanner(options.group_frames, lookahead=window)
+        else:
+            self.planner = ChunkPlanner(options.clip_frames or config.clip_frames, options.first_clip_frames,
+                                        lookahead=window)
         self.audio = StreamingAudioFeatures(backend, config.fps, lookahead=window,
                                             left_context=round(options.audio_context_s * config.fps))
-        schedule = NoiseSchedule.from_dict(config.scheduler)
-        self.denoiser = ClipDenoiser(backend, make_sampler(options.sampler, schedule), options.steps,
-                                     GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio))
+        sampler = make_sampler(options.sampler, NoiseSchedule.from_dict(config.scheduler))
+        guidance = GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)
+        self.denoiser = ClipDenoiser(backend, sampler, options.steps, guidance)
+        self.window = RollingWindow(self.denoiser.model, sampler, options.steps)
         device, dtype = backend.device, backend.dtype
         self.reference_latent = backend.vae_encode(to_image_tensor(image, device, dtype))
         bank = backend.reference(self.reference_latent)
@@ -124,6 +138,7 @@ class Session:
         """Start a new utterance: audio, clip cut and motion frames start over; the reference stays."""
         self.audio.reset()
         self.planner.reset()
+        self.window.reset()
         init = self.config.motion_init
         if init not in ("zeros", "reference"):
             raise ValueError(f"motion_init must be 'zeros' or 'reference', not {init!r}")
@@ -147,27 +162,60 @@ class Session:
 
     def conditions(self, clip: Clip) -> ClipConditions:
         """The backbone's inputs for ``clip`` besides the latents (consumes nothing)."""
-        tokens = self.audio.tokens(clip)
-        return ClipConditions(
-            audio_tokens=tokens[None].to(self.backend.dtype),
-            reference_bank=self.reference_tokens,
-            motion_features=[m[None] for m in self._motion],
-            face_features=self.face,
-            speed_tokens=self._speed_tokens(clip.frames))
+        return self._conditions(self.audio.tokens(clip)[None].to(self.backend.dtype), clip.frames)
+
+    def _conditions(self, audio_tokens: torch.Tensor, frames: int) -> ClipConditions:
+        return ClipConditions(audio_tokens=audio_tokens, reference_bank=self.reference_tokens,
+                              motion_features=[m[None] for m in self._motion], face_features=self.face,
+                              speed_tokens=self._speed_tokens(frames))
+
+    def _noise(self, clip: Clip) -> tuple[torch.Tensor, torch.Generator]:
+        """The clip's starting noise ``[1, C, F, h, w]`` and the generator it came from (seeded by clip start)."""
+        h = self.size // self.config.latent_downscale
+        generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, clip.start))
+        noise = torch.randn(1, self.config.unet.in_channels, clip.frames, h, h, generator=generator)
+        return noise.to(self.backend.device), generator
 
     def denoise(self, clip: Clip, steps: int | None = None) -> torch.Tensor:
-        """Clean latents ``[1, C, F, h, w]`` of ``clip``; advances the motion frames.
+        """Clean latents ``[1, C, F, h, w]`` of ``clip`` through all steps; advances the motion frames.
 
         ``steps`` overrides the session's steps for this clip (when generation falls behind).
         """
         cond = self.conditions(clip)
-        h = self.size // self.config.latent_downscale
-        generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, clip.start))
-        noise = torch.randn(1, self.config.unet.in_channels, clip.frames, h, h, generator=generator)
-        latents = self.denoiser(noise.to(self.backend.device), cond, generator=generator, steps=steps)
+        noise, generator = self._noise(clip)
+        latents = self.denoiser(noise, cond, generator=generator, steps=steps)
         self._advance_motion(latents[0].transpose(0, 1))
         self.audio.release_before(clip.end)
         return latents
+
+    def step(self, clip: Clip, steps: int | None = None) -> list[tuple[Clip, torch.Tensor]]:
+        """Take in a released clip; return the clips finished by it, with their clean latents.
+
+        Clip schedule: the clip itself, denoised through all steps. Rolling schedule: the clip enters
+        the window as noise, one backbone call advances the window, and the oldest group leaves when clean.
+        """
+        if not self.rolling:
+            return [(clip, self.denoise(clip, steps))]
+        tokens = self.audio.tokens(clip)[None].to(self.backend.dtype)
+        noise, generator = self._noise(clip)
+        self.window.enter(clip, noise, tokens)
+        self.audio.release_before(clip.end)
+        return self._advance_window(generator)
+
+    def flush(self) -> list[tuple[Clip, torch.Tensor]]:
+        """After the last clip: finish what the rolling window still holds (nothing for clip schedule)."""
+        finished = []
+        while self.window.groups:
+            seed = clip_seed(self.options.seed, self.window.groups[-1].clip.end + self.window.frames)
+            finished += self._advance_window(torch.Generator("cpu").manual_seed(seed))
+        return finished
+
+    def _advance_window(self, generator: torch.Generator) -> list[tuple[Clip, torch.Tensor]]:
+        cond = self._conditions(self.window.audio_tokens(), self.window.frames)
+        finished = self.window.advance(cond, generator=generator)
+        for _, latents in finished:
+            self._advance_motion(latents[0].transpose(0, 1))
+        return finished
 
     def skip(self, clip: Clip) -> None:
         """Give up on ``clip`` (too late): its audio is released, the motion frames stay as they were."""
@@ -194,6 +242,10 @@ class Session:
         return self.planner.ready(self.audio.frames_available, self.audio.total_frames)
 
     def frames(self) -> Iterator[Frame]:
-        """Generate every clip that is ready now and yield its frames in order."""
+        """Generate every clip that is ready now and yield its frames in order (all of them once ended)."""
         for clip in self.ready_clips():
-            yield from self.decode(clip, self.denoise(clip))
+            for done, latents in self.step(clip):
+                yield from self.decode(done, latents)
+        if self.audio.ended:
+            for done, latents in self.flush():
+                yield from self.decode(done, latents)
