@@ -18,15 +18,17 @@ def _format_count(n: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a model's structure and parameter counts, built on the meta device (no weights, no memory)."""
+    from engine.importers.provenance import format_provenance, read_provenance
     from engine.models.checkpoint import resolve_config
     from engine.models.model import EmoteModel
 
     cfg = resolve_config(args.model)
     model = EmoteModel.on_meta(cfg)
     counts = model.parameter_counts()
+    provenance = read_provenance(Path(args.model)) if Path(args.model).is_dir() else None
     if args.json:
         print(json.dumps({"model": cfg.name, "parameters": counts, "total": sum(counts.values()),
-                          "config": cfg.to_dict()}, indent=2))
+                          "config": cfg.to_dict(), "provenance": provenance}, indent=2))
         return 0
     u = cfg.unet
     print(f"model        {cfg.name} ({args.model})")
@@ -38,6 +40,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"reference bank of {model.reference_net.num_bank_layers} layers")
     print(f"audio        {cfg.audio.kind}")
     print(f"vae          {cfg.vae.kind} (scale {cfg.vae.scaling_factor})")
+    for line in format_provenance(provenance) if provenance else []:
+        print(line)
     print("parameters")
     for name, n in counts.items():
         print(f"  {name:<16}{_format_count(n):>14}")
@@ -45,9 +49,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import Hallo / EchoMimic checkpoint files into a model directory; print what was mapped and dropped."""
+    import torch
+
+    from engine.importers.run import import_model
+
+    report = import_model(args.system, Path(args.src), Path(args.out), variant=args.variant,
+                          allow_unknown=args.allow_unknown, allow_missing=args.allow_missing,
+                          dtype={"float32": torch.float32, "float16": torch.float16}[args.dtype])
+    print("\n".join(report.lines()))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Photo + speech -> MP4 with the speech muxed in."""
     from engine.faces import FaceBox
+    from engine.importers.provenance import fallback_note
     from engine.pipeline import GenerateRequest, generate, is_untrained_preset
 
     if args.device.startswith("cuda"):
@@ -64,6 +82,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if is_untrained_preset(args.model):
         print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
               "its frames are not a face yet", file=sys.stderr)
+    fallbacks = fallback_note(Path(args.model))
+    if fallbacks:
+        print(fallbacks, file=sys.stderr)
     result = generate(request, progress=not args.quiet)
     rate = result.wall_seconds / max(result.media_seconds, 1e-9)
     print(f"wrote {result.out} ({result.frames} frames, {result.media_seconds:.2f} s of video) in "
@@ -139,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
+    imp = sub.add_parser("import", help="import Hallo / EchoMimic v1 checkpoint files into a model directory")
+    imp.add_argument("--from", dest="system", required=True, choices=["hallo", "echomimic"], help="source system")
+    imp.add_argument("--src", required=True, help="folder with the system's files (or its pretrained_models / "
+                                                  "pretrained_weights folder)")
+    imp.add_argument("--out", required=True, help="model directory to write")
+    imp.add_argument("--variant", default="standard", help="echomimic: standard or acc (accelerated weights)")
+    imp.add_argument("--allow-unknown", action="store_true", help="drop source keys no table row places")
+    imp.add_argument("--allow-missing", action="store_true", help="keep initial values for keys no file fills")
+    imp.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="weights dtype written")
+    imp.set_defaults(func=cmd_import)
     gen = sub.add_parser("generate", help="photo + speech file -> talking-head MP4 (H.264 + AAC)")
     gen.add_argument("--image", required=True, help="portrait photo (any common format)")
     gen.add_argument("--audio", required=True, help="speech (any format PyAV reads)")

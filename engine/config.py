@@ -68,13 +68,19 @@ class TemporalConfig:
 
     ``resolutions`` are downsampling factors (1 = the first block's resolution, 8 = the last);
     ``mid_block`` adds one in the mid block. AnimateDiff v2 / Hallo / EchoMimic: 8 heads,
-    32 positions, (1, 2, 4, 8), mid block on.
+    32 positions, (1, 2, 4, 8), mid block on. ``skip_plain_blocks``: the motion modules of down and
+    up blocks without spatial attention (SD1.5: ``down_blocks.3``, ``up_blocks.0``, the 8x8 level) are
+    built, so their weights load, but not run. Hallo's inference takes that path (its checkpointed
+    branch) and was trained on it. ``norm_num_groups``: groups of the modules' GroupNorm; None uses the
+    UNet's (AnimateDiff's modules always use 32, which equals SD1.5's).
     """
 
     num_attention_heads: int = 8
     max_frames: int = 32
     resolutions: tuple[int, ...] = (1, 2, 4, 8)
     mid_block: bool = True
+    skip_plain_blocks: bool = False
+    norm_num_groups: int | None = None
 
 
 @dataclass
@@ -111,10 +117,66 @@ class FaceLocatorConfig:
 
 @dataclass
 class ReferenceNetConfig:
-    """``cross_attention``: keep ``attn2`` (Hallo; SD1.5 loads as is) or drop it (EchoMimic)."""
+    """How the ReferenceNet is built and what it hands to the backbone's motion modules.
+
+    ``cross_attention``: keep ``attn2`` (Hallo; SD1.5 loads as is) or drop it (EchoMimic).
+    ``context_tokens``: how many zero tokens ``attn2`` reads when no context is given (with
+    ``image_proj`` on it reads the image projection of a zero face embedding instead).
+    ``motion_source``: what a motion frame contributes to the motion module at each location:
+    ``"hidden"`` (EMO): the ReferenceNet's hidden state at that location; ``"norm1"`` (Hallo): the
+    ``norm1`` output (the reference-bank tokens) of the spatial transformer block just before it,
+    as a ``[C, h, w]`` map (locations without a transformer block fall back to the hidden state).
+    """
 
     cross_attention: bool = True
     context_tokens: int = 1
+    motion_source: str = "hidden"
+
+
+@dataclass
+class ImageProjConfig:
+    """Hallo's image projection: a face embedding -> ``tokens`` context tokens for every ``attn2``.
+
+    When enabled, the spatial cross-attention of the backbone and of the ReferenceNet reads these
+    tokens (width ``unet.cross_attention_dim``) instead of audio tokens; the audio then goes
+    through ``audio_modules``. ``embedding_dim``: the face-recognition embedding width (512,
+    insightface). Without an embedding the tokens of a zero embedding are used, as Hallo does when
+    it finds no face.
+    """
+
+    enabled: bool = False
+    embedding_dim: int = 512
+    tokens: int = 4
+
+
+@dataclass
+class AudioModulesConfig:
+    """Hallo's separate audio transformers, one after each spatial transformer of the backbone.
+
+    Each one: GroupNorm, 1x1 ``proj_in`` to an inner width (Hallo's: the block's input channels),
+    self-attention, three cross-attentions to the frame's audio tokens weighted by the full / face /
+    lip region masks and passed through 1x1 ``zero_conv_*``, feed-forward, 1x1 ``proj_out``, residual.
+    ``cross_attention_dim``: audio-token width. ``region_weights``: Hallo's pose / face / lip weights
+    (multiply the full / face / lip branches).
+    """
+
+    enabled: bool = False
+    cross_attention_dim: int = 768
+    region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class SamplingDefaults:
+    """Generation defaults a model comes with (None: the command line's own default).
+
+    ``cfg_audio`` / ``cfg_ref``: guidance scales (:class:`engine.sampling.guidance.GuidanceScales`);
+    a single-scale CFG of ``s`` (Hallo, EchoMimic) is ``cfg_audio = cfg_ref = s``.
+    """
+
+    steps: int | None = None
+    sampler: str | None = None
+    cfg_audio: float | None = None
+    cfg_ref: float | None = None
 
 
 @dataclass
@@ -137,6 +199,8 @@ class ModelConfig:
     ``motion_init``: what stands for the motion frames before any frame exists (the first clip):
     ``"zeros"`` (EMO) or ``"reference"`` (the reference image's own ReferenceNet features).
     ``scheduler``: the training noise schedule (:class:`NoiseSchedule` fields).
+    ``image_proj`` / ``audio_modules``: Hallo's face-embedding tokens and separate audio transformers
+    (off in our presets). ``sampling``: steps and guidance the model's weights expect.
     """
 
     name: str = "custom"
@@ -154,6 +218,9 @@ class ModelConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     scheduler: dict[str, Any] = field(default_factory=dict)
+    image_proj: ImageProjConfig = field(default_factory=ImageProjConfig)
+    audio_modules: AudioModulesConfig = field(default_factory=AudioModulesConfig)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -194,7 +261,8 @@ class ModelConfig:
 
 
 _SECTIONS = {"unet": UNetConfig, "temporal": TemporalConfig, "speed": SpeedConfig,
-             "face_locator": FaceLocatorConfig, "reference_net": ReferenceNetConfig, "vae": VAEConfig}
+             "face_locator": FaceLocatorConfig, "reference_net": ReferenceNetConfig, "vae": VAEConfig,
+             "image_proj": ImageProjConfig, "audio_modules": AudioModulesConfig, "sampling": SamplingDefaults}
 
 
 def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:

@@ -306,6 +306,30 @@ class AudioEncoder(nn.Module):
             return self._wav2vec2_features(pcm, frames, frames - natural)
         return self._whisper_tokens(pcm, frames)
 
+    def wav2vec2_input(self, pcm: Tensor, num_frames: int) -> Tensor:
+        """The conv feature extractor's input for ``num_frames`` frames of ``pcm``: ``[samples']``.
+
+        Checks ``pcm`` as :meth:`features` does, normalises it (in float64, when configured) and
+        zero-pads it by ``sample_rate // fps`` samples per frame past the audio's own frames; returned
+        in the encoder's weight dtype. Exported graphs take this as their input.
+        """
+        if self.config.kind != "wav2vec2":
+            raise ValueError("wav2vec2_input needs a wav2vec2 audio encoder")
+        pcm = self._check_pcm(pcm, None)
+        natural = frame_count(pcm.numel(), self.config.fps)
+        if num_frames < natural:
+            raise ValueError(
+                f"num_frames={num_frames} is fewer than the {natural} frames of the audio; trim the audio instead"
+            )
+        return self._wav2vec2_input(pcm, num_frames - natural)
+
+    def conv_frames(self, samples: int) -> int:
+        """Frames the wav2vec2 conv feature extractor yields for ``samples`` input samples."""
+        length = samples
+        for kernel, stride in zip(self.encoder_config.conv_kernel, self.encoder_config.conv_stride):
+            length = (length - kernel) // stride + 1
+        return length
+
     def tokens(self, pcm: Tensor, num_frames: int | None = None, sample_rate: int | None = None) -> Tensor:
         """Audio tokens per video frame, ``[frames, output_tokens, output_dim]``; arguments as :meth:`features`.
 
@@ -358,15 +382,23 @@ class AudioEncoder(nn.Module):
             raise ValueError("audio contains NaN or infinite samples")
         return pcm
 
-    def _wav2vec2_features(self, pcm: Tensor, frames: int, pad_frames: int) -> Tensor:
-        """[samples] -> [frames, layers, hidden]; conv features resampled to ``frames`` before the transformer."""
+    def _wav2vec2_input(self, pcm: Tensor, pad_frames: int) -> Tensor:
+        """Checked ``[samples]`` -> normalised, zero-padded ``[samples']`` in the weight dtype."""
         weight = self.feature_projection.projection.weight
         x = pcm.to(device=weight.device, dtype=torch.float64)
         if self.config.normalize:
             x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + NORM_EPS)
         x = F.pad(x, (0, pad_frames * int(self.config.sample_rate // self.config.fps)))
-        conv = self.feature_extractor(x.to(weight.dtype)[None])
+        return x.to(weight.dtype)
+
+    def _wav2vec2_features(self, pcm: Tensor, frames: int, pad_frames: int) -> Tensor:
+        """[samples] -> [frames, layers, hidden]; conv features resampled to ``frames`` before the transformer."""
+        conv = self.feature_extractor(self._wav2vec2_input(pcm, pad_frames)[None])
         conv = F.interpolate(conv, size=frames, mode="linear", align_corners=True)
+        return self.wav2vec2_levels(conv)
+
+    def wav2vec2_levels(self, conv: Tensor) -> Tensor:
+        """Conv features already at the frame rate ``[1, C, frames]`` -> kept levels ``[frames, layers, hidden]``."""
         hidden, _ = self.feature_projection(conv.transpose(1, 2))
         hidden = hidden + self.encoder.pos_conv_embed(hidden)
         if not self.encoder_config.do_stable_layer_norm:
@@ -391,9 +423,17 @@ class AudioEncoder(nn.Module):
 
     def _whisper_levels(self, pcm: Tensor) -> Tensor:
         """:meth:`whisper_levels` of already-checked PCM."""
-        weight = self.encoder.conv1.weight
+        steps = math.ceil(pcm.numel() * WHISPER_STEP_RATE / SAMPLE_RATE)
+        return self.whisper_mel_levels(self.whisper_mel(pcm)).flatten(0, 1)[:steps]
+
+    def whisper_mel(self, pcm: Tensor) -> Tensor:
+        """Checked ``[samples]`` -> log-mel of each 30 s window ``[windows, n_mels, 3000]`` (float32, CPU)."""
         windows = [w.detach().to("cpu", torch.float32).numpy() for w in pcm.split(WHISPER_WINDOW_SAMPLES)]
-        mel = self.mel(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        return self.mel(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+
+    def whisper_mel_levels(self, mel: Tensor) -> Tensor:
+        """Log-mel windows ``[windows, n_mels, 3000]`` -> all level states ``[windows, 1500, levels, d_model]``."""
+        weight = self.encoder.conv1.weight
         hidden = F.gelu(self.encoder.conv1(mel.to(device=weight.device, dtype=weight.dtype)))
         hidden = F.gelu(self.encoder.conv2(hidden)).transpose(1, 2)
         hidden = hidden + self.encoder.embed_positions.weight[: hidden.shape[1]]
@@ -401,8 +441,7 @@ class AudioEncoder(nn.Module):
         for layer in self.encoder.layers:
             hidden = _layer_output(layer(hidden, None))
             levels.append(hidden)
-        steps = math.ceil(pcm.numel() * WHISPER_STEP_RATE / SAMPLE_RATE)
-        return torch.stack(levels, dim=2).flatten(0, 1)[:steps]
+        return torch.stack(levels, dim=2)
 
     def _whisper_tokens(self, pcm: Tensor, frames: int) -> Tensor:
         """[samples] -> [frames, (4m+2)*levels, d_model] (EchoMimic's per-frame token layout)."""

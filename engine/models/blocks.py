@@ -56,7 +56,11 @@ class UNetContext:
     Attributes:
         temb: ``[B*F, temb_dim]`` time embedding, one row per frame.
         num_frames: frames per sample ``F`` (1 for the ReferenceNet).
-        audio_tokens: ``[B*F, T, D]`` tokens for the cross-attention (``attn2``), or None.
+        cross_tokens: ``[B*F, T, D]`` tokens the spatial cross-attention (``attn2``) reads: audio
+            tokens (EMO, EchoMimic) or face-embedding tokens (Hallo); None skips ``attn2``.
+        audio_tokens: ``[B*F, T, D]`` audio tokens for the separate audio modules (Hallo), or None.
+        region_masks: per resolution level (0 = the latent's), ``[B*F, 3, h_l * w_l]`` full / face /
+            lip weights in [0, 1] for the audio modules; None weighs every position 1.
         reference_bank: per transformer block, ``[B, L, C]`` reference tokens appended to the
             self-attention keys/values; None means plain self-attention.
         reference_keep: ``[B]`` bool; samples marked False ignore the reference tokens (plain
@@ -65,17 +69,22 @@ class UNetContext:
             frames, prepended on the frame axis inside the motion module; None means no motion frames.
         speed_tokens: ``[B, n+F, S, D_s]`` speed tokens for the temporal modules' cross-attention.
         bank_out / motion_out: lists the ReferenceNet fills (None in the backbone).
+        motion_source: what ``motion_out`` records per motion-module location: ``"hidden"`` (the
+            hidden state) or ``"norm1"`` (the preceding transformer block's ``norm1`` tokens).
     """
 
     temb: torch.Tensor
     num_frames: int = 1
+    cross_tokens: torch.Tensor | None = None
     audio_tokens: torch.Tensor | None = None
+    region_masks: list[torch.Tensor] | None = None
     reference_bank: list[torch.Tensor] | None = None
     reference_keep: torch.Tensor | None = None
     motion_features: list[torch.Tensor] | None = None
     speed_tokens: torch.Tensor | None = None
     bank_out: list[torch.Tensor] | None = None
     motion_out: list[torch.Tensor] | None = None
+    motion_source: str = "hidden"
 
 
 class Attention(nn.Module):
@@ -173,8 +182,8 @@ class BasicTransformerBlock(nn.Module):
             ctx.bank_out.append(normed)
         reference = ctx.reference_bank[self.bank_index] if ctx.reference_bank is not None else None
         x = self.attn1(normed, reference=reference, reference_keep=ctx.reference_keep) + x
-        if hasattr(self, "attn2") and ctx.audio_tokens is not None:
-            x = self.attn2(self.norm2(x), context=ctx.audio_tokens) * self.cross_attention_scale + x
+        if hasattr(self, "attn2") and ctx.cross_tokens is not None:
+            x = self.attn2(self.norm2(x), context=ctx.cross_tokens) * self.cross_attention_scale + x
         return self.ff(self.norm3(x)) + x
 
 

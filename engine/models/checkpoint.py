@@ -29,6 +29,24 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the network."""
 
 
+def read_torch_object(path: Path) -> object:
+    """What a ``.pth``/``.pt``/``.bin``/``.ckpt`` file holds, loaded with ``weights_only=True`` on the CPU.
+
+    Only tensors and plain containers and numbers load; a pickle that needs code is refused with a
+    one-line :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
+        raise CheckpointError(f"{path}: refused, loading it would run code ({first_line})") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file, or of a ``.pth``/``.pt``/``.bin``/``.ckpt`` loaded with weights_only."""
     path = Path(path)
@@ -39,13 +57,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
-        raise CheckpointError(f"{path}: refused, loading it would run code ({first_line})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    state = read_torch_object(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a flat state dict of tensors")
     return state
@@ -80,13 +92,18 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str,
     module.load_state_dict(usable, strict=False, assign=on_meta)
 
 
-def save_model(model: EmoteModel, directory: Path) -> None:
-    """Write ``config.json`` and ``<component>.safetensors`` files; atomic (a temporary sibling, then a rename)."""
+def save_model(model: EmoteModel, directory: Path, extra_files: dict[str, str] | None = None) -> None:
+    """Write ``config.json`` and ``<component>.safetensors`` files; atomic (a temporary sibling, then a rename).
+
+    ``extra_files``: file name -> text written beside them (e.g. an import's ``provenance.json``).
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.config.save(tmp / CONFIG_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         for name, module in model.components().items():
             state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(state, str(tmp / f"{name}.safetensors"), metadata={"component": name})
@@ -117,6 +134,7 @@ def load_model(directory: Path, device: str | torch.device = "cpu", dtype: torch
     model = EmoteModel.on_meta(cfg)
     for name, module in model.components().items():
         load_checked(module, read_state_dict(directory / f"{name}.safetensors"), f"{directory / name}.safetensors")
+    model.sync_default_context()
     model.to(device=device, dtype=dtype)
     return model.eval()
 

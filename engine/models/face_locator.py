@@ -28,7 +28,14 @@ class FaceLocator(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        """``mask``: ``[N, cond_ch, H, W]`` in [0, 1] -> ``[N, out_channels, H/8, W/8]``."""
+        """``mask``: ``[N, cond_ch, H, W]`` in [0, 1] -> ``[N, out_channels, H/8, W/8]``.
+
+        A one-plane mask feeds every plane of a multi-plane locator (Hallo's locator reads the face
+        mask as an RGB image whose three planes are equal).
+        """
+        planes = self.conv_in.in_channels
+        if mask.shape[1] == 1 and planes > 1:
+            mask = mask.expand(-1, planes, -1, -1)
         x = F.silu(self.conv_in(mask))
         for block in self.blocks:
             x = F.silu(block(x))

@@ -9,16 +9,19 @@ from engine.config import ModelConfig
 from engine.models.audio import AudioEncoder
 from engine.models.backbone import Backbone
 from engine.models.face_locator import FaceLocator
+from engine.models.image_proj import ImageProjection
 from engine.models.reference_net import ReferenceNet
 from engine.models.speed import SpeedEncoder
 from engine.models.vae import VAE
 
 
 class EmoteModel(nn.Module):
-    """ReferenceNet, backbone, face locator, speed encoder (when enabled), audio encoder and VAE.
+    """ReferenceNet, backbone, face locator, speed encoder (when enabled), image projection (when
+    enabled, Hallo), audio encoder and VAE.
 
     Build on the meta device to count parameters without memory:
-    ``with torch.device("meta"): EmoteModel(cfg)``.
+    ``with torch.device("meta"): EmoteModel(cfg)``; after loading weights into such a model call
+    :meth:`sync_default_context` (``load_model`` does).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -32,11 +35,34 @@ class EmoteModel(nn.Module):
         self.face_locator = FaceLocator(cfg.face_locator, face_out)
         if cfg.speed.enabled:
             self.speed_encoder = SpeedEncoder(cfg.speed)
+        if cfg.image_proj.enabled:
+            if not cfg.audio_modules.enabled:
+                raise ValueError("image_proj needs audio_modules: attn2 reads the face tokens, the audio "
+                                 "needs its own modules")
+            self.image_proj = ImageProjection(cfg.image_proj, cfg.unet.cross_attention_dim)
         self.audio_encoder = AudioEncoder(cfg.audio)
         self.vae = VAE(cfg.vae)
-        if self.audio_encoder.output_dim != cfg.unet.cross_attention_dim:
-            raise ValueError(f"audio tokens are {self.audio_encoder.output_dim}-d but the backbone's attn2 reads "
-                             f"{cfg.unet.cross_attention_dim}-d (unet.cross_attention_dim)")
+        if cfg.audio_modules.enabled:
+            audio_dim, reader, setting = cfg.audio_modules.cross_attention_dim, "audio modules read", \
+                "audio_modules.cross_attention_dim"
+        else:
+            audio_dim, reader, setting = cfg.unet.cross_attention_dim, "backbone's attn2 reads", \
+                "unet.cross_attention_dim"
+        if self.audio_encoder.output_dim != audio_dim:
+            raise ValueError(f"audio tokens are {self.audio_encoder.output_dim}-d but the {reader} "
+                             f"{audio_dim}-d ({setting})")
+        if not any(t.is_meta for t in self.parameters()):
+            self.sync_default_context()
+
+    def sync_default_context(self) -> None:
+        """Recompute what ``attn2`` reads without a face embedding: the image projection of a zero
+        embedding, into the ReferenceNet's ``default_context`` and the backbone's
+        ``default_image_tokens``. No-op without ``image_proj``."""
+        if hasattr(self, "image_proj"):
+            tokens = self.image_proj.zero_embedding_tokens()
+            self.backbone.default_image_tokens = tokens.clone()
+            if hasattr(self.reference_net, "default_context"):
+                self.reference_net.default_context = tokens.clone()
 
     def components(self) -> dict[str, nn.Module]:
         """The modules stored one safetensors file each, by file stem (the VAE as its diffusers model)."""
@@ -44,6 +70,8 @@ class EmoteModel(nn.Module):
                                      "face_locator": self.face_locator}
         if hasattr(self, "speed_encoder"):
             out["speed_encoder"] = self.speed_encoder
+        if hasattr(self, "image_proj"):
+            out["image_proj"] = self.image_proj
         out["audio_encoder"] = self.audio_encoder
         out["vae"] = self.vae.model
         return out

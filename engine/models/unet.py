@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import TemporalConfig, UNetConfig
+from engine.config import AudioModulesConfig, TemporalConfig, UNetConfig
 from engine.models.blocks import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel,
                                   UNetContext, Upsample2D, timestep_embedding)
+from engine.models.hallo_audio import AudioModule, hallo_inner_widths
 from engine.models.temporal import MotionModule
 
 
@@ -29,16 +30,20 @@ class _Counter:
 
 
 class UNetBlock(nn.Module):
-    """A down, mid or up block: ``resnets``, optional ``attentions`` and ``motion_modules``, resampler.
+    """A down, mid or up block: ``resnets``, optional ``attentions``, ``audio_modules`` and
+    ``motion_modules``, resampler.
 
-    Layer ``j`` runs resnet -> attention -> motion module. A mid block runs ``resnets[0]`` first, then
-    (attention -> motion module -> resnet) per layer, as in AnimateAnyone's 3D mid block.
+    Layer ``j`` runs resnet -> attention -> audio module -> motion module. A mid block runs
+    ``resnets[0]`` first, then (attention -> audio module -> motion module -> resnet) per layer, as in
+    AnimateAnyone's and Hallo's 3D mid block. ``level`` is the block's resolution level (0 = the
+    latent's); ``block_input`` its ``in_channels`` in diffusers' sense (Hallo's audio-module width).
     """
 
     def __init__(self, kind: str, in_channels: list[int], out_channels: int, temb: int, cfg: UNetConfig,
                  attention: bool, cross_attention_dim: int | None, temporal: TemporalConfig | None,
                  build_motion_modules: bool, speed_dim: int | None, banks: _Counter, motions: _Counter,
-                 resample: bool):
+                 resample: bool, level: int = 0, audio_modules: AudioModulesConfig | None = None,
+                 block_input: int = 0):
         super().__init__()
         self.kind = kind
         self.resnets = nn.ModuleList(
@@ -49,11 +54,18 @@ class UNetBlock(nn.Module):
                 Transformer2DModel(out_channels, cfg.num_attention_heads, cross_attention_dim, cfg.norm_num_groups,
                                    banks.next(), cfg.use_linear_projection, cfg.cross_attention_scale)
                 for _ in range(layers)])
+        if attention and audio_modules is not None and audio_modules.enabled:
+            widths = hallo_inner_widths(kind, in_channels[:layers], out_channels, block_input)
+            self.audio_modules = nn.ModuleList([
+                AudioModule(out_channels, inner, cfg.num_attention_heads, cfg.norm_num_groups,
+                            audio_modules.cross_attention_dim, level, audio_modules.region_weights)
+                for inner in widths])
         self.motion_indices = [motions.next() for _ in range(layers)] if temporal is not None else []
+        self.run_motion_modules = attention or kind == "mid" or temporal is None or not temporal.skip_plain_blocks
         if temporal is not None and build_motion_modules:
+            groups = temporal.norm_num_groups or cfg.norm_num_groups
             self.motion_modules = nn.ModuleList([
-                MotionModule(out_channels, temporal.num_attention_heads, cfg.norm_num_groups, temporal.max_frames,
-                             speed_dim, index)
+                MotionModule(out_channels, temporal.num_attention_heads, groups, temporal.max_frames, speed_dim, index)
                 for index in self.motion_indices])
         if resample and kind == "down":
             self.downsamplers = nn.ModuleList([Downsample2D(out_channels)])
@@ -64,9 +76,19 @@ class UNetBlock(nn.Module):
         if hasattr(self, "attentions"):
             x = self.attentions[j](x, ctx)
         if self.motion_indices and ctx.motion_out is not None:
-            ctx.motion_out.append(x)
-        if hasattr(self, "motion_modules"):
+            ctx.motion_out.append(self._motion_feature(x, ctx))
+        if hasattr(self, "audio_modules"):
+            x = self.audio_modules[j](x, ctx)
+        if hasattr(self, "motion_modules") and self.run_motion_modules:
             x = self.motion_modules[j](x, ctx)
+        return x
+
+    def _motion_feature(self, x: torch.Tensor, ctx: UNetContext) -> torch.Tensor:
+        """What a motion frame hands to this layer's motion module: ``[N, C, h, w]``."""
+        if ctx.motion_source == "norm1" and hasattr(self, "attentions"):
+            tokens = ctx.bank_out[-1]
+            n, c, h, w = x.shape
+            return tokens.transpose(1, 2).reshape(n, c, h, w)
         return x
 
     def forward_down(self, x: torch.Tensor, ctx: UNetContext) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -105,10 +127,12 @@ class UNet(nn.Module):
             locations (ReferenceNet, for the motion frames).
         speed_dim: width of speed tokens for the temporal cross-attention; None disables it.
         head: build ``conv_norm_out``/``conv_out`` (the backbone) or not (the ReferenceNet).
+        audio_modules: Hallo's audio modules after every spatial transformer (backbone), or None.
     """
 
     def __init__(self, cfg: UNetConfig, cross_attention_dim: int | None, temporal: TemporalConfig,
-                 motion_modules: bool, speed_dim: int | None, head: bool):
+                 motion_modules: bool, speed_dim: int | None, head: bool,
+                 audio_modules: AudioModulesConfig | None = None):
         super().__init__()
         self.cfg = cfg
         widths = list(cfg.block_out_channels)
@@ -127,10 +151,12 @@ class UNet(nn.Module):
             inp, out = out, widths[i]
             self.down_blocks.append(UNetBlock(
                 "down", [inp] + [out] * (cfg.layers_per_block - 1), out, temb, cfg, kind.startswith("CrossAttn"),
-                cross_attention_dim, temporal_at(i), motion_modules, speed_dim, banks, motions, resample=i < n - 1))
+                cross_attention_dim, temporal_at(i), motion_modules, speed_dim, banks, motions, resample=i < n - 1,
+                level=i, audio_modules=audio_modules, block_input=inp))
         self.mid_block = UNetBlock("mid", [widths[-1], widths[-1]], widths[-1], temb, cfg, True, cross_attention_dim,
                                    temporal if temporal.mid_block else None, motion_modules, speed_dim, banks,
-                                   motions, resample=False)
+                                   motions, resample=False, level=n - 1, audio_modules=audio_modules,
+                                   block_input=widths[-1])
         self.up_blocks = nn.ModuleList()
         reversed_widths = widths[::-1]
         prev = reversed_widths[0]
@@ -141,7 +167,8 @@ class UNet(nn.Module):
                    for j in range(cfg.layers_per_block + 1)]
             self.up_blocks.append(UNetBlock(
                 "up", ins, out, temb, cfg, kind.startswith("CrossAttn"), cross_attention_dim,
-                temporal_at(n - 1 - i), motion_modules, speed_dim, banks, motions, resample=i < n - 1))
+                temporal_at(n - 1 - i), motion_modules, speed_dim, banks, motions, resample=i < n - 1,
+                level=n - 1 - i, audio_modules=audio_modules, block_input=skip_in))
             prev = out
         self.num_bank_layers = banks.value
         self.num_motion_locations = motions.value

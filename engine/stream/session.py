@@ -227,8 +227,10 @@ class Session:
         return min(needed, self.audio.samples) if self.audio.ended else needed
 
     def _advance_motion(self, clip_latents: torch.Tensor) -> None:
-        """Motion frames for the next clip: the last n frames so far, through the ReferenceNet."""
+        """Motion frames for the next clip: the last n frames so far, through the ReferenceNet (none when n = 0)."""
         n = self.motion_frames
+        if n == 0:
+            return
         newest = self.backend.reference(clip_latents[-n:].to(self.backend.dtype)).features
         self._motion = [torch.cat([old, new])[-n:] for old, new in zip(self._motion, newest)]
 
