@@ -44,3 +44,23 @@ demo: system-deps $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Benchmarks: the engine against the reference (Hallo) recipe in one run; results (JSON, Markdown, PNG)
+# under bench/results/<device>/. `make bench`: tiny preset at 128x128 on the CPU, a few minutes.
+# `make bench-gpu`: sd15 at 512x512 on a CUDA GPU, run by that machine's own torch (BENCH_PY), then the
+# Triton kernels against eager PyTorch and torch.compile. BENCH_ARGS: extra `python -m bench` options.
+# `make bench-kernels`: the kernel benchmark alone. A GPU command is limited to 10 minutes: split the GPU
+# run by decoder when needed (BENCH_ARGS=--decoders=kl, then --decoders=tiny; each keeps the reference).
+.PHONY: bench bench-gpu bench-kernels
+BENCH_ARGS ?=
+BENCH_PY ?= python3
+
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-gpu:
+	$(BENCH_PY) -m bench --preset sd15 --device cuda $(BENCH_ARGS)
+	$(BENCH_PY) -m bench.bench_kernels
+
+bench-kernels:
+	$(BENCH_PY) -m bench.bench_kernels

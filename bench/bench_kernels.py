@@ -1,15 +1,23 @@
-"""Time each Triton kernel against its PyTorch reference at SD1.5 shapes (CUDA only).
+"""Time each Triton kernel against (a) eager PyTorch and (b) torch.compile of the same eager code (CUDA only).
 
-Temporal attention: latents 64x64 / 32x32 / 16x16 / 8x8 with 320 / 640 / 1280 / 1280 channels, 8 heads,
-clips of 12 + 4 and 16 + 2 frames (clip + motion frames), fp16, in the frame-stacked layout. Beside the
-kernel's own reference (fp32 math) it times the usual eager path: explicit (b f) <-> (b h w) transposes
-around fp16 ``scaled_dot_product_attention``.
-GroupNorm: the UNet's resnet inputs at the same resolutions, 32 groups, with and without SiLU.
+Shapes: SD1.5 at 512x512, the four UNet resolutions (latents 64x64 / 32x32 / 16x16 / 8x8 with 320 / 640 /
+1280 / 1280 channels), clips of 12 frames + 4 motion frames (F = 16), batch 1 and 2 (2: two guidance
+branches), fp16.
 
-Each timing: warm-up calls (the first compiles the kernel), then CUDA events around every repeat, median.
-Prints a Markdown table and writes JSON (``--out``) with reference / kernel per row.
+- Temporal attention, in the frame-stacked layout ``[(b*F), h*w, C]`` the motion modules project into;
+  8 heads. (a) is the usual motion-module code: ``(b F) (h w) C -> (b h w) heads F d`` permutes around
+  fp16 ``scaled_dot_product_attention`` and back.
+- GroupNorm (32 groups) with and without SiLU on the resnets' ``[b*F, C, h, w]`` inputs; (a) is
+  ``F.group_norm`` followed by ``F.silu``.
 
-    python bench/bench_kernels.py [--out bench/results/kernels.json] [--repeats 50] [--batch 1]
+Each timing: warm-up calls (the first compiles), then CUDA events around every repeat; the median.
+Achieved bandwidth: the bytes an op must move at least (each input read once, the output written once)
+over its time. Ratios: (a) / kernel and (b) / kernel (above 1: the kernel is faster). A baseline that fails
+(PyTorch's memory-efficient SDPA puts the batch on a grid axis limited to 65,535) is reported as its error.
+Without a CUDA device the script says so and exits 0.
+
+    python -m bench.bench_kernels [--out-dir bench/results/<gpu>/] [--repeats 50] [--batches 1,2]
+    python bench/bench_kernels.py ...   (the same)
 """
 
 from __future__ import annotations
@@ -19,20 +27,108 @@ import json
 import platform
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+if __package__ in (None, ""):  # run as a script (python bench/bench_kernels.py): the repository's packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 
+from bench.environment import gpu_driver, slug
 from kernels import group_norm as gn
 from kernels import temporal_attention as ta
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 RESOLUTIONS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
-CLIPS = ((12, 4), (16, 2))
+"""(latent side, channels) of SD1.5's four UNet levels at 512x512."""
+CLIP_FRAMES, MOTION_FRAMES = 12, 4
 HEADS = 8
 GROUPS = 32
+OPS = ("temporal_attention", "group_norm_silu", "group_norm")
+GOALS = {"temporal_attention": 2.0, "group_norm_silu": 3.0}
+"""Speed-up over eager PyTorch (a) each kernel aims for at these shapes."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked shape: ``op`` on a batch of ``batch`` clips of ``frames`` frames at ``size`` x ``size``
+    latents with ``channels`` channels, in ``dtype``."""
+
+    op: str
+    batch: int
+    size: int
+    channels: int
+    frames: int = CLIP_FRAMES + MOTION_FRAMES
+    dtype: torch.dtype = torch.float16
+
+    @property
+    def rows(self) -> int:
+        """Frame-stacked rows: ``batch * frames``."""
+        return self.batch * self.frames
+
+    @property
+    def elements(self) -> int:
+        """Elements of one activation tensor ``[rows, channels, size, size]``."""
+        return self.rows * self.channels * self.size * self.size
+
+    @property
+    def element_bytes(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def bytes_moved(self) -> int:
+        """Bytes the op must move at least: attention reads q, k, v and writes the output (4 tensors);
+        GroupNorm reads x and its per-channel weight and bias, and writes the output."""
+        if self.op == "temporal_attention":
+            return 4 * self.elements * self.element_bytes
+        return (2 * self.elements + 2 * self.channels) * self.element_bytes
+
+    def describe(self) -> str:
+        """E.g. ``b=2 f=12+4 64x64 c=320``."""
+        return f"b={self.batch} f={CLIP_FRAMES}+{self.frames - CLIP_FRAMES} {self.size}x{self.size} c={self.channels}"
+
+
+def cases(batches: tuple[int, ...] = (1, 2), ops: tuple[str, ...] = OPS) -> list[Case]:
+    """Every op at every SD1.5 resolution for every batch."""
+    return [Case(op, batch, size, channels) for op in ops for batch in batches for size, channels in RESOLUTIONS]
+
+
+def bandwidth_gbs(bytes_moved: int, ms: float | None) -> float | None:
+    """Achieved bandwidth in GB/s (1e9 bytes) of moving ``bytes_moved`` in ``ms`` milliseconds."""
+    if ms is None or not ms > 0:
+        return None
+    return bytes_moved / (ms / 1000.0) / 1e9
+
+
+def speedup(baseline_ms: float | str | None, kernel_ms: float | None) -> float | None:
+    """``baseline / kernel`` (above 1: the kernel is faster); None when either is missing or failed."""
+    if not isinstance(baseline_ms, float) or kernel_ms is None or not kernel_ms > 0:
+        return None
+    return baseline_ms / kernel_ms
+
+
+def eager_temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int,
+                             heads: int) -> torch.Tensor:
+    """The eager motion-module path in the inputs' dtype: ``[(b F), hw, C]`` -> ``[(b hw), heads, F, d]``,
+    SDPA, and back to ``[(b F), hw, C]``."""
+    rows, positions, channels = q.shape
+    batch, head_dim = rows // frames, channels // heads
+
+    def to_sequences(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(batch, frames, positions, heads, head_dim).permute(0, 2, 3, 1, 4)
+        return x.reshape(batch * positions, heads, frames, head_dim)
+
+    out = F.scaled_dot_product_attention(to_sequences(q), to_sequences(k), to_sequences(v))
+    out = out.reshape(batch, positions, heads, frames, head_dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(rows, positions, channels)
+
+
+def eager_group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool) -> torch.Tensor:
+    """``F.group_norm`` (32 groups) then, when ``silu``, ``F.silu``: ``[N, C, h, w]`` in and out."""
+    y = F.group_norm(x, GROUPS, weight, bias)
+    return F.silu(y) if silu else y
 
 
 def time_cuda(fn: Callable[[], object], warmup: int, repeats: int) -> float:
@@ -51,148 +147,166 @@ def time_cuda(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def sdpa_with_transposes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, heads: int) -> torch.Tensor:
-    """The eager motion-module path: [(b f), hw, c] -> [(b hw), heads, f, d], SDPA, and back."""
-    rows, positions, channels = q.shape
-    batch, head_dim = rows // frames, channels // heads
-
-    def to_sequences(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(batch, frames, positions, heads, head_dim).permute(0, 2, 3, 1, 4)
-        return x.reshape(batch * positions, heads, frames, head_dim)
-
-    out = F.scaled_dot_product_attention(to_sequences(q), to_sequences(k), to_sequences(v))
-    out = out.reshape(batch, positions, heads, frames, head_dim).permute(0, 3, 1, 2, 4)
-    return out.reshape(rows, positions, channels)
-
-
 def time_or_error(fn: Callable[[], object], warmup: int, repeats: int) -> float | str:
-    """Like :func:`time_cuda`, but a failing call (e.g. a grid over 65,535) gives its one-line error."""
+    """Like :func:`time_cuda`, but a failing call gives ``"error: <its first line>"``."""
     try:
         return time_cuda(fn, warmup, repeats)
-    except RuntimeError as exc:
-        return f"error: {str(exc).splitlines()[0]}"
+    except Exception as exc:  # e.g. a grid over 65,535 or a compile failure: reported, not fatal
+        torch.cuda.synchronize()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"error: {first}"
 
 
-def bench_temporal_attention(batch: int, warmup: int, repeats: int) -> list[dict]:
-    rows = []
-    for (size, channels) in RESOLUTIONS:
-        for clip, motion in CLIPS:
-            frames = clip + motion
-            q, k, v = (
-                torch.randn(batch * frames, size * size, channels, device="cuda", dtype=torch.float16)
-                for _ in range(3)
-            )
-            kernel_out = ta.temporal_attention_triton(q, k, v, frames, HEADS)
-            reference_out = ta.temporal_attention_reference(q, k, v, frames, HEADS)
-            kernel_ms = time_cuda(lambda: ta.temporal_attention_triton(q, k, v, frames, HEADS), warmup, repeats)
-            reference_ms = time_cuda(lambda: ta.temporal_attention_reference(q, k, v, frames, HEADS), warmup, repeats)
-            sdpa_ms = time_or_error(lambda: sdpa_with_transposes(q, k, v, frames, HEADS), warmup, repeats)
-            rows.append(
-                dict(
-                    op="temporal_attention",
-                    shape=f"b={batch} f={clip}+{motion} {size}x{size} c={channels} heads={HEADS}",
-                    dtype="fp16",
-                    kernel_ms=kernel_ms,
-                    reference_ms=reference_ms,
-                    ratio=reference_ms / kernel_ms,
-                    sdpa_ms=sdpa_ms,
-                    sdpa_ratio=sdpa_ms / kernel_ms if isinstance(sdpa_ms, float) else None,
-                    max_abs_diff=(kernel_out.float() - reference_out.float()).abs().max().item(),
-                )
-            )
-    return rows
+def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """(kernel, eager, compiled) closures over fresh CUDA inputs for ``case``."""
+    if case.op == "temporal_attention":
+        q, k, v = (torch.randn(case.rows, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
+                   for _ in range(3))
+        compiled = torch.compile(eager_temporal_attention, dynamic=False)
+        return (lambda: ta.temporal_attention_triton(q, k, v, case.frames, HEADS),
+                lambda: eager_temporal_attention(q, k, v, case.frames, HEADS),
+                lambda: compiled(q, k, v, case.frames, HEADS))
+    x = torch.randn(case.rows, case.channels, case.size, case.size, device="cuda", dtype=case.dtype)
+    weight = torch.randn(case.channels, device="cuda", dtype=case.dtype)
+    bias = torch.randn(case.channels, device="cuda", dtype=case.dtype)
+    silu = case.op == "group_norm_silu"
+    compiled = torch.compile(eager_group_norm, dynamic=False)
+    return (lambda: gn.group_norm_triton(x, GROUPS, weight, bias, silu=silu),
+            lambda: eager_group_norm(x, weight, bias, silu),
+            lambda: compiled(x, weight, bias, silu))
 
 
-def bench_group_norm(batch: int, warmup: int, repeats: int) -> list[dict]:
-    rows = []
-    frames = sum(CLIPS[1])
-    for (size, channels) in RESOLUTIONS:
-        for silu in (True, False):
-            x = torch.randn(batch * frames, channels, size, size, device="cuda", dtype=torch.float16)
-            weight = torch.randn(channels, device="cuda", dtype=torch.float16)
-            bias = torch.randn(channels, device="cuda", dtype=torch.float16)
-            kernel_out = gn.group_norm_triton(x, GROUPS, weight, bias, silu=silu)
-            reference_out = gn.group_norm_reference(x, GROUPS, weight, bias, silu=silu)
-            kernel_ms = time_cuda(lambda: gn.group_norm_triton(x, GROUPS, weight, bias, silu=silu), warmup, repeats)
-            reference_ms = time_cuda(lambda: gn.group_norm_reference(x, GROUPS, weight, bias, silu=silu), warmup, repeats)
-            rows.append(
-                dict(
-                    op="group_norm_silu" if silu else "group_norm",
-                    shape=f"n={batch * frames} c={channels} {size}x{size} groups={GROUPS}",
-                    dtype="fp16",
-                    kernel_ms=kernel_ms,
-                    reference_ms=reference_ms,
-                    ratio=reference_ms / kernel_ms,
-                    sdpa_ms=None,
-                    sdpa_ratio=None,
-                    max_abs_diff=(kernel_out.float() - reference_out.float()).abs().max().item(),
-                )
-            )
-    return rows
+def measure(case: Case, warmup: int, repeats: int, compile_baseline: bool = True) -> dict:
+    """One result row for ``case``: times (ms), bandwidths (GB/s), speed-ups and the kernel's max abs
+    difference from eager (an error string where eager fails)."""
+    kernel, eager, compiled = _inputs(case)
+    kernel_ms = time_cuda(kernel, warmup, repeats)
+    eager_ms = time_or_error(eager, warmup, repeats)
+    compiled_ms = time_or_error(compiled, warmup, repeats) if compile_baseline else None
+    try:
+        difference: float | str = (kernel().float() - eager().float()).abs().max().item()
+    except Exception as exc:  # the eager baseline cannot run at this shape
+        difference = f"error: {str(exc).strip().splitlines()[0]}"
+    moved = case.bytes_moved()
+    return {
+        "op": case.op,
+        "shape": case.describe(),
+        "batch": case.batch,
+        "size": case.size,
+        "channels": case.channels,
+        "frames": case.frames,
+        "dtype": str(case.dtype).removeprefix("torch."),
+        "bytes": moved,
+        "kernel_ms": kernel_ms,
+        "eager_ms": eager_ms,
+        "compiled_ms": compiled_ms,
+        "kernel_gbs": bandwidth_gbs(moved, kernel_ms),
+        "eager_gbs": bandwidth_gbs(moved, eager_ms if isinstance(eager_ms, float) else None),
+        "compiled_gbs": bandwidth_gbs(moved, compiled_ms if isinstance(compiled_ms, float) else None),
+        "eager_over_kernel": speedup(eager_ms, kernel_ms),
+        "compiled_over_kernel": speedup(compiled_ms, kernel_ms),
+        "max_abs_diff": difference,
+    }
+
+
+def _cell(value: float | str | None, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value.replace("|", "/")
+    return format(value, spec)
 
 
 def markdown_table(rows: list[dict], device: str) -> str:
-    """Rows as a Markdown table, times in ms, with the device in the heading line."""
-
-    def fmt(value: float | str | None, spec: str) -> str:
-        if value is None:
-            return "-"
-        return format(value, spec) if isinstance(value, float) else value
-
+    """The rows as a Markdown table (ms, GB/s, speed-ups), with the device in the heading line."""
     lines = [
-        f"Kernels vs references on {device} (median ms; ratio = reference / kernel)",
+        f"Triton kernels vs (a) eager PyTorch and (b) torch.compile of it, on {device} "
+        "(median ms; GB/s = minimum bytes moved / time; speed-up = baseline / kernel)",
         "",
-        "| op | shape | dtype | kernel ms | reference ms | ratio | eager SDPA ms | SDPA / kernel | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| op | shape | dtype | kernel ms | (a) eager ms | (b) compiled ms | kernel GB/s | (a) GB/s | (b) GB/s | "
+        "(a) / kernel | (b) / kernel | max abs diff vs (a) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['kernel_ms']:.3f} | {r['reference_ms']:.3f} | "
-            f"{r['ratio']:.2f} | {fmt(r['sdpa_ms'], '.3f')} | {fmt(r['sdpa_ratio'], '.2f')} | {r['max_abs_diff']:.2e} |"
-        )
+            f"| {r['op']} | {r['shape']} | {r['dtype']} | {_cell(r['kernel_ms'], '.3f')} | "
+            f"{_cell(r['eager_ms'], '.3f')} | "
+            f"{_cell(r['compiled_ms'], '.3f')} | {_cell(r['kernel_gbs'], '.0f')} | {_cell(r['eager_gbs'], '.0f')} | "
+            f"{_cell(r['compiled_gbs'], '.0f')} | {_cell(r['eager_over_kernel'], '.2f')} | "
+            f"{_cell(r['compiled_over_kernel'], '.2f')} | {_cell(r['max_abs_diff'], '.2e')} |")
     return "\n".join(lines)
+
+
+def goal_summary(rows: list[dict]) -> list[str]:
+    """Per op with a goal (:data:`GOALS`): the smallest speed-up over (a) among its shapes that (a) ran,
+    whether the goal is met, and the shapes where (a) failed."""
+    lines = []
+    for op, goal in GOALS.items():
+        ratios = [r["eager_over_kernel"] for r in rows if r["op"] == op and r["eager_over_kernel"] is not None]
+        failed = [r["shape"] for r in rows if r["op"] == op and isinstance(r["eager_ms"], str)]
+        if not ratios and not failed:
+            continue
+        if ratios:
+            worst = min(ratios)
+            verdict = "met" if worst >= goal else f"not met (short by {goal / worst:.2f}x at the worst shape)"
+            line = (f"{op}: speed-up over eager {worst:.2f}x (worst) to {max(ratios):.2f}x (best); "
+                    f"goal {goal:g}x {verdict}")
+        else:
+            line = f"{op}: eager failed at every shape"
+        if failed:
+            line += f"; eager failed at {', '.join(failed)}"
+        lines.append(line)
+    return lines
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {text!r}")
+    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results path (default {DEFAULT_OUT})")
-    parser.add_argument("--batch", type=int, default=1, help="batch before frames (2 with CFG; default 1)")
+    parser.add_argument("--out-dir", type=Path, help="where kernels.json and kernels.md go "
+                        "(default bench/results/<gpu name>/)")
+    parser.add_argument("--batches", type=_batches, default=(1, 2), help="clip batches (default 1,2)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls; the median is reported (default 50)")
-    parser.add_argument(
-        "--ops", choices=("all", "temporal_attention", "group_norm"), default="all", help="which kernels to time"
-    )
+    parser.add_argument("--ops", choices=("all",) + OPS, default="all", help="which kernels to time")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (b)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_kernels: no CUDA device here; these kernel timings need an NVIDIA GPU", file=sys.stderr)
-        return 2
+        print("bench_kernels: no CUDA device here; these kernel timings need an NVIDIA GPU (nothing measured)")
+        return 0
     if ta.triton is None:
-        print("bench_kernels: the triton package is not installed", file=sys.stderr)
-        return 2
+        print("bench_kernels: a CUDA device is present but the triton package is not installed", file=sys.stderr)
+        return 1
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()
+    ops = OPS if args.ops == "all" else (args.ops,)
     rows = []
-    if args.ops in ("all", "temporal_attention"):
-        rows += bench_temporal_attention(args.batch, args.warmup, args.repeats)
-    if args.ops in ("all", "group_norm"):
-        rows += bench_group_norm(args.batch, args.warmup, args.repeats)
-    print(markdown_table(rows, device))
-    result = dict(
-        device=device,
-        torch=torch.__version__,
-        triton=ta.triton.__version__,
-        python=platform.python_version(),
-        warmup=args.warmup,
-        repeats=args.repeats,
-        rows=rows,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    for case in cases(args.batches, ops):
+        print(f"bench_kernels: {case.op} {case.describe()}", file=sys.stderr, flush=True)
+        rows.append(measure(case, args.warmup, args.repeats, compile_baseline=not args.no_compile))
+    summary = goal_summary(rows)
+    table = markdown_table(rows, device) + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n"
+    print(table)
+    result = dict(device=device, driver=gpu_driver(), torch=torch.__version__, cuda=torch.version.cuda,
+                  triton=ta.triton.__version__, python=platform.python_version(), warmup=args.warmup,
+                  repeats=args.repeats, goals=GOALS, summary=summary, rows=rows)
+    out_dir = args.out_dir or RESULTS / slug(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "kernels.md").write_text(table)
+    print(f"wrote {out_dir / 'kernels.json'} and {out_dir / 'kernels.md'}")
     return 0
 
 
