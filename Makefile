@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := libportaudio2 espeak-ng sox
+DEBIAN_PACKAGES := libportaudio2 espeak-ng sox chromium
 PYTEST_ARGS ?=
 
 .PHONY: install system-deps test demo clean
@@ -16,7 +16,8 @@ MODEL ?= tiny
 
 install: $(STAMP)
 
-# Debian packages: PortAudio for sounddevice, espeak-ng and sox for speech made in tests.
+# Debian packages: PortAudio for sounddevice, espeak-ng and sox for speech made in tests, Chromium for the
+# browser test of `emote serve` (driven headless over the DevTools protocol; no browser is downloaded).
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -130,6 +130,32 @@ def _generation_options(args: argparse.Namespace):
                              first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The live avatar server: a page streams microphone audio, frames come back (engine/serve)."""
+    import os
+
+    from engine.serve.app import run_server
+    from engine.serve.hub import ServeConfig
+    from engine.stream.runner import LagPolicy
+    from engine.stream.session import GenerationOptions
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    config = ServeConfig(
+        host=args.host, port=args.port, model=args.model, device=args.device, backend=args.backend,
+        max_sessions=args.max_sessions,
+        token=args.token or os.environ.get("EMOTE_TOKEN") or None,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
+        options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
+                                  first_clip_frames=args.first_clip),
+        policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
+    run_server(config)
+    return 0
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
     parser.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
@@ -191,6 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
     _add_generation_options(live)
     live.set_defaults(func=cmd_stream)
+    serve = sub.add_parser("serve", help="live avatar web server: talk in the browser, watch the face answer")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
+    serve.add_argument("--max-sessions", type=int, default=4, help="sessions at once; more are refused (default: 4)")
+    serve.add_argument("--token", default=None,
+                       help="access token the page must give (default: $EMOTE_TOKEN if set, else none)")
+    serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    serve.add_argument("--backend", default="torch", help="how the networks run (default: torch)")
+    serve.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
+    serve.add_argument("--sampler", default="ddim", choices=["ddim", "lcm", "euler"], help="sampler (default: ddim)")
+    serve.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    serve.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
+    serve.add_argument("--first-clip", type=int, default=4, help="frames in the first clip (default: 4)")
+    serve.add_argument("--size", type=int, default=None, help="portrait side in pixels (default: the model's)")
+    serve.add_argument("--policy", default="skip", choices=["grow", "skip", "steps"],
+                       help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
+                            "(default: skip)")
+    serve.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest portrait upload in MiB (default: 10)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

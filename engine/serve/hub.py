@@ -1,0 +1,160 @@
+"""The server's shared state: one model and backend for every session, the session limit, session construction.
+
+Batching backbone calls across sessions is not done here: each session's denoise thread calls the
+shared backend on its own.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.backends import make_backend
+from engine.backends.base import Backend
+from engine.config import ModelConfig
+from engine.faces import Portrait, prepare_portrait
+from engine.media import load_image
+from engine.pipeline import is_untrained_preset, open_model
+from engine.stream.runner import LagPolicy, LiveSession
+from engine.stream.session import GenerationOptions, Session
+
+SAMPLE_PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "demo" / "portrait.png"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _default_options() -> GenerationOptions:
+    return GenerationOptions(steps=4, first_clip_frames=4)
+
+
+def _default_policy() -> LagPolicy:
+    return LagPolicy("skip", max_lag_s=1.0)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``emote serve`` was started with.
+
+    Attributes:
+        host, port: where to listen (loopback by default; port 0 picks a free one).
+        model, device, backend: what to load once at start (a preset or a model directory).
+        max_sessions: sessions at once; one more is refused with a ``busy`` error.
+        token: when set, a session's ``start`` message must carry it.
+        max_upload_bytes: the largest portrait upload.
+        size: the portrait side in pixels (None: the model's resolution).
+        options, policy: generation options and the lag policy of every session.
+        max_backlog_s: audio received but not yet turned into frames beyond this closes the session.
+        start_timeout_s: a connection must send its ``start`` (and upload) within this.
+        heartbeat_s: WebSocket ping interval; a peer that stops answering is dropped.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "tiny"
+    device: str = "cpu"
+    backend: str = "torch"
+    max_sessions: int = 4
+    token: str | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    size: int | None = None
+    options: GenerationOptions = field(default_factory=_default_options)
+    policy: LagPolicy = field(default_factory=_default_policy)
+    max_backlog_s: float = 30.0
+    start_timeout_s: float = 10.0
+    heartbeat_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
+        if self.max_upload_bytes < 1024:
+            raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {self.port}")
+        if self.token is not None and not self.token:
+            raise ValueError("the access token must not be empty")
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server listens on this machine only."""
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+
+class SessionHub:
+    """Holds the shared backend and the live sessions; thread-safe.
+
+    A session slot is reserved (:meth:`reserve`) before the portrait is even received, so the limit
+    also bounds the work spent on uploads; :meth:`build` makes the session in the slot and
+    :meth:`release` frees it.
+    """
+
+    def __init__(self, backend: Backend, model_config: ModelConfig, config: ServeConfig,
+                 sample: Path = SAMPLE_PORTRAIT):
+        self.backend, self.model_config, self.config = backend, model_config, config
+        self.size = config.size or model_config.resolution
+        self.untrained = is_untrained_preset(config.model)
+        self.sample = prepare_portrait(load_image(sample), self.size)
+        self.executor = ThreadPoolExecutor(max_workers=config.max_sessions + 2, thread_name_prefix="emote-serve")
+        self._lock = threading.Lock()
+        self._slots: dict[str, LiveSession | None] = {}
+        self.sessions_served = 0
+
+    @classmethod
+    def load(cls, config: ServeConfig) -> SessionHub:
+        """Load ``config.model`` once onto ``config.device`` and make the hub around it."""
+        model = open_model(config.model)
+        dtype = torch.float16 if config.device.startswith("cuda") else torch.float32
+        return cls(make_backend(config.backend, model, config.device, dtype), model.config, config)
+
+    @property
+    def active(self) -> int:
+        """Slots in use (sessions being prepared or running)."""
+        with self._lock:
+            return len(self._slots)
+
+    def reserve(self) -> str | None:
+        """A new session id holding a slot, or None when ``max_sessions`` are in use."""
+        with self._lock:
+            if len(self._slots) >= self.config.max_sessions:
+                return None
+            session_id = secrets.token_hex(6)
+            self._slots[session_id] = None
+            return session_id
+
+    def build(self, session_id: str, image: np.ndarray | None) -> tuple[LiveSession, Portrait, float]:
+        """The live session for slot ``session_id``: the sample portrait (``image`` None) or ``image``.
+
+        Returns the session, the prepared portrait and the seconds it took (portrait + reference bank).
+        Blocking (face detection, VAE encoding, ReferenceNet): call it from a worker thread.
+        """
+        started = time.perf_counter()
+        portrait = self.sample if image is None else prepare_portrait(image, self.size)
+        session = Session(self.backend, self.model_config, portrait.image, portrait.mask, self.config.options)
+        live = LiveSession(session, self.config.policy)
+        with self._lock:
+            if session_id not in self._slots:
+                live.close()
+                raise RuntimeError(f"session {session_id} was released while it was being built")
+            self._slots[session_id] = live
+            self.sessions_served += 1
+        return live, portrait, time.perf_counter() - started
+
+    def release(self, session_id: str) -> None:
+        """Close slot ``session_id``'s session (if any) and free the slot. Blocking; idempotent."""
+        with self._lock:
+            live = self._slots.pop(session_id, None)
+        if live is not None:
+            live.close()
+
+    def close(self) -> None:
+        """Close every session and stop the worker threads."""
+        with self._lock:
+            ids = list(self._slots)
+        for session_id in ids:
+            self.release(session_id)
+        self.executor.shutdown(wait=True)

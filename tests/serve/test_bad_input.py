@@ -1,0 +1,235 @@
+"""Bad input: each gives that client a clear error (a JSON ``error`` and a close code) and the server keeps
+serving the others; nothing but the page's own files is reachable by path; tokens and origins are checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+import wave
+import zlib
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from PIL import Image
+
+from engine.serve.client import SessionResult, stream_session
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
+SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
+
+
+def speech16(seconds: float) -> np.ndarray:
+    with wave.open(str(SPEECH), "rb") as f:
+        return np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")[:round(seconds * 16000)]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR announcing ``width`` x ``height`` (its pixels never follow)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack("!I", len(body)) + kind + body + struct.pack("!I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack("!IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def good_session(server) -> SessionResult:
+    """A short, well-behaved session: the server is still serving."""
+    return asyncio.run(stream_session(server.ws_url, speech16(0.2), frames="raw"))
+
+
+def is_sample_start(text: str) -> bool:
+    """A well-formed start message for the sample portrait (the server answers it with ``ready``)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message == {"type": "start"}
+
+
+async def exchange(server, *messages: str | bytes) -> tuple[dict, int | None]:
+    """Send ``messages`` in order (waiting for ``ready`` after a sample-portrait start), then return
+    the error the server sent (``{}`` if none) and the close code."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+        error: dict = {}
+        for message in messages:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+                continue
+            await ws.send_str(message)
+            if is_sample_start(message):
+                reply = await ws.receive()
+                body = json.loads(reply.data) if reply.type == aiohttp.WSMsgType.TEXT else {}
+                if body.get("type") != "ready":
+                    error = body
+                    break
+        async for reply in ws:
+            if reply.type == aiohttp.WSMsgType.TEXT and json.loads(reply.data)["type"] == "error":
+                error = json.loads(reply.data)
+        return error, ws.close_code
+
+
+def upload_start(size: int) -> str:
+    return json.dumps({"type": "start", "portrait": "upload", "portrait_bytes": size})
+
+
+def test_uploads_that_are_not_acceptable_images(start_server):
+    server = start_server(max_sessions=16)
+    real = PORTRAIT.read_bytes()
+    cases = {
+        "text": (b"this is a text file, not a photo\n" * 20, "not a PNG, JPEG or WebP"),
+        "wav": (SPEECH.read_bytes()[:4096], "not a PNG, JPEG or WebP"),
+        "huge canvas": (png_claiming(100_000, 100_000), "larger than the limit"),
+        "wide canvas": (png_claiming(9000, 100), "larger than the limit"),
+        "tiny canvas": (png_claiming(4, 4), "at least"),
+        "truncated": (real[:300], "could not be decoded"),
+    }
+    for name, (data, reason) in cases.items():
+        error, code = asyncio.run(exchange(server, upload_start(len(data)), data))
+        assert error.get("code") == "bad_image" and code == 4415, name
+        assert reason in error["message"], (name, error["message"])
+    mismatch, code = asyncio.run(exchange(server, upload_start(len(real) + 1), real))
+    assert mismatch["code"] == "bad_request" and "announced" in mismatch["message"] and code == 4400
+    image = Image.open(io.BytesIO(real)).convert("RGBA")
+    webp = io.BytesIO()
+    image.save(webp, format="WEBP")
+    accepted = asyncio.run(stream_session(server.ws_url, speech16(0.2), portrait=webp.getvalue()))
+    assert accepted.done is not None, "a WebP with transparency is a fine portrait"
+    assert good_session(server).done is not None and server.idle()
+
+
+def test_a_100_mb_upload_is_refused_without_being_read(start_server, raw_ws):
+    server = start_server(max_upload_bytes=2 * 1024 * 1024)
+    declared, code = asyncio.run(exchange(server, upload_start(100 * 1024 * 1024)))
+    assert declared["code"] == "too_large" and "100.0 MiB exceeds the 2.0 MiB" in declared["message"] and code == 4413
+
+    async def undeclared() -> tuple[int, bytes]:
+        sock, status = await raw_ws.connect(server.port)
+        assert status == 101
+        await sock.send_text(upload_start(1000))
+        mask = b"\x01\x02\x03\x04"
+        await sock.send_raw(struct.pack("!BBQ", 0x82, 0x80 | 127, 100 * 1024 * 1024) + mask + bytes(65536))
+        while True:
+            opcode, payload = await sock.read_message()
+            if opcode in (0x8, -1):
+                sock.abort()
+                return opcode, payload
+
+    opcode, payload = asyncio.run(undeclared())
+    assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == 1009, "1009: message too big, from its header"
+    assert good_session(server).done is not None and server.idle()
+
+
+def test_garbage_on_the_socket_closes_only_that_session(start_server, raw_ws):
+    server = start_server(max_sessions=16)
+    start = json.dumps({"type": "start"})
+
+    async def run():
+        async with aiohttp.ClientSession() as http:
+            bystander = asyncio.ensure_future(
+                stream_session(server.ws_url, speech16(1.5), realtime=True, frames="raw", http=http))
+            results = {
+                "not json": await exchange(server, "{not json"),
+                "not an object": await exchange(server, "[1, 2]"),
+                "audio first": await exchange(server, b"\x00\x01" * 50),
+                "huge text": await exchange(server, json.dumps({"type": "start", "pad": "x" * 5000})),
+                "bad field": await exchange(server, json.dumps({"type": "start", "sample_rate": "fast"})),
+                "odd audio": await exchange(server, start, b"\x00\x01\x02"),
+                "long audio": await exchange(server, start, bytes(2 * 16000 + 2)),
+                "unknown type": await exchange(server, start, json.dumps({"type": "dance"})),
+                "second start": await exchange(server, start, start),
+                "reset early": await exchange(server, start, json.dumps({"type": "reset"})),
+            }
+            sock, status = await raw_ws.connect(server.port)
+            await sock.send_raw(b"\x8f\x00garbage that is no WebSocket frame")
+            frame = await sock.read_message()
+            sock.abort()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"\x16\x03\x01 not HTTP at all \x00\xff\r\n\r\n")
+            await writer.drain()
+            http_reply = await reader.read(200)
+            writer.close()
+            return results, frame, http_reply, await bystander
+
+    results, frame, http_reply, bystander = asyncio.run(run())
+    expected = {"not json": "bad_request", "not an object": "bad_request", "audio first": "bad_request",
+                "huge text": "too_large", "bad field": "bad_request", "odd audio": "bad_request",
+                "long audio": "too_large", "unknown type": "bad_request", "second start": "bad_request",
+                "reset early": "bad_request"}
+    for name, (error, code) in results.items():
+        assert error.get("code") == expected[name] and error["message"] and code in (4400, 4413), (name, error)
+    assert frame[0] == 0x8 and struct.unpack("!H", frame[1][:2])[0] == 1002, "1002: protocol error"
+    assert http_reply.startswith(b"HTTP/1.") and b" 400 " in http_reply.split(b"\r\n")[0]
+    assert bystander.done is not None and [f.index for f in bystander.frames] == list(range(38)), \
+        "a session running beside all that got every frame"
+    assert server.idle()
+
+
+def test_access_token_and_origin(start_server, raw_ws):
+    server = start_server(token="s3cret-token")
+    pcm = speech16(0.2)
+
+    async def run():
+        missing = await stream_session(server.ws_url, pcm)
+        wrong = await stream_session(server.ws_url, pcm, token="guess")
+        right = await stream_session(server.ws_url, pcm, token="s3cret-token")
+        statuses = []
+        for origin in ("http://evil.example", f"http://127.0.0.1:{server.port}"):
+            sock, status = await raw_ws.connect(server.port, {"Origin": origin})
+            sock.abort()
+            statuses.append(status)
+        return missing, wrong, right, *statuses
+
+    missing, wrong, right, foreign, own = asyncio.run(run())
+    for refused in (missing, wrong):
+        assert refused.ready is None and refused.close_code == 4401
+        assert refused.error["code"] == "unauthorized" and "token" in refused.error["message"]
+    assert right.done is not None and len(right.frames) == 5
+    assert foreign == 403 and own == 101
+
+
+def test_a_silent_client_is_dropped_after_the_start_timeout(start_server):
+    server = start_server(start_timeout_s=0.5)
+
+    async def silent():
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+            reply = await ws.receive(timeout=10)
+            await ws.receive(timeout=10)
+            return json.loads(reply.data), ws.close_code
+
+    error, code = asyncio.run(silent())
+    assert error["code"] == "timeout" and code == 4408 and server.idle()
+
+
+def test_only_the_page_files_are_reachable(start_server):
+    server = start_server()
+
+    async def get(path: str) -> tuple[int, dict, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split()[1]), headers, body
+
+    async def run():
+        page = {p: await get(p) for p in ("/", "/app.js", "/pcm-worklet.js", "/style.css", "/sample.png")}
+        probes = ["/../engine/cli.py", "/%2e%2e/%2e%2e/etc/passwd", "/static/index.html", "/index.html",
+                  "/engine/serve/app.py", "//etc/passwd", "/sample.png/../../../pyproject.toml", "/app.js%00",
+                  "/.git/config", "/..%2f..%2fpyproject.toml", "/session/../app.js/../../README.md"]
+        return page, {p: await get(p) for p in probes}
+
+    page, probes = asyncio.run(run())
+    for path, (status, headers, body) in page.items():
+        assert status == 200 and body, path
+        assert "default-src 'self'" in headers["Content-Security-Policy"] and headers["X-Frame-Options"] == "DENY"
+    assert page["/sample.png"][2] == PORTRAIT.read_bytes()
+    for path, (status, _, body) in probes.items():
+        assert status in (400, 404) and b"[project]" not in body and b"root:" not in body, path

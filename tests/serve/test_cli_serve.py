@@ -1,0 +1,67 @@
+"""`emote serve` as a person starts it: a process that prints the address, serves, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from engine.cli import main
+from engine.serve.client import stream_session
+from engine.serve.hub import ServeConfig
+
+SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
+
+
+def test_emote_serve_prints_the_address_serves_and_stops_on_ctrl_c():
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--steps", "1",
+                                "--max-sessions", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("open "):
+                break
+        match = re.search(r"http://localhost:(\d+)/", "".join(lines))
+        assert match, "".join(lines)
+        port = int(match.group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and b"live avatar" in response.read()
+        with wave.open(str(SPEECH), "rb") as f:
+            pcm = np.frombuffer(f.readframes(4000), dtype="<i2")
+        result = asyncio.run(stream_session(f"ws://127.0.0.1:{port}/session", pcm))
+        assert result.done is not None and len(result.frames) == 7
+        assert result.ready["untrained"] and result.ready["steps"] == 1 and result.ready["policy"] == "skip"
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, rest
+    assert "stopped" in rest
+
+
+def test_bad_serve_options_are_one_line_errors(capsys):
+    assert main(["serve", "--max-sessions", "0"]) == 2
+    assert main(["serve", "--port", "70000"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == ["emote: error: max_sessions must be at least 1, got 0",
+                      "emote: error: port must be 0-65535, got 70000"]
+
+
+def test_only_loopback_counts_as_local():
+    assert ServeConfig(host="127.0.0.1").loopback and ServeConfig(host="::1").loopback
+    assert not ServeConfig(host="0.0.0.0").loopback and not ServeConfig(host="192.0.2.7").loopback

@@ -1,0 +1,142 @@
+"""Load on loopback with the tiny model: concurrent sessions, refusal past --max-sessions, no growth over
+200 connect/disconnect cycles (bounded in count and time; nothing leaves this machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import json
+import threading
+import time
+import wave
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from engine.serve.client import stream_session
+from engine.stream.session import Session
+
+SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
+CYCLES = 200
+WARM_UP_CYCLES = 20
+RSS_BOUND_MB = 24.0
+SESSION_THREADS = ("emote-denoise", "emote-decode", "emote-serve-pump")
+
+
+def speech16(seconds: float) -> np.ndarray:
+    with wave.open(str(SPEECH), "rb") as f:
+        return np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")[:round(seconds * 16000)]
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB (the server runs in it), after giving the allocator's
+    free pages back (glibc keeps freed memory in per-thread arenas, which would read as noise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_concurrent_sessions_get_all_their_frames_and_one_too_many_is_refused(start_server):
+    server = start_server(max_sessions=3)
+    pcm = speech16(1.6)
+
+    async def run():
+        async with aiohttp.ClientSession() as http:
+            clients = [asyncio.ensure_future(stream_session(server.ws_url, pcm, realtime=True, frames="raw", http=http))
+                       for _ in range(3)]
+            assert await wait_until(lambda: server.hub.active == 3, 60), "three sessions at once"
+            refused = await stream_session(server.ws_url, pcm, http=http)
+            served = await asyncio.gather(*clients)
+            assert await wait_until(lambda: server.hub.active == 0, 30)
+            after = await stream_session(server.ws_url, speech16(0.2), frames="raw", http=http)
+            return served, refused, after
+
+    served, refused, after = asyncio.run(run())
+    assert refused.ready is None and refused.close_code == 4503
+    assert refused.error["code"] == "busy" and "limit of 3 sessions" in refused.error["message"]
+    for result in served:
+        assert result.error is None and result.done is not None
+        assert [f.index for f in result.frames] == list(range(40))
+    first = served[0].frames
+    assert all(a.payload == b.payload for other in served[1:] for a, b in zip(first, other.frames)), \
+        "sessions sharing the model do not disturb each other: same audio, same frames"
+    assert after.done is not None and len(after.frames) == 5, "a freed slot serves the next client"
+    assert server.idle()
+
+
+def test_memory_and_threads_are_flat_over_200_connect_disconnect_cycles(start_server, raw_ws):
+    """Each cycle builds a session (reference bank), streams 0.1 s and goes: a clean close, a dropped TCP
+    connection without a closing handshake, or a close before the session was ready. After warm-up,
+    resident memory (after gc and malloc_trim) may not grow by more than RSS_BOUND_MB over the 200
+    cycles, and no session thread or Session object (with its reference bank and motion frames) may
+    be left once the connections are gone."""
+    server = start_server(max_sessions=2)
+    audio = speech16(0.1).tobytes()
+    start = json.dumps({"type": "start", "frames": "raw"})
+
+    async def cycle(http: aiohttp.ClientSession, k: int) -> None:
+        if k % 3 == 0:
+            async with http.ws_connect(server.ws_url) as ws:
+                await ws.send_str(start)
+                assert json.loads((await ws.receive()).data)["type"] == "ready"
+                await ws.send_bytes(audio)
+        elif k % 3 == 1:
+            sock, status = await raw_ws.connect(server.port)
+            assert status == 101
+            await sock.send_text(start)
+            assert (await sock.read_text())["type"] == "ready"
+            await sock.send_frame(0x2, audio)
+            sock.abort()
+        else:
+            async with http.ws_connect(server.ws_url) as ws:
+                await ws.send_str(start)
+        assert await wait_until(lambda: server.hub.active < 2, 30)
+
+    async def cycles(count: int, offset: int) -> None:
+        async with aiohttp.ClientSession() as http:
+            for k in range(count):
+                await cycle(http, offset + k)
+            assert await wait_until(lambda: server.hub.active == 0, 30), "every session freed"
+
+    def leftovers() -> tuple[int, int]:
+        """Session threads still running and Session objects still reachable (after a full collection)."""
+        gc.collect()
+        threads = sum(t.name in SESSION_THREADS for t in threading.enumerate())
+        sessions = sum(type(o) is Session for o in gc.get_objects())
+        return threads, sessions
+
+    def settle() -> tuple[float, tuple[int, int]]:
+        deadline = time.monotonic() + 10
+        while (left := leftovers()) != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return rss_mb(), left
+
+    asyncio.run(cycles(WARM_UP_CYCLES, 0))
+    rss_before, left_before = settle()
+    started = time.monotonic()
+    asyncio.run(cycles(CYCLES, WARM_UP_CYCLES))
+    seconds = time.monotonic() - started
+    rss_after, left_after = settle()
+    print(f"\n{CYCLES} cycles in {seconds:.1f} s; RSS {rss_before:.1f} -> {rss_after:.1f} MiB; "
+          f"sessions built {server.hub.sessions_served}")
+    assert server.hub.sessions_served >= WARM_UP_CYCLES + CYCLES * 2 // 3
+    assert left_before == left_after == (0, 0), "no session thread or Session object outlives its connection"
+    assert rss_after - rss_before < RSS_BOUND_MB
