@@ -46,6 +46,16 @@ demo: system-deps $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
+# TensorRT plans for every network of MODEL (a preset or a model directory) into the engine cache
+# ($$EMOTE_CACHE_DIR, else ~/.cache/emote; ENGINE_DIR overrides). Needs the GPU extras (tensorrt)
+# and a CUDA device; without them it says so in one line and fails. SIZE defaults to the model's.
+SIZE ?=
+PRECISION ?= fp16
+ENGINE_DIR ?=
+.PHONY: engines
+engines: $(STAMP)
+	@$(PY) -m export.trt_build --model $(MODEL) --precision $(PRECISION) $(if $(SIZE),--size $(SIZE)) $(if $(ENGINE_DIR),--out $(ENGINE_DIR))
+
 # Benchmarks: the engine against the reference (Hallo) recipe in one run; results (JSON, Markdown, PNG)
 # under bench/results/<device>/. `make bench`: tiny preset at 128x128 on the CPU, a few minutes.
 # `make bench-gpu`: sd15 at 512x512 on a CUDA GPU, run by that machine's own torch (BENCH_PY), then the

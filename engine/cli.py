@@ -78,7 +78,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         image=Path(args.image), audio=Path(args.audio), out=Path(args.out), model=args.model, size=args.size,
         fps=args.fps, face_box=FaceBox.parse(args.face_box) if args.face_box else None,
         on_missing_face="error" if args.require_face else "center",
-        png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, options=options)
+        png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, backend=args.backend,
+        options=options)
     if is_untrained_preset(args.model):
         print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
               "its frames are not a face yet", file=sys.stderr)
@@ -110,8 +111,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     request = StreamRequest(
         image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
         face_box=FaceBox.parse(args.face_box) if args.face_box else None,
-        on_missing_face="error" if args.require_face else "center", device=args.device, options=options,
-        policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
+        on_missing_face="error" if args.require_face else "center", device=args.device, backend=args.backend,
+        options=options, policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
     if is_untrained_preset(args.model):
         print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
               "its frames are not a face yet", file=sys.stderr)
@@ -173,6 +174,8 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", type=int, default=2, help="frames per group of the rolling schedule (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; same seed + same inputs = same video")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "torch-cuda-graphs", "onnxruntime", "tensorrt"],
+                        help="how the networks run (default: torch; see README, Backends)")
     parser.add_argument("--face-box", default=None, metavar="X0,Y0,X1,Y1", help="face box in photo pixels")
     parser.add_argument("--require-face", action="store_true", help="fail when no face is detected")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,7 +7,6 @@ unexpected and wrongly shaped keys.
 
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 import tempfile

@@ -6,7 +6,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from engine.cli import main
 from engine.media import read_video_info

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from engine.backends.torch_eager import TorchEagerBackend
-from engine.config import preset
-from engine.models.checkpoint import random_model
 from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.runner import LiveSession
@@ -24,19 +21,6 @@ class RecordingBackend(TorchEagerBackend):
     def backbone(self, sample, timestep, **kwargs):
         self.timesteps.append(timestep.clone())
         return super().backbone(sample, timestep, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_model(preset("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def portrait():
-    rng = np.random.RandomState(0)
-    mask = np.zeros((128, 128), np.float32)
-    mask[32:96, 40:88] = 1
-    return (rng.rand(128, 128, 3) * 255).astype(np.uint8), mask
 
 
 def speech(seconds: float) -> np.ndarray:

@@ -13,9 +13,7 @@ import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.cli import main
-from engine.config import preset
 from engine.media import read_video_info
-from engine.models.checkpoint import random_model
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
 from engine.stream.session import GenerationOptions, Session
 from engine.stream.sinks import CallbackSink
@@ -23,19 +21,6 @@ from engine.stream.sources import FileSource
 
 SR = 16000
 PORTRAIT = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "portrait.png"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_model(preset("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def portrait():
-    rng = np.random.RandomState(0)
-    mask = np.zeros((128, 128), np.float32)
-    mask[32:96, 40:88] = 1
-    return (rng.rand(128, 128, 3) * 255).astype(np.uint8), mask
 
 
 def speech(seconds: float) -> np.ndarray:

@@ -10,7 +10,6 @@ import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import preset
-from engine.models.checkpoint import random_model
 from engine.stream.chunk_planner import ChunkPlanner, Clip
 from engine.stream.session import GenerationOptions, Session
 
@@ -32,20 +31,6 @@ class RecordingBackend(TorchEagerBackend):
     def reference(self, latents):
         self.reference_calls.append(latents.clone())
         return super().reference(latents)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_model(preset("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def portrait():
-    rng = np.random.RandomState(0)
-    image = (rng.rand(128, 128, 3) * 255).astype(np.uint8)
-    mask = np.zeros((128, 128), np.float32)
-    mask[32:96, 40:88] = 1
-    return image, mask
 
 
 def speech(seconds: float, seed: int = 1) -> np.ndarray:

@@ -1,0 +1,170 @@
+"""ONNX Runtime backend: one inference session per exported network, exported on first use.
+
+The graphs come from :mod:`export.onnx_export` through the keyed cache (:mod:`export.engine_cache`):
+the first call of a network at a portrait size exports it (or finds it already exported for the
+same weights, size, precision and exporter), later calls reuse the session. The CPU execution
+provider runs here; on a CUDA device the CUDA execution provider (``onnxruntime-gpu``) runs with
+IO binding on tensors owned by torch, on torch's current stream, so nothing goes through the host.
+
+The face locator and the speed encoder (once per session, microseconds) run in torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.backends.base import Backend
+from engine.models.model import EmoteModel
+from engine.models.reference_net import ReferenceBank
+from export.engine_cache import EngineCache
+from export.networks import Network, StreamShapes, make_network
+from export.onnx_export import GRAPH_FILE, cached_export
+
+PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}
+NUMPY_OF = {torch.float32: np.float32, torch.float16: np.float16, torch.bool: np.bool_}
+
+
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a one-line error saying what to install."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeError(f"the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (CPU) or "
+                           f"onnxruntime-gpu (CUDA; never both in one environment) ({exc})") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs the exported networks of ``model`` with ONNX Runtime.
+
+    Args:
+        model: the networks (their weights are exported; they are not moved or converted).
+        device: ``cpu`` (CPU execution provider) or ``cuda[:i]`` (CUDA execution provider).
+        dtype: float32 (fp32 graphs) or float16 (fp16 graphs; the audio graph stays float32).
+        cache_dir: where graphs are exported (default: :func:`export.engine_cache.default_cache_dir`).
+        on_stale: ``"rebuild"`` or ``"refuse"`` a cached graph whose metadata does not match.
+        threads: intra-op threads (None: ONNX Runtime's default, all cores).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: EmoteModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 cache_dir: str | Path | None = None, on_stale: str = "rebuild", threads: int | None = None):
+        self.ort = import_onnxruntime()
+        if dtype not in PRECISION_OF:
+            raise ValueError(f"the onnxruntime backend runs float32 or float16, not {dtype}")
+        self.device, self.dtype, self.precision = torch.device(device), dtype, PRECISION_OF[dtype]
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and "CUDAExecutionProvider" not in self.ort.get_available_providers():
+            raise RuntimeError("--device cuda with the onnxruntime backend needs the CUDA execution provider: "
+                               "install onnxruntime-gpu instead of onnxruntime (available here: "
+                               f"{', '.join(self.ort.get_available_providers())})")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"the onnxruntime backend runs on cpu or cuda, not {self.device}")
+        self.model = model.eval()
+        self.cache = EngineCache(cache_dir)
+        self.on_stale, self.threads = on_stale, threads
+        self.face_locator = model.face_locator.to(self.device, torch.float32)
+        self.speed_encoder = model.speed_encoder.to(self.device) if hasattr(model, "speed_encoder") else None
+        self._networks: dict[tuple[str, int], Network] = {}
+        self._sessions: dict[tuple[str, int], Any] = {}
+
+    def network(self, name: str, size: int) -> Network:
+        """The :class:`export.networks.Network` description of ``name`` at portrait side ``size``."""
+        key = (name, size)
+        if key not in self._networks:
+            self._networks[key] = make_network(name, self.model, StreamShapes.for_model(self.model.config, size))
+        return self._networks[key]
+
+    def session(self, name: str, size: int) -> Any:
+        """The inference session of network ``name`` at ``size``, exporting the graph on first use."""
+        key = (name, size)
+        if key not in self._sessions:
+            network = self.network(name, size)
+            directory = cached_export(self.cache, network, self.precision, on_stale=self.on_stale)
+            options = self.ort.SessionOptions()
+            options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            if self.cuda:
+                index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+                cuda = {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)}
+                providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+            else:
+                providers = ["CPUExecutionProvider"]
+            self._sessions[key] = self.ort.InferenceSession(str(directory / GRAPH_FILE), options, providers=providers)
+        return self._sessions[key]
+
+    def run(self, name: str, size: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run network ``name`` on named inputs (any dtype, any device); outputs by name on :attr:`device`."""
+        network = self.network(name, size)
+        feeds = network.cast(inputs, self.precision)
+        session = self.session(name, size)
+        if self.cuda:
+            return self._run_bound(session, network, feeds)
+        outputs = session.run(network.output_names, {k: v.detach().cpu().numpy() for k, v in feeds.items()})
+        return {k: torch.from_numpy(v) for k, v in zip(network.output_names, outputs)}
+
+    def _run_bound(self, session: Any, network: Network, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """CUDA: bind torch-owned device buffers as inputs and outputs (no host copies)."""
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        binding = session.io_binding()
+        for name, tensor in feeds.items():
+            tensor = tensor.to(self.device)
+            feeds[name] = tensor
+            binding.bind_input(name, "cuda", index, NUMPY_OF[tensor.dtype], tuple(tensor.shape), tensor.data_ptr())
+        dims = network.dims_of({k: tuple(v.shape) for k, v in feeds.items()})
+        precision = network.graph_precision(self.precision)
+        outputs = {}
+        for spec in network.outputs:
+            out = torch.empty(spec.shape(dims), dtype=spec.torch_dtype(precision), device=self.device)
+            binding.bind_output(spec.name, "cuda", index, NUMPY_OF[out.dtype], tuple(out.shape), out.data_ptr())
+            outputs[spec.name] = out
+        session.run_with_iobinding(binding)
+        return outputs
+
+    def _size(self, spatial: int, latent: bool) -> int:
+        return spatial * self.model.config.latent_downscale if latent else spatial
+
+    def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
+        network = self.network("audio", self.model.config.resolution)
+        feed = network.prepare(pcm.detach().float().cpu(), num_frames)
+        outputs = self.run("audio", self.model.config.resolution, feed.inputs)
+        return network.finish(outputs, feed).to(self.device, self.dtype)
+
+    def reference(self, latents: torch.Tensor) -> ReferenceBank:
+        size = self._size(latents.shape[-1], latent=True)
+        outputs = self.run("reference", size, {"latents": latents})
+        bank = self.network("reference", size).bank_of(outputs)
+        return ReferenceBank(tokens=[t.to(self.device, self.dtype) for t in bank.tokens],
+                             features=[f.to(self.device, self.dtype) for f in bank.features])
+
+    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
+                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
+                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor) -> torch.Tensor:
+        size = self._size(sample.shape[-1], latent=True)
+        named = self.network("backbone", size).feed(sample, timestep, audio_tokens, reference_bank, motion_features,
+                                                    face_features, speed_tokens, reference_keep)
+        return self.run("backbone", size, named)["model_output"].to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.face_locator(mask.to(self.device, torch.float32)).to(self.dtype)
+
+    @torch.inference_mode()
+    def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
+        if self.speed_encoder is None:
+            return None
+        return self.speed_encoder(speed.to(self.device)).to(self.dtype)
+
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        size = self._size(images.shape[-1], latent=False)
+        return self.run("vae_encoder", size, {"images": images})["latents"].to(self.device, self.dtype)
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        size = self._size(latents.shape[-1], latent=True)
+        return self.run("vae_decoder", size, {"latents": latents})["images"].to(self.device, self.dtype)

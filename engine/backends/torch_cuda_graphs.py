@@ -1,0 +1,118 @@
+"""PyTorch with CUDA graphs: the eager modules (and their Triton kernels) captured once per static shape.
+
+The backbone, the ReferenceNet and the VAE decoder, the calls repeated every step or clip, are
+captured into a CUDA graph the first time they see a given set of input shapes and dtypes, and
+replayed after that: the launch overhead of a few thousand small kernels per backbone step goes
+away. Inputs are copied into the graph's static buffers, outputs cloned out of it. All graphs
+share one memory pool; that is safe because calls run one at a time on one stream and every
+output is cloned before the next replay. The custom kernels run as Triton on CUDA
+(``EMOTE_KERNELS=auto``, :mod:`kernels.dispatch`), so this is the "torch + Triton + CUDA graphs" path.
+
+The audio encoder (float64 normalisation, variable lengths), the VAE encoder, face locator and
+speed encoder (once per session) run eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from engine.backends.torch_eager import TorchEagerBackend
+from engine.models.model import EmoteModel
+from engine.models.reference_net import ReferenceBank
+
+Key = tuple[str, tuple[tuple[tuple[int, ...], torch.dtype, bool], ...]]
+
+
+class _Captured:
+    """One captured call: the graph, its static inputs and its outputs."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: list[torch.Tensor], outputs: tuple[torch.Tensor, ...]):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+class TorchCudaGraphsBackend(TorchEagerBackend):
+    """:class:`TorchEagerBackend` with per-shape CUDA graph capture and replay (CUDA only).
+
+    Args:
+        model: the networks (moved to ``device`` and ``dtype`` like the eager backend).
+        device: a CUDA device.
+        dtype: the networks' dtype (float16 or bfloat16 for speed).
+        warmup: eager runs on a side stream before capture (lazy initialisation, Triton compilation).
+    """
+
+    name = "torch-cuda-graphs"
+
+    def __init__(self, model: EmoteModel, device: str | torch.device = "cuda", dtype: torch.dtype = torch.float16,
+                 warmup: int = 2):
+        if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError("the torch-cuda-graphs backend needs a CUDA device "
+                               f"(asked for {device}; CUDA available: {torch.cuda.is_available()})")
+        super().__init__(model, device, dtype)
+        self.warmup = warmup
+        self.pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[Key, _Captured] = {}
+
+    @property
+    def captured(self) -> int:
+        """How many graphs have been captured (one per network and input shape set)."""
+        return len(self._graphs)
+
+    def _run(self, name: str, fn: Callable[..., tuple[torch.Tensor, ...]],
+             tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``fn(*tensors)`` through the graph captured for these shapes (captured now if new)."""
+        tensors = [t.to(self.device) for t in tensors]
+        key: Key = (name, tuple((tuple(t.shape), t.dtype, t.is_contiguous()) for t in tensors))
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._capture(fn, tensors)
+            self._graphs[key] = captured
+        for static, tensor in zip(captured.inputs, tensors):
+            static.copy_(tensor)
+        captured.graph.replay()
+        return tuple(out.clone() for out in captured.outputs)
+
+    def _capture(self, fn: Callable[..., tuple[torch.Tensor, ...]], tensors: list[torch.Tensor]) -> _Captured:
+        static = [t.clone() for t in tensors]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(self.warmup):
+                fn(*static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            outputs = fn(*static)
+        return _Captured(graph, static, outputs)
+
+    def reference(self, latents: torch.Tensor) -> ReferenceBank:
+        def fn(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            bank = self.model.reference_net(x)
+            return (*bank.tokens, *bank.features)
+
+        outputs = self._run("reference", fn, [latents.to(self.dtype)])
+        count = self.model.reference_net.num_bank_layers
+        return ReferenceBank(tokens=list(outputs[:count]), features=list(outputs[count:]))
+
+    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
+                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
+                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor) -> torch.Tensor:
+        banks = len(reference_bank)
+        speed = speed_tokens is not None
+        tensors = [sample.to(self.dtype), torch.as_tensor(timestep, device=self.device), audio_tokens,
+                   face_features, reference_keep.to(self.device), *reference_bank, *motion_features]
+        if speed:
+            tensors.append(speed_tokens)
+
+        def fn(x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor, face: torch.Tensor, keep: torch.Tensor,
+               *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (self.model.backbone(x, t, audio_tokens=audio, reference_bank=list(rest[:banks]),
+                                        motion_features=list(rest[banks:banks + len(motion_features)]),
+                                        face_features=face, speed_tokens=rest[-1] if speed else None,
+                                        reference_keep=keep),)
+
+        return self._run("backbone", fn, tensors)[0]
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_decoder", lambda x: (self.model.vae.decode(x),), [latents.to(self.dtype)])[0]

@@ -1,0 +1,92 @@
+"""Backends with one signature: a whole tiny session on ONNX Runtime against torch; GPU backends where present.
+
+Tolerance of a whole clip (steps=1, 2 guidance branches, uint8 frames): at most 2 grey levels
+anywhere, mean under 0.05 levels. The fp32 graphs agree with torch to ~1e-6, so differences show
+only where a value sits on a rounding boundary of the uint8 conversion.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backends import BACKENDS, make_backend
+from engine.backends.torch_eager import TorchEagerBackend
+from engine.models.model import EmoteModel
+from export.engine_cache import EngineCache
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAS_CUDA = torch.cuda.is_available()
+MAX_LEVELS = 2
+MEAN_LEVELS = 0.05
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_onnxruntime_clip_matches_torch(tiny_model: EmoteModel, onnx_cache: EngineCache,
+                                        exported: dict[str, Path], run_session) -> None:
+    options = dict(cfg_audio=2.0, first_clip_frames=3)
+    want = run_session(TorchEagerBackend(tiny_model), tiny_model, 0.5, **options)
+    backend = make_backend("onnxruntime", tiny_model, "cpu", torch.float32, cache_dir=onnx_cache.root)
+    got = run_session(backend, tiny_model, 0.5, **options)
+    assert got.shape == want.shape == (13, 128, 128, 3)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
+    built = sorted(p.name.split("-")[0] for p in (onnx_cache.root / "onnx").glob("*.json"))
+    assert set(built) >= {"audio", "reference", "backbone", "vae_decoder", "vae_encoder"}
+
+
+def test_make_backend_names_and_clear_errors(tiny_model: EmoteModel) -> None:
+    assert BACKENDS == ("torch", "torch-cuda-graphs", "onnxruntime", "tensorrt")
+    with pytest.raises(ValueError, match="unknown backend 'onnx'; available: torch, torch-cuda-graphs"):
+        make_backend("onnx", tiny_model)
+    with pytest.raises(ValueError, match="float32 or float16"):
+        make_backend("onnxruntime", tiny_model, "cpu", torch.bfloat16)
+    if not HAS_CUDA:
+        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+            make_backend("torch-cuda-graphs", tiny_model, "cuda", torch.float16)
+    if not HAS_TENSORRT:
+        with pytest.raises(RuntimeError, match="TensorRT is not installed"):
+            make_backend("tensorrt", tiny_model, "cuda", torch.float16)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: make engines would build")
+def test_make_engines_says_why_in_one_line_without_tensorrt(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "export.trt_build", "--model", "tiny", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TensorRT is not installed" in lines[0], result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="torch-cuda-graphs needs a CUDA device (none here)")
+def test_cuda_graphs_clip_matches_eager_on_cuda(tiny_model: EmoteModel, run_session) -> None:
+    model = copy.deepcopy(tiny_model).to("cuda")
+    want = run_session(make_backend("torch", model, "cuda", torch.float32), model, 0.5, first_clip_frames=3)
+    backend = make_backend("torch-cuda-graphs", model, "cuda", torch.float32)
+    got = run_session(backend, model, 0.5, first_clip_frames=3)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS
+    assert backend.captured >= 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_TENSORRT and HAS_CUDA), reason="tensorrt is not importable here (it cannot be "
+                    "installed on these machines: shared/ENVIRONMENT.md)")
+def test_tensorrt_clip_matches_torch(tiny_model: EmoteModel, tmp_path: Path, run_session) -> None:
+    model = copy.deepcopy(tiny_model).to("cuda")
+    want = run_session(make_backend("torch", model, "cuda", torch.float32), model, 0.5, first_clip_frames=3)
+    backend = make_backend("tensorrt", model, "cuda", torch.float32, cache_dir=tmp_path)
+    got = run_session(backend, model, 0.5, first_clip_frames=3)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 4 and diff.mean() <= 0.2
+    again = make_backend("tensorrt", model, "cuda", torch.float32, cache_dir=tmp_path, build=False)
+    assert np.array_equal(run_session(again, model, 0.5, first_clip_frames=3), got)
