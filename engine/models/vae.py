@@ -1,7 +1,9 @@
-"""The VAE: diffusers' AutoencoderKL (SD VAE) or AutoencoderTiny (TAESD), loaded from local files.
+"""The VAE: diffusers' AutoencoderKL (SD VAE) or AutoencoderTiny (TAESD), loaded from local files, or a
+fixed pixel codec (``kind="pixel"``: space-to-depth, exactly invertible, no weights) for small models.
 
-Images are ``[N, 3, H, W]`` in [-1, 1]; latents are ``[N, 4, H/8, W/8]`` already multiplied by the
-scaling factor (the scale the diffusion networks work in).
+Images are ``[N, 3, H, W]`` in [-1, 1]; latents are ``[N, 4, H/8, W/8]`` (pixel codec:
+``[N, 3 f^2, H/f, W/f]``) already multiplied by the scaling factor (the scale the diffusion networks
+work in).
 """
 
 from __future__ import annotations
@@ -15,7 +17,34 @@ from torch import nn
 
 from engine.config import VAEConfig
 
-_KINDS = {"kl": AutoencoderKL, "tiny": AutoencoderTiny}
+
+class PixelCodec(nn.Module):
+    """Space-to-depth by ``factor``: ``[N, C, H, W]`` <-> ``[N, C f^2, H/f, W/f]``, lossless, no parameters.
+
+    A trained VAE costs training time and loses detail; on small flat-shaded images this codec serves
+    as the latent space of a small model (what the synthetic talking-face model uses).
+    """
+
+    def __init__(self, factor: int = 4, in_channels: int = 3):
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"pixel codec factor must be >= 1, got {factor}")
+        self.factor, self.in_channels = factor, in_channels
+
+    @property
+    def latent_channels(self) -> int:
+        return self.in_channels * self.factor ** 2
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W]`` (H, W multiples of ``factor``) -> ``[N, C f^2, H/f, W/f]``."""
+        return torch.nn.functional.pixel_unshuffle(images, self.factor)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode`."""
+        return torch.nn.functional.pixel_shuffle(latents, self.factor)
+
+
+_KINDS = {"kl": AutoencoderKL, "tiny": AutoencoderTiny, "pixel": PixelCodec}
 
 
 class VAE(nn.Module):
@@ -49,7 +78,9 @@ class VAE(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` in [-1, 1] -> scaled latents ``[N, C, H/8, W/8]`` (the posterior mean)."""
-        if self.kind == "tiny":
+        if self.kind == "pixel":
+            latents = self.model.encode(images)
+        elif self.kind == "tiny":
             latents = self.model.encode(images).latents
         else:
             latents = self.model.encode(images).latent_dist.mean
@@ -57,4 +88,6 @@ class VAE(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[N, C, h, w]`` -> images ``[N, 3, 8h, 8w]`` in [-1, 1] (clamped)."""
+        if self.kind == "pixel":
+            return self.model.decode(latents / self.scaling_factor).clamp(-1, 1)
         return self.model.decode(latents / self.scaling_factor).sample.clamp(-1, 1)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 BetaSchedule = Literal["linear", "scaled_linear"]
-PredictionType = Literal["epsilon", "v_prediction"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
 
 _BETA_SCHEDULES = ("linear", "scaled_linear")
-_PREDICTION_TYPES = ("epsilon", "v_prediction")
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -114,7 +114,8 @@ def x0_eps_from_output(
         sample: noisy latents x_t.
         alpha_cumprod: alpha_bar_t, already broadcastable onto `sample` (see `expand_as_latents`).
         prediction_type: "epsilon": x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) (infinite where a = 0);
-            "v_prediction": x0 = sqrt(a) x_t - sqrt(1 - a) v, eps = sqrt(a) v + sqrt(1 - a) x_t.
+            "v_prediction": x0 = sqrt(a) x_t - sqrt(1 - a) v, eps = sqrt(a) v + sqrt(1 - a) x_t;
+            "sample": the output is x0, eps = (x_t - sqrt(a) x0) / sqrt(1 - a) (infinite where a = 1).
 
     Returns:
         (x0, eps), each shaped like `sample`.
@@ -125,6 +126,8 @@ def x0_eps_from_output(
         return (sample - sqrt_1ma * model_output) / sqrt_a, model_output
     if prediction_type == "v_prediction":
         return sqrt_a * sample - sqrt_1ma * model_output, sqrt_a * model_output + sqrt_1ma * sample
+    if prediction_type == "sample":
+        return model_output, (sample - sqrt_a * model_output) / sqrt_1ma
     raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}")
 
 
@@ -137,7 +140,7 @@ class NoiseSchedule:
         beta_schedule: "linear" (betas linear in t) or "scaled_linear" (sqrt(beta) linear in t, SD).
         num_train_timesteps: T, the number of training timesteps.
         rescale_betas_zero_snr: rescale so that alpha_bar_{T-1} = 0 (arXiv 2305.08891, Algorithm 1).
-        prediction_type: what the model outputs, "epsilon" or "v_prediction".
+        prediction_type: what the model outputs, "epsilon", "v_prediction" or "sample" (x0).
         timestep_spacing: how inference timesteps are picked (see `spaced_timesteps`).
         steps_offset: added to "leading" timesteps.
         set_alpha_to_one: the alpha_bar after the last step is 1 (else alpha_bar_0).
@@ -255,9 +258,11 @@ class NoiseSchedule:
 
     def from_x0_eps(self, x0: torch.Tensor, eps: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """The model output (training target) for clean latents x0 and noise eps at timesteps `t`:
-        eps itself, or v = sqrt(a) eps - sqrt(1 - a) x0 for v_prediction. Shaped like x0."""
+        eps itself, v = sqrt(a) eps - sqrt(1 - a) x0 for v_prediction, or x0 for sample. Shaped like x0."""
         if self.prediction_type == "epsilon":
             return eps
+        if self.prediction_type == "sample":
+            return x0
         alpha = expand_as_latents(self.alpha_cumprod_at(t), x0).to(compute_dtype(x0))
         return (alpha.sqrt() * eps - (1 - alpha).sqrt() * x0).to(x0.dtype)
 

@@ -96,7 +96,7 @@ def test_add_noise_per_frame_uses_each_frames_timestep() -> None:
     assert not torch.allclose(noisy[:, :, 0], noisy[:, :, 1])
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_model_output_round_trips_through_x0_and_eps(prediction_type: str) -> None:
     schedule = dataclasses.replace(NoiseSchedule.sd(), prediction_type=prediction_type)
     x0, eps = oracles.gaussian(0), oracles.gaussian(1)
@@ -125,7 +125,7 @@ def test_dict_round_trip_through_json() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"beta_schedule": "cosine"}, {"prediction_type": "sample"}, {"timestep_spacing": "karras"}, {"beta_end": 2.0}],
+    [{"beta_schedule": "cosine"}, {"prediction_type": "flow"}, {"timestep_spacing": "karras"}, {"beta_end": 2.0}],
 )
 def test_invalid_settings_are_rejected(change: dict) -> None:
     with pytest.raises(ValueError):

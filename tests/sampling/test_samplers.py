@@ -19,6 +19,7 @@ SCHEDULES = {
     "hallo": NoiseSchedule.hallo(),
     "sd-v": dataclasses.replace(NoiseSchedule.sd(), prediction_type="v_prediction"),
     "hallo-eps": dataclasses.replace(NoiseSchedule.hallo(), prediction_type="epsilon", rescale_betas_zero_snr=False),
+    "hallo-x0": dataclasses.replace(NoiseSchedule.hallo(), prediction_type="sample"),
 }
 
 

@@ -1,0 +1,68 @@
+"""How long and how hard each stage trains: the full recipe (about 45 minutes on 2 CPU cores) and a
+tiny one (seconds, for tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """One stage: optimiser ``steps``, ``clips`` per batch of ``frames`` frames each, peak learning
+    rate ``lr`` after ``warmup`` steps (then cosine decay to ``lr * final_lr_fraction``)."""
+
+    steps: int
+    clips: int
+    frames: int
+    lr: float
+    warmup: int = 20
+    final_lr_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The whole training run.
+
+    Attributes:
+        train_clips / first_seed: cached synthetic clips used for training (seeds of the ``train`` split).
+        audio: audio-encoder pre-training on mouth shape; image / video / speed: the EMO stages;
+            distill: latent-consistency distillation.
+        distill_guidance: the audio guidance scale baked into the student.
+        checkpoint_every: steps between resumable checkpoints.
+        seed: initial weights and batch order.
+    """
+
+    train_clips: int = 200
+    first_seed: int = 0
+    audio: StageBudget = field(default_factory=lambda: StageBudget(steps=500, clips=16, frames=8, lr=2e-3))
+    image: StageBudget = field(default_factory=lambda: StageBudget(steps=800, clips=4, frames=4, lr=1.5e-3))
+    video: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, clips=3, frames=8, lr=1e-3))
+    speed: StageBudget = field(default_factory=lambda: StageBudget(steps=100, clips=3, frames=8, lr=3e-4))
+    distill: StageBudget = field(default_factory=lambda: StageBudget(steps=300, clips=2, frames=8, lr=1e-4,
+                                                                     warmup=10))
+    distill_guidance: float = 3.0
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls) -> Recipe:
+        """A few steps of every stage on a handful of clips (end-to-end checks)."""
+        small = dict(warmup=2)
+        return cls(train_clips=4, audio=StageBudget(steps=6, clips=2, frames=4, lr=2e-3, **small),
+                   image=StageBudget(steps=6, clips=2, frames=2, lr=6e-4, **small),
+                   video=StageBudget(steps=6, clips=1, frames=4, lr=4e-4, **small),
+                   speed=StageBudget(steps=3, clips=1, frames=4, lr=3e-4, **small),
+                   distill=StageBudget(steps=6, clips=1, frames=4, lr=1e-4, **small), checkpoint_every=4)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def named(cls, name: str) -> Recipe:
+        """``"full"`` or ``"tiny"``."""
+        if name == "full":
+            return cls()
+        if name == "tiny":
+            return cls.tiny()
+        raise ValueError(f"unknown recipe {name!r}; known: full, tiny")

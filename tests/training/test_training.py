@@ -1,0 +1,170 @@
+"""Training: batches cut as the session cuts them, stage losses that fall, and the tiny recipe end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backends.torch_eager import TorchEagerBackend
+from engine.lipsync import portrait_mask
+from engine.models.checkpoint import load_model, random_model
+from engine.sampling.schedules import NoiseSchedule
+from engine.stream.session import GenerationOptions, Session
+from engine.synthetic.clips import make_clip
+from engine.training.data import ClipSampler, audio_window, window_pcm
+from engine.training.distill import distill_stage
+from engine.training.model_config import talking_head_config
+from engine.training.recipe import Recipe, StageBudget
+from engine.training.stages import (audio_stage, copy_backbone_into_reference_net, image_stage, speed_stage,
+                                    video_stage, zero_audio_attention_outputs)
+from engine.training.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def config():
+    return talking_head_config()
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [make_clip(11, head_motion=True, sentences=1), make_clip(12, head_motion=False, sentences=1)]
+
+
+class RecordingBackend(TorchEagerBackend):
+    """Records every audio-encoder call the session makes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.audio_calls: list[tuple[np.ndarray, int]] = []
+
+    def audio_tokens(self, pcm, num_frames):
+        self.audio_calls.append((pcm.numpy().copy(), num_frames))
+        return super().audio_tokens(pcm, num_frames)
+
+
+@pytest.mark.parametrize("block", [None, 700])
+def test_audio_windows_are_the_sessions(config, clips, block):
+    clip = clips[1]
+    backend = RecordingBackend(random_model(config, seed=0))
+    session = Session(backend, config, clip.reference, portrait_mask(clip), GenerationOptions(steps=1))
+    starts = []
+    blocks = [clip.audio] if block is None else [clip.audio[i:i + block] for i in range(0, clip.audio.size, block)]
+    for chunk in blocks:
+        session.push_audio(chunk)
+        starts += [f.index for f in session.frames()]
+    session.end()
+    starts += [f.index for f in session.frames()]
+    assert starts == list(range(clip.num_frames))
+    left = round(GenerationOptions().audio_context_s * config.fps)
+    for k, (pcm, frames) in enumerate(backend.audio_calls):
+        start = k * config.clip_frames
+        end = min(start + config.clip_frames, clip.num_frames)
+        first, last = audio_window(start, end, clip.num_frames, config.audio.window, left)
+        assert frames == last - first
+        np.testing.assert_array_equal(pcm, window_pcm(clip.audio, first, last, config.fps))
+
+
+def test_video_batches(config, clips):
+    sampler = ClipSampler(clips, config, seed=0)
+    batch = sampler.video_batch(3, 8, first_clip_prob=1.0)
+    assert batch.frames.shape == (3, 3, 8, 64, 64) and batch.motion.shape == (3, 4, 3, 64, 64)
+    assert config.motion_init == "reference" and batch.motion_valid.all()
+    assert torch.equal(batch.motion, batch.reference[:, None].expand_as(batch.motion))
+    assert batch.weights.shape == (3, 1, 1, 16, 16) and batch.weights.max() > 4
+    batch = sampler.video_batch(2, 8, first_clip_prob=0.0)
+    assert batch.speed.shape == (2, 8) and batch.mask.shape == (2, 1, 64, 64)
+    for window in batch.audio:
+        assert window.offset + 8 <= window.frames
+        assert window.pcm.shape[0] == round(window.frames * 16000 / 25)
+    state = sampler.state_dict()
+    a = sampler.video_batch(1, 8)
+    sampler.load_state_dict(state)
+    b = sampler.video_batch(1, 8)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.audio[0].pcm, b.audio[0].pcm)
+
+
+def _fixed(stage, batch_method: str):
+    """Make a stage's loss see one batch and one noise draw at every step (so it must fall)."""
+    sampler = stage.sampler
+    cached = {}
+    original = getattr(sampler, batch_method)
+
+    def same_batch(*args, **kwargs):
+        if "batch" not in cached:
+            cached["batch"] = original(*args, **kwargs)
+        return cached["batch"]
+
+    setattr(sampler, batch_method, same_batch)
+    loss = stage.loss
+
+    def fixed_loss():
+        stage.generator.manual_seed(1)
+        return loss()
+
+    return fixed_loss
+
+
+def _train(stage, steps: int) -> list[float]:
+    params = [p for group, _ in stage.groups for p in group]
+    optimizer = torch.optim.Adam(params, lr=stage.budget.lr)
+    losses = []
+    for _ in range(steps):
+        value, metrics = stage.loss()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(metrics["loss"])
+    return losses
+
+
+@pytest.mark.parametrize("name", ["audio", "image", "video", "speed", "distill"])
+def test_stage_losses_are_finite_and_fall(config, clips, name):
+    torch.manual_seed(0)
+    model = random_model(config, seed=0)
+    copy_backbone_into_reference_net(model)
+    schedule = NoiseSchedule.from_dict(config.scheduler)
+    sampler = ClipSampler(clips, config, seed=0)
+    budget = StageBudget(steps=8, clips=1, frames=4, lr=2e-4 if name != "distill" else 5e-5)
+    if name == "audio":
+        stage = audio_stage(model, sampler, budget, 0)
+    elif name == "image":
+        stage = image_stage(model, sampler, schedule, budget, 0)
+    elif name == "video":
+        zero_audio_attention_outputs(model)
+        stage = video_stage(model, sampler, schedule, budget, 0)
+    elif name == "speed":
+        stage = speed_stage(model, sampler, schedule, budget, 0)
+    else:
+        stage, distiller = distill_stage(model, sampler, schedule, budget, 0, guidance=2.0)
+        distiller.ema = 1.0
+    stage.loss = _fixed(stage, "image_batch" if name == "image" else "video_batch")
+    losses = _train(stage, 8)
+    assert all(math.isfinite(v) for v in losses)
+    assert max(losses[-2:]) < losses[0], losses
+
+
+def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
+    out, data = tmp_path / "run", tmp_path / "data"
+    args = ["--out", str(out), "--recipe", "tiny", "--data", str(data), "--threads", "1", "--workers", "1", "--quiet"]
+    assert train_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    recipe = Recipe.tiny()
+    for name in ("audio", "image", "video", "speed", "distill"):
+        stats = summary["stages"][name]
+        assert stats["steps"] == getattr(recipe, name).steps
+        assert math.isfinite(stats["loss_first"]) and math.isfinite(stats["loss_last"])
+    student, teacher = load_model(out / "student"), load_model(out / "teacher")
+    assert student.config.sampling.sampler == "lcm" and student.config.sampling.steps == 4
+    assert teacher.config.sampling.sampler == "ddim"
+    assert not torch.equal(student.backbone.conv_out.weight, teacher.backbone.conv_out.weight)
+    assert torch.equal(student.reference_net.conv_in.weight, teacher.reference_net.conv_in.weight)
+    before = {k: v.clone() for k, v in student.backbone.state_dict().items()}
+    rows = (out / "log.csv").read_text().splitlines()
+    assert train_main(args) == 0
+    assert (out / "log.csv").read_text().splitlines() == rows
+    again = load_model(out / "student").backbone.state_dict()
+    assert all(torch.equal(before[k], again[k]) for k in before)
