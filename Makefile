@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 DEMO_IMAGE := engine/assets/demo/portrait.png
 DEMO_AUDIO := engine/assets/demo/speech.wav
 DEMO_OUT := out/demo.mp4
-MODEL ?= tiny
+MODEL ?= talking64
 
 install: $(STAMP)
 

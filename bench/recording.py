@@ -149,8 +149,8 @@ class RecordingBackend(Backend):
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self._call("audio_tokens", pcm, num_frames)
 
-    def reference(self, latents: torch.Tensor) -> ReferenceBank:
-        return self._call("reference", latents)
+    def reference(self, latents: torch.Tensor, **extra: Any) -> ReferenceBank:
+        return self._call("reference", latents, **extra)
 
     def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
                  reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor],
@@ -162,6 +162,9 @@ class RecordingBackend(Backend):
 
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:
         return self._call("face_features", mask)
+
+    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self._call("image_tokens", embedding)
 
     def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
         return self._call("speed_tokens", speed)

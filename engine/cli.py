@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from engine import __version__
+from engine import DEFAULT_MODEL, __version__
 
+MODEL_HELP = (f"a shipped model's name ({DEFAULT_MODEL}), a model directory, or a preset with random weights "
+              f"(tiny, sd15) (default: {DEFAULT_MODEL})")
 DESCRIPTION = "Streaming inference engine for audio-driven portrait video diffusion (one photo + speech -> video)."
 
 
@@ -19,13 +21,14 @@ def _format_count(n: int) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a model's structure and parameter counts, built on the meta device (no weights, no memory)."""
     from engine.importers.provenance import format_provenance, read_provenance
-    from engine.models.checkpoint import resolve_config
+    from engine.models.checkpoint import model_directory, resolve_config
     from engine.models.model import EmoteModel
 
     cfg = resolve_config(args.model)
     model = EmoteModel.on_meta(cfg)
     counts = model.parameter_counts()
-    provenance = read_provenance(Path(args.model)) if Path(args.model).is_dir() else None
+    directory = model_directory(args.model)
+    provenance = read_provenance(directory) if directory is not None else None
     if args.json:
         print(json.dumps({"model": cfg.name, "parameters": counts, "total": sum(counts.values()),
                           "config": cfg.to_dict(), "provenance": provenance}, indent=2))
@@ -66,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Photo + speech -> MP4 with the speech muxed in."""
     from engine.faces import FaceBox
     from engine.importers.provenance import fallback_note
-    from engine.pipeline import GenerateRequest, generate, is_untrained_preset
+    from engine.pipeline import GenerateRequest, generate, is_untrained_preset, supplied_inputs
 
     if args.device.startswith("cuda"):
         import torch
@@ -78,12 +81,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         image=Path(args.image), audio=Path(args.audio), out=Path(args.out), model=args.model, size=args.size,
         fps=args.fps, face_box=FaceBox.parse(args.face_box) if args.face_box else None,
         on_missing_face="error" if args.require_face else "center",
+        face_embedding=Path(args.face_embedding) if args.face_embedding else None,
+        face_mask=Path(args.face_mask) if args.face_mask else None,
+        lip_mask=Path(args.lip_mask) if args.lip_mask else None,
         png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, backend=args.backend,
         options=options)
     if is_untrained_preset(args.model):
-        print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
-              "its frames are not a face yet", file=sys.stderr)
-    fallbacks = fallback_note(Path(args.model))
+        print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
+              file=sys.stderr)
+    fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
     if fallbacks:
         print(fallbacks, file=sys.stderr)
     result = generate(request, progress=not args.quiet)
@@ -96,7 +102,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     """Frames out as audio comes in, from the microphone, a (paced) file or raw PCM on stdin."""
     from engine.faces import FaceBox
-    from engine.pipeline import StreamRequest, is_untrained_preset, stream
+    from engine.importers.provenance import fallback_note
+    from engine.pipeline import StreamRequest, is_untrained_preset, stream, supplied_inputs
     from engine.stream.runner import LagPolicy
     from engine.stream.sources import FileSource, MicrophoneSource, StdinPcmSource
 
@@ -111,11 +118,17 @@ def cmd_stream(args: argparse.Namespace) -> int:
     request = StreamRequest(
         image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
         face_box=FaceBox.parse(args.face_box) if args.face_box else None,
-        on_missing_face="error" if args.require_face else "center", device=args.device, backend=args.backend,
+        on_missing_face="error" if args.require_face else "center",
+        face_embedding=Path(args.face_embedding) if args.face_embedding else None,
+        face_mask=Path(args.face_mask) if args.face_mask else None,
+        lip_mask=Path(args.lip_mask) if args.lip_mask else None, device=args.device, backend=args.backend,
         options=options, policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
     if is_untrained_preset(args.model):
-        print(f"note: model '{args.model}' is a preset with seeded random weights (no trained default yet): "
-              "its frames are not a face yet", file=sys.stderr)
+        print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
+              file=sys.stderr)
+    fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
+    if fallbacks:
+        print(fallbacks, file=sys.stderr)
     stats = stream(request, source, live_status=not args.quiet)
     print(stats.table())
     print(f"wrote {args.out}")
@@ -158,11 +171,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
-    parser.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "lcm", "euler"], help="sampler (default: ddim)")
-    parser.add_argument("--cfg-audio", type=float, default=1.0, help="audio guidance scale (1 = off)")
-    parser.add_argument("--cfg-ref", type=float, default=1.0, help="reference guidance scale (1 = off)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampler steps per clip, 1-50 (default: the model's, else 4)")
+    parser.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
+                        help="sampler (default: the model's, else ddim)")
+    parser.add_argument("--cfg-audio", type=float, default=None,
+                        help="audio guidance scale, 1 = off (default: the model's, else 1)")
+    parser.add_argument("--cfg-ref", type=float, default=None,
+                        help="reference guidance scale, 1 = off (default: the model's, else 1)")
     parser.add_argument("--fps", type=float, default=None, help="video frame rate (default: the model's, 25)")
     parser.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
     parser.add_argument("--head-speed", type=float, default=0.0, help="head rotation speed, rad/s (default: 0)")
@@ -177,6 +194,14 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="torch", choices=["torch", "torch-cuda-graphs", "onnxruntime", "tensorrt"],
                         help="how the networks run (default: torch; see README, Backends)")
     parser.add_argument("--face-box", default=None, metavar="X0,Y0,X1,Y1", help="face box in photo pixels")
+    parser.add_argument("--face-embedding", default=None, metavar="NPY",
+                        help="Hallo models: the face's embedding (insightface's 512-d 'embedding', saved with "
+                             "numpy.save) (default: a zero embedding)")
+    parser.add_argument("--face-mask", default=None, metavar="PATH",
+                        help="Hallo models, with --lip-mask: face region mask over the photo (PNG or .npy, the "
+                             "photo's size, as Hallo's get_mask draws it) (default: made from the face box)")
+    parser.add_argument("--lip-mask", default=None, metavar="PATH",
+                        help="Hallo models, with --face-mask: lip region mask over the photo (PNG or .npy)")
     parser.add_argument("--require-face", action="store_true", help="fail when no face is detected")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -186,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="show a model's structure and parameter counts per component")
-    info.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
+    info.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
     imp = sub.add_parser("import", help="import Hallo / EchoMimic v1 checkpoint files into a model directory")
@@ -224,14 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--model", default="tiny", help="preset name (tiny, sd15) or model directory (default: tiny)")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     serve.add_argument("--max-sessions", type=int, default=4, help="sessions at once; more are refused (default: 4)")
     serve.add_argument("--token", default=None,
                        help="access token the page must give (default: $EMOTE_TOKEN if set, else none)")
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     serve.add_argument("--backend", default="torch", help="how the networks run (default: torch)")
-    serve.add_argument("--steps", type=int, default=4, help="sampler steps per clip, 1-50 (default: 4)")
-    serve.add_argument("--sampler", default="ddim", choices=["ddim", "lcm", "euler"], help="sampler (default: ddim)")
+    serve.add_argument("--steps", type=int, default=None,
+                       help="sampler steps per clip, 1-50 (default: the model's, else 4)")
+    serve.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
+                       help="sampler (default: the model's, else ddim)")
     serve.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     serve.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
     serve.add_argument("--first-clip", type=int, default=4, help="frames in the first clip (default: 4)")

@@ -219,17 +219,29 @@ def prepare_portrait(
     cx, cy = box.center
     side = max(1, round(crop_scale * max(box.width, box.height)))
     x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    pad_left, pad_top = max(0, -x0), max(0, -y0)
-    pad_right, pad_bottom = max(0, x0 + side - width), max(0, y0 + side - height)
-    source = image
-    if pad_left or pad_top or pad_right or pad_bottom:
-        source = cv2.copyMakeBorder(image, pad_top, pad_bottom, pad_left, pad_right, cv2.BORDER_REPLICATE)
-    crop = source[y0 + pad_top:y0 + pad_top + side, x0 + pad_left:x0 + pad_left + side]
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-    resized = np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=interpolation))
+    crop_box = FaceBox(x0, y0, x0 + side, y0 + side)
+    resized = crop_square(image, crop_box, size)
 
     scale = size / side
     crop_face = box.map(scale, -x0, -y0)
     mask = box_mask(crop_face.grow(mask_margin), size)
-    crop_box = FaceBox(x0, y0, x0 + side, y0 + side)
     return Portrait(image=resized, mask=mask, face_box=crop_face, crop_box=crop_box, detected=detected)
+
+
+def crop_square(image: np.ndarray, crop_box: FaceBox, size: int, replicate: bool = True) -> np.ndarray:
+    """The square ``crop_box`` (integer pixel corners, may extend past the image) of ``image``, resized to ``size``.
+
+    ``image``: ``[H, W]`` or ``[H, W, C]`` (uint8 or float32). Outside the image the edge pixels repeat
+    (``replicate``) or the crop is 0. Area filter when shrinking, cubic when growing. Returns ``[size, size(, C)]``.
+    """
+    height, width = image.shape[:2]
+    x0, y0, side = int(crop_box.x0), int(crop_box.y0), int(crop_box.width)
+    pad_left, pad_top = max(0, -x0), max(0, -y0)
+    pad_right, pad_bottom = max(0, x0 + side - width), max(0, y0 + side - height)
+    source = image
+    if pad_left or pad_top or pad_right or pad_bottom:
+        border = cv2.BORDER_REPLICATE if replicate else cv2.BORDER_CONSTANT
+        source = cv2.copyMakeBorder(image, pad_top, pad_bottom, pad_left, pad_right, border, value=0)
+    crop = source[y0 + pad_top:y0 + pad_top + side, x0 + pad_left:x0 + pad_left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=interpolation))

@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from engine import DEFAULT_MODEL
 from engine.backends import make_backend
 from engine.config import PRESETS
+from engine.face_embedding import load_face_embedding
 from engine.faces import FaceBox, prepare_portrait
+from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS
 from engine.media import MediaError, load_image
-from engine.models.checkpoint import load_model, random_model, resolve_config
+from engine.models.checkpoint import load_model, model_directory, random_model, resolve_config
 from engine.models.model import EmoteModel
+from engine.region_masks import load_mask, portrait_region_masks
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
 from engine.stream.session import Frame, GenerationOptions, Session
 from engine.stream.sinks import FrameSink, Mp4Sink, PngSink
@@ -40,20 +44,28 @@ class StreamRequest:
     Attributes:
         image: the portrait (any common image format).
         out: the MP4 to write (H.264 + AAC); ``png_dir`` optionally also gets the frames as PNG.
-        model: a preset name (seeded random weights) or a model directory.
+        model: a shipped model's name, a model directory, or a preset name (seeded random weights).
         size: output side in pixels (None: the model's resolution). fps: None: the model's.
         face_box: face box in the photo's pixels, instead of the detector. on_missing_face: "center"
             (a centred box, with a warning) or "error".
+        face_embedding: Hallo's models only: a ``.npy`` of the face's embedding (insightface's 512-d
+            ``embedding``); None: a zero embedding (:mod:`engine.face_embedding`).
+        face_mask, lip_mask: Hallo's models only, both or neither: face and lip region masks over the
+            photo (PNG or ``.npy``, the photo's size, as Hallo's ``get_mask`` draws them); None: made
+            from the face box (:mod:`engine.region_masks`).
         policy: what to do when generation falls behind real time.
     """
 
     image: Path
     out: Path
-    model: str = "tiny"
+    model: str = DEFAULT_MODEL
     size: int | None = None
     fps: float | None = None
     face_box: FaceBox | None = None
     on_missing_face: str = "center"
+    face_embedding: Path | None = None
+    face_mask: Path | None = None
+    lip_mask: Path | None = None
     png_dir: Path | None = None
     device: str = "cpu"
     backend: str = "torch"
@@ -82,7 +94,8 @@ class GenerateResult:
 def open_model(source: str, fps: float | None = None, seed: int = 0) -> EmoteModel:
     """A preset with seeded random weights, or a model directory's weights; ``fps`` overrides the frame rate."""
     cfg = resolve_config(source)
-    model = load_model(Path(source)) if Path(source).is_dir() else random_model(cfg, seed=seed)
+    directory = model_directory(source)
+    model = load_model(directory) if directory is not None else random_model(cfg, seed=seed)
     if fps is not None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -93,7 +106,7 @@ def open_model(source: str, fps: float | None = None, seed: int = 0) -> EmoteMod
 
 def is_untrained_preset(source: str) -> bool:
     """True when ``source`` names a preset (random weights), not a directory of trained weights."""
-    return source in PRESETS and not Path(source).is_dir()
+    return source in PRESETS and model_directory(source) is None
 
 
 def check_audio(pcm: np.ndarray, path: Path) -> None:
@@ -113,9 +126,31 @@ def open_session(request: StreamRequest) -> tuple[Session, bool]:
     if not portrait.detected and request.face_box is None:
         print(f"warning: no face found in {request.image}; using a centred box (pass --face-box x0,y0,x1,y1)",
               file=sys.stderr)
+    region_masks = None
+    if request.face_mask is not None or request.lip_mask is not None:
+        if request.face_mask is None or request.lip_mask is None:
+            raise ValueError("region masks: give both the face mask and the lip mask, or neither")
+        region_masks = portrait_region_masks(load_mask(request.face_mask), load_mask(request.lip_mask),
+                                             image.shape[:2], portrait.crop_box, size)
+    embedding = None
+    if request.face_embedding is not None:
+        embedding = load_face_embedding(request.face_embedding, model.config.image_proj.embedding_dim)
     dtype = torch.float16 if request.device.startswith("cuda") else torch.float32
     backend = make_backend(request.backend, model, request.device, dtype)
-    return Session(backend, model.config, portrait.image, portrait.mask, request.options), portrait.detected
+    session = Session(backend, model.config, portrait.image, portrait.mask, request.options,
+                      region_masks=region_masks, face_embedding=embedding)
+    return session, portrait.detected
+
+
+def supplied_inputs(request: StreamRequest) -> tuple[str, ...]:
+    """Names of the inputs of an imported system's pipeline that ``request`` supplies (so they run on no
+    fallback): ``"face embedding"``, ``"region masks"``, for :func:`engine.importers.provenance.fallback_note`."""
+    names = []
+    if request.face_embedding is not None:
+        names.append(FACE_EMBEDDING)
+    if request.face_mask is not None and request.lip_mask is not None:
+        names.append(REGION_MASKS)
+    return tuple(names)
 
 
 def _sinks(request: StreamRequest, session: Session) -> list[FrameSink]:

@@ -189,7 +189,9 @@ class StreamShapes:
     @classmethod
     def for_options(cls, cfg: ModelConfig, options: Any, size: int | None = None) -> "StreamShapes":
         """The shapes of a session run with ``options`` (a :class:`~engine.stream.session.GenerationOptions`):
-        its clip sizes, audio context, schedule, and the guidance branch count of its scales."""
+        its clip sizes, audio context, schedule, and the guidance branch count of its scales (unset options:
+        the model's sampling defaults, as the session takes them)."""
+        options = options.with_model_defaults(cfg.sampling)
         branches = len(branches_needed(GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)))
         rolling = (options.steps, options.group_frames) if getattr(options, "schedule", "clip") == "rolling" else None
         return cls.for_model(cfg, size=size, clip_frames=options.clip_frames,
@@ -215,6 +217,15 @@ def reference_shapes(cfg: ModelConfig, latent: int) -> tuple[list[Shape], list[S
         net = ReferenceNet(cfg)
         bank = net(torch.empty(1, cfg.unet.in_channels, latent, latent))
     return [tuple(t.shape[1:]) for t in bank.tokens], [tuple(f.shape[1:]) for f in bank.features]
+
+
+def mask_positions(cfg: ModelConfig, latent: int) -> list[int]:
+    """Positions ``h_l * w_l`` per resolution level of a ``latent`` x ``latent`` latent: sides halved per
+    level, rounded up (:func:`engine.models.hallo_audio.region_mask_levels`)."""
+    sides = [latent]
+    for _ in cfg.unet.block_out_channels[1:]:
+        sides.append(-(-sides[-1] // 2))
+    return [side * side for side in sides]
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -509,14 +520,15 @@ class AudioNetwork(Network):
 
 
 class _ReferenceGraph(nn.Module):
-    """``latents`` ``[N, C, h, w]`` -> (bank tokens ``[N, L_i, C_i]``..., motion features ``[N, C_j, h_j, w_j]``...)."""
+    """``latents`` ``[N, C, h, w]`` (and, with a face-embedding context, ``context`` ``[N, T_i, D]``) ->
+    (bank tokens ``[N, L_i, C_i]``..., motion features ``[N, C_j, h_j, w_j]``...)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        bank = self.net(latents)
+    def forward(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        bank = self.net(latents, context=context)
         return (*bank.tokens, *bank.features)
 
 
@@ -524,7 +536,9 @@ class ReferenceNetwork(Network):
     """ReferenceNet at timestep 0: ``latents`` ``[images, C, h, w]`` -> ``reference_bank_i`` ``[images, L_i, C_i]``
     (one per transformer block) and ``features_j`` ``[images, C_j, h_j, w_j]`` (one per motion-module location).
 
-    ``images`` is 1 for the reference image and up to n for the motion frames of a clip.
+    ``images`` is 1 for the reference image and up to n for the motion frames of a clip. A model with
+    ``image_proj`` (Hallo) also takes ``context`` ``[images, T_i, D]``: the face-embedding tokens its
+    ``attn2`` reads (:meth:`feed` fills the zero embedding's when none is given).
     """
 
     name = "reference"
@@ -533,11 +547,29 @@ class ReferenceNetwork(Network):
     def __init__(self, model: EmoteModel, shapes: StreamShapes):
         super().__init__(model, shapes)
         self.bank, self.features = reference_shapes(self.config, shapes.latent)
+        self.context = hasattr(model.reference_net, "default_context")
 
     @property
     def inputs(self) -> list[TensorSpec]:
         latent = self.shapes.latent
-        return [TensorSpec("latents", ("images", self.config.unet.in_channels, latent, latent))]
+        specs = [TensorSpec("latents", ("images", self.config.unet.in_channels, latent, latent))]
+        if self.context:
+            tokens = self.model.reference_net.default_context
+            specs.append(TensorSpec("context", ("images", *tokens.shape)))
+        return specs
+
+    def feed(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The arguments of :meth:`engine.backends.base.Backend.reference` -> graph inputs by name.
+
+        ``context`` ``[1 or images, T_i, D]`` is expanded to every image; None gives the model's default.
+        """
+        named = {"latents": latents}
+        if self.context:
+            tokens = context if context is not None else self.model.reference_net.default_context[None]
+            named["context"] = tokens.to(latents.device).expand(latents.shape[0], *tokens.shape[1:])
+        elif context is not None:
+            raise ValueError("this ReferenceNet reads no face-embedding context")
+        return named
 
     @property
     def outputs(self) -> list[TensorSpec]:
@@ -559,20 +591,41 @@ class ReferenceNetwork(Network):
 
 
 class _BackboneGraph(nn.Module):
-    """The backbone with its list inputs flattened: positional tensors in :class:`BackboneNetwork` order."""
+    """The backbone with its list inputs flattened: positional tensors in :class:`BackboneNetwork` order.
 
-    def __init__(self, backbone: nn.Module, banks: int, speed: bool):
+    ``motion_used``: the motion-module locations whose features are inputs (of ``motions`` in all); the
+    others' motion modules do not run, so their slots stay None.
+    """
+
+    def __init__(self, backbone: nn.Module, banks: int, motions: int, motion_used: list[int], speed: bool,
+                 image: bool, masks: int):
         super().__init__()
-        self.backbone, self.banks, self.speed = backbone, banks, speed
+        self.backbone, self.banks, self.motions, self.motion_used = backbone, banks, motions, motion_used
+        self.speed, self.image, self.masks = speed, image, masks
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         sample, timestep, audio_tokens, face_features = inputs[:4]
         rest = list(inputs[4:])
         speed_tokens = rest.pop(0) if self.speed else None
         reference_keep = rest.pop(0)
+        lists = self.banks + len(self.motion_used)
+        motion_features: list[torch.Tensor | None] = [None] * self.motions
+        for j, features in zip(self.motion_used, rest[self.banks:lists]):
+            motion_features[j] = features
+        image_tokens = rest[lists] if self.image else None
+        region_masks = rest[lists + int(self.image):] if self.masks else None
         return self.backbone(sample, timestep, audio_tokens=audio_tokens, reference_bank=rest[:self.banks],
-                             motion_features=rest[self.banks:], face_features=face_features,
-                             speed_tokens=speed_tokens, reference_keep=reference_keep)
+                             motion_features=motion_features, face_features=face_features,
+                             speed_tokens=speed_tokens, reference_keep=reference_keep, image_tokens=image_tokens,
+                             region_masks=region_masks)
+
+
+def running_motion_locations(backbone: nn.Module) -> list[int]:
+    """Motion-module locations whose module runs (Hallo's ``skip_plain_blocks`` skips some): their
+    features are backbone inputs; the others' would be dropped from a traced graph."""
+    blocks = [*backbone.down_blocks, backbone.mid_block, *backbone.up_blocks]
+    return sorted(j for block in blocks if hasattr(block, "motion_modules") and block.run_motion_modules
+                  for j in block.motion_indices)
 
 
 class BackboneNetwork(Network):
@@ -582,7 +635,11 @@ class BackboneNetwork(Network):
     frame); ``audio_tokens`` ``[batch, frames, T, D]``; ``face_features`` ``[batch, 1, C', h, w]``
     (one mask for the clip); ``speed_tokens`` ``[batch, frames, S, D_s]`` (only with speed layers);
     ``reference_keep`` ``[batch]`` bool; ``reference_bank_i`` ``[batch, L_i, C_i]`` per transformer
-    block; ``motion_features_j`` ``[batch, n, C_j, h_j, w_j]`` per motion-module location.
+    block; ``motion_features_j`` ``[batch, n, C_j, h_j, w_j]`` per motion-module location whose module
+    runs (:func:`running_motion_locations`).
+    Hallo's inputs, only for models that have them: ``image_tokens`` ``[batch, T_i, D]`` (``image_proj``:
+    face-embedding tokens for ``attn2``) and ``region_masks_l`` ``[batch, 3, h_l * w_l]`` per resolution
+    level (``audio_modules``: full / face / lip weights).
     Output: ``model_output`` ``[batch, C_out, frames, h, w]``. ``batch`` is the guidance branch count.
     """
 
@@ -593,6 +650,9 @@ class BackboneNetwork(Network):
         super().__init__(model, shapes)
         self.bank, self.features = reference_shapes(self.config, shapes.latent)
         self.speed = hasattr(model, "speed_encoder")
+        self.motion_used = running_motion_locations(model.backbone)
+        self.image = self.config.image_proj.enabled
+        self.mask_positions = mask_positions(self.config, shapes.latent) if self.config.audio_modules.enabled else []
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -608,8 +668,11 @@ class BackboneNetwork(Network):
             specs.append(TensorSpec("speed_tokens", ("batch", "frames", cfg.speed.tokens, cfg.speed.dim)))
         specs.append(TensorSpec("reference_keep", ("batch",), "bool"))
         specs += [TensorSpec(f"reference_bank_{i}", ("batch", *shape)) for i, shape in enumerate(self.bank)]
-        specs += [TensorSpec(f"motion_features_{j}", ("batch", s.motion_frames, *shape))
-                  for j, shape in enumerate(self.features)]
+        specs += [TensorSpec(f"motion_features_{j}", ("batch", s.motion_frames, *self.features[j]))
+                  for j in self.motion_used]
+        if self.image:
+            specs.append(TensorSpec("image_tokens", ("batch", cfg.image_proj.tokens, cfg.unet.cross_attention_dim)))
+        specs += [TensorSpec(f"region_masks_{level}", ("batch", 3, n)) for level, n in enumerate(self.mask_positions)]
         return specs
 
     @property
@@ -618,15 +681,19 @@ class BackboneNetwork(Network):
         return [TensorSpec("model_output", ("batch", self.config.unet.out_channels, "frames", lat, lat))]
 
     def module(self) -> nn.Module:
-        return _BackboneGraph(self.model.backbone, len(self.bank), self.speed)
+        return _BackboneGraph(self.model.backbone, len(self.bank), len(self.features), self.motion_used, self.speed,
+                              self.image, len(self.mask_positions))
 
     def feed(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
              reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-             speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor) -> dict[str, torch.Tensor]:
+             speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
+             image_tokens: torch.Tensor | None = None,
+             region_masks: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The arguments of :meth:`engine.backends.base.Backend.backbone` -> graph inputs by name.
 
         A clip-wide timestep (``[]`` or ``[B]``) is expanded per frame; a per-frame face feature map
-        (``[B, F, ...]``) is refused (the graph takes one map per clip).
+        (``[B, F, ...]``) is refused (the graph takes one map per clip). Hallo's inputs left out are
+        filled as the torch backbone reads them: the zero embedding's tokens, masks of ones.
         """
         b, _, frames = sample.shape[:3]
         t = torch.as_tensor(timestep, device=sample.device)
@@ -644,7 +711,26 @@ class BackboneNetwork(Network):
         if self.speed:
             named["speed_tokens"] = speed_tokens
         named.update({f"reference_bank_{i}": x for i, x in enumerate(reference_bank)})
-        named.update({f"motion_features_{j}": x for j, x in enumerate(motion_features)})
+        named.update({f"motion_features_{j}": motion_features[j] for j in self.motion_used})
+        named.update(self._hallo_inputs(b, sample.device, image_tokens, region_masks))
+        return named
+
+    def _hallo_inputs(self, batch: int, device: torch.device, image_tokens: torch.Tensor | None,
+                      region_masks: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """``image_tokens`` and ``region_masks_l`` by name, expanded to ``batch`` (defaults for those left out)."""
+        if (image_tokens is not None and not self.image) or (region_masks is not None and not self.mask_positions):
+            raise ValueError("this backbone takes no image tokens / region masks (no image_proj / audio_modules)")
+        named = {}
+        if self.image:
+            tokens = image_tokens if image_tokens is not None else self.model.backbone.default_image_tokens[None]
+            named["image_tokens"] = tokens.to(device).expand(batch, *tokens.shape[1:])
+        if self.mask_positions:
+            if region_masks is None:
+                region_masks = [torch.ones(1, 3, n, device=device) for n in self.mask_positions]
+            if len(region_masks) != len(self.mask_positions):
+                raise ValueError(f"expected {len(self.mask_positions)} region mask levels, got {len(region_masks)}")
+            named.update({f"region_masks_{level}": m.to(device).expand(batch, *m.shape[1:])
+                          for level, m in enumerate(region_masks)})
         return named
 
     def export_dims(self) -> dict[str, int]:
@@ -662,6 +748,8 @@ class BackboneNetwork(Network):
     def _sample_value(self, spec: TensorSpec, shape: Shape, generator: torch.Generator) -> torch.Tensor:
         if spec.name == "timestep":
             return torch.randint(0, 1000, shape, generator=generator).float()
+        if spec.name.startswith("region_masks_"):
+            return torch.rand(shape, generator=generator)
         return super()._sample_value(spec, shape, generator)
 
 

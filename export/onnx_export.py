@@ -36,7 +36,7 @@ import onnx
 import torch
 from torch import nn
 
-from engine.models.checkpoint import CheckpointError, load_model, random_model, resolve_config
+from engine.models.checkpoint import CheckpointError, load_model, model_directory, random_model, resolve_config
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, default_cache_dir
 from export.networks import NETWORK_NAMES, PRECISIONS, Network, StreamShapes, make_network
@@ -226,7 +226,8 @@ def cached_export(cache: EngineCache, network: Network, precision: str, on_stale
 def open_model(source: str) -> EmoteModel:
     """A model directory's weights, or a preset with the seeded random weights the CLI uses (seed 0)."""
     cfg = resolve_config(source)
-    return load_model(Path(source)) if Path(source).is_dir() else random_model(cfg, seed=0)
+    directory = model_directory(source)
+    return load_model(directory) if directory is not None else random_model(cfg, seed=0)
 
 
 def main(argv: list[str] | None = None) -> int:

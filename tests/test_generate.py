@@ -42,7 +42,7 @@ def decode_frames(path: Path) -> np.ndarray:
 def generate(tmp_path: Path, out: str, *extra: str, audio: Path | None = None, image: Path = PORTRAIT) -> int:
     audio = audio or write_wav(tmp_path / "speech.wav", voiced(3.0))
     return main(["generate", "--image", str(image), "--audio", str(audio), "--out", str(tmp_path / out),
-                 "--steps", "1", "--quiet", *extra])
+                 "--model", "tiny", "--steps", "1", "--quiet", *extra])
 
 
 def test_three_seconds_give_75_frames_with_matching_audio(tmp_path):

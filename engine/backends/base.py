@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
 
@@ -25,15 +26,31 @@ class Backend(ABC):
         """PCM covering ``num_frames`` video frames -> per-frame audio tokens ``[num_frames, T, D]``."""
 
     @abstractmethod
-    def reference(self, latents: torch.Tensor) -> ReferenceBank:
-        """ReferenceNet at timestep 0 on ``[N, C, h, w]`` latents."""
+    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
+        """ReferenceNet at timestep 0 on ``[N, C, h, w]`` latents.
+
+        ``context``: ``[1, T_i, D]`` face-embedding tokens for its ``attn2`` (Hallo, :meth:`image_tokens`);
+        None reads the model's default (a zero embedding's tokens, or nothing).
+        """
 
     @abstractmethod
     def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
                  reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor],
                  face_features: torch.Tensor, speed_tokens: torch.Tensor | None,
-                 reference_keep: torch.Tensor) -> torch.Tensor:
-        """One denoising step (see :meth:`engine.models.backbone.Backbone.forward` for the shapes)."""
+                 reference_keep: torch.Tensor, image_tokens: torch.Tensor | None = None,
+                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """One denoising step (see :meth:`engine.models.backbone.Backbone.forward` for the shapes).
+
+        ``image_tokens`` (``[B, T_i, D]``) and ``region_masks`` (per level ``[B, 3, h_l * w_l]``) are
+        Hallo's; None means the zero-embedding tokens and weight 1 everywhere.
+        """
+
+    @abstractmethod
+    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Face embeddings ``[N, E]`` -> ``attn2`` tokens ``[N, T_i, D]`` through the model's image projection.
+
+        Raises ValueError for a model without one (see :func:`project_face_embedding`).
+        """
 
     @abstractmethod
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:
@@ -50,3 +67,15 @@ class Backend(ABC):
     @abstractmethod
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1]."""
+
+
+def project_face_embedding(model: EmoteModel, embedding: torch.Tensor, device: torch.device,
+                           dtype: torch.dtype) -> torch.Tensor:
+    """``model.image_proj`` on ``embedding`` ``[N, E]`` (on ``device``) -> tokens ``[N, T_i, D]`` in ``dtype``.
+
+    Raises ValueError when the model has no image projection (only Hallo's reads a face embedding).
+    """
+    if not hasattr(model, "image_proj"):
+        raise ValueError(f"model {model.config.name!r} has no image projection: it takes no face embedding")
+    with torch.inference_mode():
+        return model.image_proj.to(device)(embedding.to(device)).to(dtype)

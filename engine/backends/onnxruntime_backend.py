@@ -6,7 +6,7 @@ same weights, size, precision and exporter), later calls reuse the session. The 
 provider runs here; on a CUDA device the CUDA execution provider (``onnxruntime-gpu``) runs with
 IO binding on tensors owned by torch, on torch's current stream, so nothing goes through the host.
 
-The face locator and the speed encoder (once per session, microseconds) run in torch.
+The face locator, the speed encoder and the image projection (once per session, microseconds) run in torch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, project_face_embedding
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from export.engine_cache import EngineCache
@@ -136,20 +136,26 @@ class OnnxRuntimeBackend(Backend):
         outputs = self.run("audio", self.model.config.resolution, feed.inputs)
         return network.finish(outputs, feed).to(self.device, self.dtype)
 
-    def reference(self, latents: torch.Tensor) -> ReferenceBank:
+    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
         size = self._size(latents.shape[-1], latent=True)
-        outputs = self.run("reference", size, {"latents": latents})
-        bank = self.network("reference", size).bank_of(outputs)
+        network = self.network("reference", size)
+        bank = network.bank_of(self.run("reference", size, network.feed(latents, context)))
         return ReferenceBank(tokens=[t.to(self.device, self.dtype) for t in bank.tokens],
                              features=[f.to(self.device, self.dtype) for f in bank.features])
 
     def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
                  reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor) -> torch.Tensor:
+                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
+                 image_tokens: torch.Tensor | None = None,
+                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         size = self._size(sample.shape[-1], latent=True)
         named = self.network("backbone", size).feed(sample, timestep, audio_tokens, reference_bank, motion_features,
-                                                    face_features, speed_tokens, reference_keep)
+                                                    face_features, speed_tokens, reference_keep, image_tokens,
+                                                    region_masks)
         return self.run("backbone", size, named)["model_output"].to(self.device, self.dtype)
+
+    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        return project_face_embedding(self.model, embedding, self.device, self.dtype)
 
     @torch.inference_mode()
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ largest), since they run one at a time on one stream. Feeds that match a static 
 steady-state clip) are replayed from a CUDA graph captured around the engine's execution; the
 first and last clips run through the dynamic profile without a graph.
 
-The face locator and the speed encoder (once per session) run in torch.
+The face locator, the speed encoder and the image projection (once per session) run in torch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, project_face_embedding
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from export.engine_cache import EngineCache
@@ -234,19 +234,24 @@ class TensorRTBackend(Backend):
         outputs = plan.run(feed.inputs)
         return plan.network.finish(outputs, feed).to(self.device, self.dtype)
 
-    def reference(self, latents: torch.Tensor) -> ReferenceBank:
+    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
         plan = self.plan("reference", self._size(latents.shape[-1]))
-        bank = plan.network.bank_of(plan.run({"latents": latents}))
+        bank = plan.network.bank_of(plan.run(plan.network.feed(latents, context)))
         return ReferenceBank(tokens=[t.to(self.dtype) for t in bank.tokens],
                              features=[f.to(self.dtype) for f in bank.features])
 
     def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
                  reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor) -> torch.Tensor:
+                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
+                 image_tokens: torch.Tensor | None = None,
+                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         plan = self.plan("backbone", self._size(sample.shape[-1]))
         named = plan.network.feed(sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
-                                  speed_tokens, reference_keep)
+                                  speed_tokens, reference_keep, image_tokens, region_masks)
         return plan.run(named)["model_output"].to(self.dtype)
+
+    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        return project_face_embedding(self.model, embedding, self.device, self.dtype)
 
     @torch.inference_mode()
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:

@@ -86,31 +86,43 @@ class TorchCudaGraphsBackend(TorchEagerBackend):
             outputs = fn(*static)
         return _Captured(graph, static, outputs)
 
-    def reference(self, latents: torch.Tensor) -> ReferenceBank:
-        def fn(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            bank = self.model.reference_net(x)
+    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
+        tensors = [latents.to(self.dtype)]
+        if context is not None:
+            tensors.append(context.to(self.dtype).expand(latents.shape[0], *context.shape[1:]))
+
+        def fn(x: torch.Tensor, *tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            bank = self.model.reference_net(x, context=tokens[0] if tokens else None)
             return (*bank.tokens, *bank.features)
 
-        outputs = self._run("reference", fn, [latents.to(self.dtype)])
+        outputs = self._run("reference", fn, tensors)
         count = self.model.reference_net.num_bank_layers
         return ReferenceBank(tokens=list(outputs[:count]), features=list(outputs[count:]))
 
     def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
                  reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor) -> torch.Tensor:
-        banks = len(reference_bank)
-        speed = speed_tokens is not None
+                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
+                 image_tokens: torch.Tensor | None = None,
+                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The eager backbone through a graph per input shape set; the optional inputs (speed tokens, Hallo's
+        image tokens and region masks) follow the lists, in that order, when given."""
+        banks, motions = len(reference_bank), len(motion_features)
+        speed = [speed_tokens] if speed_tokens is not None else []
+        image = [image_tokens] if image_tokens is not None else []
+        masks = list(region_masks) if region_masks is not None else []
         tensors = [sample.to(self.dtype), torch.as_tensor(timestep, device=self.device), audio_tokens,
-                   face_features, reference_keep.to(self.device), *reference_bank, *motion_features]
-        if speed:
-            tensors.append(speed_tokens)
+                   face_features, reference_keep.to(self.device), *reference_bank, *motion_features,
+                   *speed, *image, *masks]
+        first_image = banks + motions + len(speed)
+        first_mask = first_image + len(image)
 
         def fn(x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor, face: torch.Tensor, keep: torch.Tensor,
                *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return (self.model.backbone(x, t, audio_tokens=audio, reference_bank=list(rest[:banks]),
-                                        motion_features=list(rest[banks:banks + len(motion_features)]),
-                                        face_features=face, speed_tokens=rest[-1] if speed else None,
-                                        reference_keep=keep),)
+                                        motion_features=list(rest[banks:banks + motions]), face_features=face,
+                                        speed_tokens=rest[banks + motions] if speed else None,
+                                        reference_keep=keep, image_tokens=rest[first_image] if image else None,
+                                        region_masks=list(rest[first_mask:]) if masks else None),)
 
         return self._run("backbone", fn, tensors)[0]
 

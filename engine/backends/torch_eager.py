@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, project_face_embedding
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
@@ -29,16 +29,22 @@ class TorchEagerBackend(Backend):
         return self.model.audio_encoder.tokens(pcm.float().to(self.device), num_frames).to(self.dtype)
 
     @torch.inference_mode()
-    def reference(self, latents: torch.Tensor) -> ReferenceBank:
-        return self.model.reference_net(latents.to(self.dtype))
+    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
+        if context is not None:
+            context = context.to(self.dtype).expand(latents.shape[0], *context.shape[1:])
+        return self.model.reference_net(latents.to(self.dtype), context=context)
 
     @torch.inference_mode()
     def backbone(self, sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
-                 speed_tokens, reference_keep) -> torch.Tensor:
+                 speed_tokens, reference_keep, image_tokens=None, region_masks=None) -> torch.Tensor:
         return self.model.backbone(sample.to(self.dtype), timestep, audio_tokens=audio_tokens,
                                    reference_bank=reference_bank, motion_features=motion_features,
                                    face_features=face_features, speed_tokens=speed_tokens,
-                                   reference_keep=reference_keep)
+                                   reference_keep=reference_keep, image_tokens=image_tokens,
+                                   region_masks=region_masks)
+
+    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        return project_face_embedding(self.model, embedding, self.device, self.dtype)
 
     @torch.inference_mode()
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from transformers import Wav2Vec2Config
 from engine.config import (AudioModulesConfig, ImageProjConfig, ModelConfig, ReferenceNetConfig, SamplingDefaults,
                            SpeedConfig, UNetConfig)
 from engine.importers.keymap import KeyMap, Rule
+from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS, VOCAL_SEPARATION, fallback_line
 from engine.importers.sources import find, read_json, require
 from engine.importers.spec import (VAE_KEYMAP, SourceSpec, SystemSpec, attn2_context_dim, face_locator_config,
                                    temporal_config, vae_config)
@@ -52,11 +53,7 @@ SOURCES = (
     SourceSpec("wav2vec2", ("wav2vec/wav2vec2-base-960h",), WAV2VEC_KEYMAP),
 )
 
-FALLBACKS = (
-    "face embedding: none (insightface) -> the tokens of a zero embedding, as Hallo does when it finds no face",
-    "region masks: none (mediapipe) -> full / face / lip weights 1 everywhere",
-    "vocal separation: none (Kim_Vocal_2) -> the audio goes to wav2vec2 as it is",
-)
+FALLBACKS = tuple(fallback_line(name) for name in (FACE_EMBEDDING, REGION_MASKS, VOCAL_SEPARATION))
 
 
 def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant: str) -> ModelConfig:

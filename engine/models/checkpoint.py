@@ -22,6 +22,20 @@ from engine.config import PRESETS, ModelConfig, preset
 from engine.models.model import EmoteModel
 
 CONFIG_FILE = "config.json"
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
+"""Trained models that ship with the engine, one directory each, named by their directory."""
+
+
+def model_directory(source: str | Path) -> Path | None:
+    """The model directory ``source`` names: an existing directory, or the name of a shipped model
+    (``engine/assets/models/<name>``); None for anything else (a preset name, a missing path)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    shipped = SHIPPED_MODELS / str(source)
+    if path.name == str(source) and (shipped / CONFIG_FILE).is_file():
+        return shipped
+    return None
 
 
 class CheckpointError(ValueError):
@@ -115,20 +129,23 @@ def save_model(model: EmoteModel, directory: Path, extra_files: dict[str, str] |
 
 
 def resolve_config(source: str | Path) -> ModelConfig:
-    """The config of a preset name or of a model directory."""
-    path = Path(source)
-    if path.is_dir():
+    """The config of a model directory, a shipped model's name or a preset name."""
+    path = model_directory(source)
+    if path is not None:
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"{path}: not a model directory (no {CONFIG_FILE})")
         return ModelConfig.load(path / CONFIG_FILE)
     if str(source) in PRESETS:
         return preset(str(source))
-    raise CheckpointError(f"{source}: neither a model directory nor a preset ({', '.join(sorted(PRESETS))})")
+    shipped = sorted(p.name for p in SHIPPED_MODELS.glob(f"*/{CONFIG_FILE}"))
+    raise CheckpointError(f"{source}: neither a model directory, a shipped model ({', '.join(shipped) or 'none'}) "
+                          f"nor a preset ({', '.join(sorted(PRESETS))})")
 
 
 def load_model(directory: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> EmoteModel:
-    """Load a model directory. Built on the meta device and materialised from the files (no double memory)."""
-    directory = Path(directory)
+    """Load a model directory (or a shipped model by name). Built on the meta device and materialised from
+    the files (no double memory)."""
+    directory = model_directory(directory) or Path(directory)
     cfg = resolve_config(directory)
     model = EmoteModel.on_meta(cfg)
     for name, module in model.components().items():

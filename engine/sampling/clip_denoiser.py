@@ -21,6 +21,12 @@ class ClipConditions:
         motion_features: per motion-module location ``[1, n, C, h, w]``.
         face_features: ``[1, 1, C', h, w]`` (the same mask for every frame).
         speed_tokens: ``[1, F, S, D_s]`` or None.
+        image_tokens: Hallo only: ``[1, T_i, D]`` tokens of the portrait's face embedding, or None (the
+            backbone reads a zero embedding's tokens in every branch).
+        uncond_image_tokens: ``[1, T_i, D]`` a zero embedding's tokens, for the unconditional branch
+            (needed with ``image_tokens``).
+        region_masks: Hallo only: per resolution level ``[1, 3, h_l * w_l]`` full / face / lip weights,
+            or None (weight 1 everywhere).
     """
 
     audio_tokens: torch.Tensor
@@ -28,13 +34,18 @@ class ClipConditions:
     motion_features: list[torch.Tensor]
     face_features: torch.Tensor
     speed_tokens: torch.Tensor | None
+    image_tokens: torch.Tensor | None = None
+    uncond_image_tokens: torch.Tensor | None = None
+    region_masks: list[torch.Tensor] | None = None
 
 
 class GuidedBackbone:
     """One guided backbone evaluation: the branches guidance needs stacked in one batch.
 
     :func:`branches_needed` gives one branch when both scales are 1. Branches without audio get zero
-    audio tokens (as Hallo and EchoMimic), branches without the reference get ``reference_keep = False``.
+    audio tokens (as Hallo and EchoMimic), branches without the reference get ``reference_keep = False``
+    and, as Hallo's unconditional half, a zero face embedding's tokens. Region masks are the same in
+    every branch (Hallo repeats them). Hallo's inputs are passed only when the conditions carry them.
     """
 
     def __init__(self, backend: Backend, guidance: GuidanceScales):
@@ -51,7 +62,7 @@ class GuidedBackbone:
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.expand(n, *t.shape[1:])
 
-        return dict(
+        inputs = dict(
             audio_tokens=audio,
             reference_bank=[rep(t) for t in cond.reference_bank],
             motion_features=[rep(t) for t in cond.motion_features],
@@ -59,6 +70,20 @@ class GuidedBackbone:
             speed_tokens=rep(cond.speed_tokens) if cond.speed_tokens is not None else None,
             reference_keep=torch.tensor([b.uses_reference for b in self.branches], device=audio.device),
         )
+        if cond.image_tokens is not None:
+            inputs["image_tokens"] = self._image_tokens(cond)
+        if cond.region_masks is not None:
+            inputs["region_masks"] = [rep(m) for m in cond.region_masks]
+        return inputs
+
+    def _image_tokens(self, cond: ClipConditions) -> torch.Tensor:
+        """``[n, T_i, D]``: the face's tokens for branches with the reference, the zero embedding's without."""
+        if all(b.uses_reference for b in self.branches):
+            return cond.image_tokens.expand(len(self.branches), *cond.image_tokens.shape[1:])
+        if cond.uncond_image_tokens is None:
+            raise ValueError("guidance with an unconditional branch needs uncond_image_tokens beside image_tokens")
+        return torch.cat([cond.image_tokens if b.uses_reference else cond.uncond_image_tokens
+                          for b in self.branches])
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, batched: dict) -> torch.Tensor:
         """Guided model output for latents ``x`` ``[1, C, F, h, w]`` at timesteps ``t`` ``[1, F]``."""

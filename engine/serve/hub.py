@@ -6,6 +6,7 @@ shared backend on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import DEFAULT_MODEL
 from engine.backends import make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig
@@ -30,7 +32,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def _default_options() -> GenerationOptions:
-    return GenerationOptions(steps=4, first_clip_frames=4)
+    return GenerationOptions(first_clip_frames=4)
 
 
 def _default_policy() -> LagPolicy:
@@ -56,7 +58,7 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str = "tiny"
+    model: str = DEFAULT_MODEL
     device: str = "cpu"
     backend: str = "torch"
     max_sessions: int = 4
@@ -95,6 +97,7 @@ class SessionHub:
 
     def __init__(self, backend: Backend, model_config: ModelConfig, config: ServeConfig,
                  sample: Path = SAMPLE_PORTRAIT):
+        config = dataclasses.replace(config, options=config.options.with_model_defaults(model_config.sampling))
         self.backend, self.model_config, self.config = backend, model_config, config
         self.size = config.size or model_config.resolution
         self.untrained = is_untrained_preset(config.model)

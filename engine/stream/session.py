@@ -7,6 +7,7 @@ noise, motion frames) is a function of the audio and the options alone, so both 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -14,13 +15,15 @@ import numpy as np
 import torch
 
 from engine.backends.base import Backend
-from engine.config import ModelConfig
+from engine.config import ModelConfig, SamplingDefaults
+from engine.models.reference_net import ReferenceBank
 from engine.sampling.clip_denoiser import ClipConditions, ClipDenoiser
 from engine.sampling.guidance import GuidanceScales
 from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.audio_features import StreamingAudioFeatures
 from engine.stream.chunk_planner import ChunkPlanner, Clip
+from engine.stream.hallo_conditions import hallo_conditions
 from engine.stream.rolling import RollingWindow
 
 
@@ -32,6 +35,8 @@ class GenerationOptions:
         steps: sampler steps per clip (1-50).
         sampler: "ddim", "lcm" or "euler".
         cfg_audio, cfg_ref: guidance scales (1 = off; both 1 -> one backbone batch per step).
+            For these four, None means the model's own default (its config's ``sampling``), else
+            ``ENGINE_DEFAULTS``; :meth:`with_model_defaults` fills them, and a Session does that itself.
         seed: noise seed; with the same inputs the same seed gives the same frames.
         head_speed: constant head rotation speed in rad/s for the speed layers.
         clip_frames / first_clip_frames: clip sizes (None: the model's ``clip_frames``; first = clip).
@@ -40,10 +45,10 @@ class GenerationOptions:
             ``group_frames`` at staggered noise levels, one backbone call per group: see rolling.py).
     """
 
-    steps: int = 4
-    sampler: str = "ddim"
-    cfg_audio: float = 1.0
-    cfg_ref: float = 1.0
+    steps: int | None = None
+    sampler: str | None = None
+    cfg_audio: float | None = None
+    cfg_ref: float | None = None
     seed: int = 0
     head_speed: float = 0.0
     clip_frames: int | None = None
@@ -53,7 +58,7 @@ class GenerationOptions:
     group_frames: int = 2
 
     def __post_init__(self) -> None:
-        if not 1 <= self.steps <= 50:
+        if self.steps is not None and not 1 <= self.steps <= 50:
             raise ValueError(f"steps must be between 1 and 50, got {self.steps}")
         if self.schedule not in ("clip", "rolling"):
             raise ValueError(f"schedule must be 'clip' or 'rolling', not {self.schedule!r}")
@@ -61,6 +66,21 @@ class GenerationOptions:
             raise ValueError(f"group_frames must be >= 1, got {self.group_frames}")
         if self.audio_context_s < 0:
             raise ValueError(f"audio_context_s must be >= 0, got {self.audio_context_s}")
+
+    def with_model_defaults(self, defaults: SamplingDefaults) -> GenerationOptions:
+        """A copy whose unset ``steps``, ``sampler``, ``cfg_audio`` and ``cfg_ref`` are the model's
+        ``defaults`` (a distilled student: 4 LCM steps, no guidance), else ``ENGINE_DEFAULTS``."""
+        chosen = {}
+        for name, fallback in ENGINE_DEFAULTS.items():
+            value = getattr(self, name)
+            if value is None:
+                value = getattr(defaults, name)
+            chosen[name] = fallback if value is None else value
+        return dataclasses.replace(self, **chosen)
+
+
+ENGINE_DEFAULTS = {"steps": 4, "sampler": "ddim", "cfg_audio": 1.0, "cfg_ref": 1.0}
+"""What :class:`GenerationOptions` falls back to where neither the user nor the model says."""
 
 
 @dataclass
@@ -96,12 +116,19 @@ def clip_seed(seed: int, start_frame: int) -> int:
 class Session:
     """One portrait, a stream of audio, frames out.
 
-    The reference bank, face-locator features and speed tokens are computed once, at construction;
+    The reference bank, face-locator features, speed tokens and Hallo's inputs (face-embedding tokens,
+    region masks: :mod:`engine.stream.hallo_conditions`) are computed once, at construction;
     :meth:`reset` starts a new utterance without recomputing them.
+
+    ``region_masks`` (``[3, h, w]`` full / face / lip, Hallo's models only; None: made from
+    ``face_mask``) and ``face_embedding`` (``[E]``, Hallo's models only; None: a zero embedding) are
+    the portrait's precomputed inputs.
     """
 
     def __init__(self, backend: Backend, config: ModelConfig, image: np.ndarray, face_mask: np.ndarray,
-                 options: GenerationOptions):
+                 options: GenerationOptions, region_masks: np.ndarray | None = None,
+                 face_embedding: np.ndarray | None = None):
+        options = options.with_model_defaults(config.sampling)
         self.backend, self.config, self.options = backend, config, options
         size = image.shape[0]
         multiple = config.latent_downscale * 2 ** (len(config.unet.block_out_channels) - 1)
@@ -125,8 +152,10 @@ class Session:
         self.denoiser = ClipDenoiser(backend, sampler, options.steps, guidance)
         self.window = RollingWindow(self.denoiser.model, sampler, options.steps)
         device, dtype = backend.device, backend.dtype
+        self.hallo = hallo_conditions(backend, config, face_mask, size // config.latent_downscale, region_masks,
+                                      face_embedding)
         self.reference_latent = backend.vae_encode(to_image_tensor(image, device, dtype))
-        bank = backend.reference(self.reference_latent)
+        bank = self._reference(self.reference_latent)
         self.reference_tokens = bank.tokens
         self.reference_features = bank.features
         mask = torch.from_numpy(np.ascontiguousarray(face_mask, dtype=np.float32))[None, None]
@@ -167,7 +196,15 @@ class Session:
     def _conditions(self, audio_tokens: torch.Tensor, frames: int) -> ClipConditions:
         return ClipConditions(audio_tokens=audio_tokens, reference_bank=self.reference_tokens,
                               motion_features=[m[None] for m in self._motion], face_features=self.face,
-                              speed_tokens=self._speed_tokens(frames))
+                              speed_tokens=self._speed_tokens(frames), image_tokens=self.hallo.image_tokens,
+                              uncond_image_tokens=self.hallo.uncond_image_tokens,
+                              region_masks=self.hallo.region_masks)
+
+    def _reference(self, latents: torch.Tensor) -> ReferenceBank:
+        """The ReferenceNet on ``latents``, reading the face embedding's tokens when the session has them."""
+        if self.hallo.image_tokens is None:
+            return self.backend.reference(latents)
+        return self.backend.reference(latents, context=self.hallo.image_tokens)
 
     def _noise(self, clip: Clip) -> tuple[torch.Tensor, torch.Generator]:
         """The clip's starting noise ``[1, C, F, h, w]`` and the generator it came from (seeded by clip start)."""
@@ -231,7 +268,7 @@ class Session:
         n = self.motion_frames
         if n == 0:
             return
-        newest = self.backend.reference(clip_latents[-n:].to(self.backend.dtype)).features
+        newest = self._reference(clip_latents[-n:].to(self.backend.dtype)).features
         self._motion = [torch.cat([old, new])[-n:] for old, new in zip(self._motion, newest)]
 
     def decode(self, clip: Clip, latents: torch.Tensor) -> list[Frame]:

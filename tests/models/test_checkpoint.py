@@ -81,7 +81,7 @@ def test_corrupt_and_missing_files(tmp_path, tiny):
     (tmp_path / "m" / "vae.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         read_state_dict(tmp_path / "m" / "vae.safetensors")
-    with pytest.raises(CheckpointError, match="neither a model directory nor a preset"):
+    with pytest.raises(CheckpointError, match="neither a model directory"):
         resolve_config(tmp_path / "nowhere")
 
 

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from support import randomize_
+from support import hallo_tiny, randomize_
 
 from engine.config import ModelConfig, preset
 from engine.models.blocks import UNetContext
@@ -19,20 +19,6 @@ from engine.models.hallo_audio import region_mask_levels
 from engine.models.model import EmoteModel
 
 B, F, LATENT = 1, 2, 8
-
-
-def hallo_tiny() -> ModelConfig:
-    cfg = preset("tiny")
-    cfg.speed.enabled = False
-    cfg.face_locator.conditioning_channels = 3
-    cfg.audio_modules.enabled = True
-    cfg.audio_modules.cross_attention_dim = cfg.audio.projection.output_dim
-    cfg.image_proj.enabled = True
-    cfg.image_proj.embedding_dim = 16
-    cfg.reference_net.cross_attention = True
-    cfg.reference_net.motion_source = "norm1"
-    cfg.temporal.skip_plain_blocks = True
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,9 @@ def engine() -> tuple[Backend, ModelConfig]:
 
 def serve_config(**overrides: object) -> ServeConfig:
     """The tests' server settings: tiny model, 1 step, a 4-frame first clip, lossless-friendly 'grow' policy."""
-    base = ServeConfig(host="127.0.0.1", port=0, options=GenerationOptions(steps=STEPS, first_clip_frames=FIRST_CLIP),
-                       policy=LagPolicy("grow"), max_sessions=4)
+    base = ServeConfig(host="127.0.0.1", port=0, model="tiny",
+                       options=GenerationOptions(steps=STEPS, first_clip_frames=FIRST_CLIP), policy=LagPolicy("grow"),
+                       max_sessions=4)
     return dataclasses.replace(base, **overrides)
 
 

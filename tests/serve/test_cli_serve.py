@@ -22,8 +22,9 @@ SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "s
 
 
 def test_emote_serve_prints_the_address_serves_and_stops_on_ctrl_c():
-    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--steps", "1",
-                                "--max-sessions", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--model", "tiny",
+                                "--steps", "1", "--max-sessions", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 180

@@ -61,7 +61,7 @@ def test_streamed_20ms_blocks_give_the_frames_of_emote_generate(start_server, tm
 
     png_dir = tmp_path / "frames"
     assert main(["generate", "--image", str(PORTRAIT), "--audio", str(wav), "--out", str(tmp_path / "g.mp4"),
-                 "--png-dir", str(png_dir), "--steps", "1", "--first-clip", "4", "--quiet"]) == 0
+                 "--png-dir", str(png_dir), "--model", "tiny", "--steps", "1", "--first-clip", "4", "--quiet"]) == 0
     want = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(png_dir.glob("frame_*.png"))]
 
     assert len(want) == round(1.5 * FPS)

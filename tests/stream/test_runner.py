@@ -135,7 +135,7 @@ def test_skip_policy_bounds_latency_and_grow_loses_nothing(model, portrait, tmp_
 
 def test_stream_cli_equals_generate(tmp_path, capsys):
     wav = write_wav(tmp_path / "s.wav", speech(0.6))
-    common = ["--image", str(PORTRAIT), "--steps", "1", "--quiet", "--first-clip", "4"]
+    common = ["--image", str(PORTRAIT), "--model", "tiny", "--steps", "1", "--quiet", "--first-clip", "4"]
     assert main(["generate", "--audio", str(wav), "--out", str(tmp_path / "g.mp4"), *common]) == 0
     assert main(["stream", "--audio", str(wav), "--out", str(tmp_path / "s.mp4"), *common]) == 0
     assert "time to first frame" in capsys.readouterr().out.lower()
@@ -152,7 +152,7 @@ def test_stream_cli_equals_generate(tmp_path, capsys):
 def test_ending_mid_clip_flushes_and_durations_agree(tmp_path):
     wav = write_wav(tmp_path / "odd.wav", speech(1.37))
     assert main(["stream", "--audio", str(wav), "--out", str(tmp_path / "o.mp4"), "--image", str(PORTRAIT),
-                 "--steps", "1", "--quiet"]) == 0
+                 "--model", "tiny", "--steps", "1", "--quiet"]) == 0
     info = read_video_info(tmp_path / "o.mp4")
     assert info["frames"] == 35
     assert abs(info["audio_duration"] - info["frames"] / 25) <= 1 / 25

@@ -1,0 +1,55 @@
+"""Guidance branches batched for one backbone call: which branch reads what of Hallo's inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.sampling.clip_denoiser import ClipConditions, GuidedBackbone
+from engine.sampling.guidance import GuidanceScales
+
+T, D = 4, 6
+
+
+def conditions(**hallo) -> ClipConditions:
+    return ClipConditions(audio_tokens=torch.randn(1, 3, 2, 5), reference_bank=[torch.randn(1, 8, 5)],
+                          motion_features=[torch.randn(1, 2, 5, 2, 2)], face_features=torch.randn(1, 1, 5, 4, 4),
+                          speed_tokens=None, **hallo)
+
+
+@pytest.fixture
+def hallo() -> dict:
+    return dict(image_tokens=torch.randn(1, T, D), uncond_image_tokens=torch.randn(1, T, D),
+                region_masks=[torch.rand(1, 3, 16), torch.rand(1, 3, 4)])
+
+
+def test_models_without_hallo_inputs_get_no_new_arguments():
+    batched = GuidedBackbone(None, GuidanceScales(reference=2.0, audio=3.0)).batched(conditions())
+    assert set(batched) == {"audio_tokens", "reference_bank", "motion_features", "face_features", "speed_tokens",
+                            "reference_keep"}
+
+
+@pytest.mark.parametrize(("scales", "uses_face"), [
+    ((1.0, 1.0), [True]),
+    ((1.0, 2.0), [True, True]),  # full, ref_only
+    ((3.5, 3.5), [True, False]),  # full, uncond: Hallo's guidance
+    ((2.0, 3.0), [True, True, False]),
+])
+def test_face_tokens_follow_the_reference_and_masks_are_shared(hallo, scales, uses_face):
+    model = GuidedBackbone(None, GuidanceScales(reference=scales[0], audio=scales[1]))
+    batched = model.batched(conditions(**hallo))
+    assert batched["reference_keep"].tolist() == uses_face
+    tokens = batched["image_tokens"]
+    assert tokens.shape == (len(uses_face), T, D)
+    for row, face in zip(tokens, uses_face):
+        assert torch.equal(row, hallo["image_tokens"][0] if face else hallo["uncond_image_tokens"][0])
+    for got, given in zip(batched["region_masks"], hallo["region_masks"], strict=True):
+        assert got.shape == (len(uses_face), *given.shape[1:])
+        assert all(torch.equal(m, given[0]) for m in got)
+
+
+def test_face_tokens_without_uncond_tokens_need_no_unconditional_branch(hallo):
+    cond = conditions(image_tokens=hallo["image_tokens"])
+    assert GuidedBackbone(None, GuidanceScales(audio=2.0)).batched(cond)["image_tokens"].shape[0] == 2
+    with pytest.raises(ValueError, match="uncond_image_tokens"):
+        GuidedBackbone(None, GuidanceScales(reference=2.0, audio=2.0)).batched(cond)
