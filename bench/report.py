@@ -23,7 +23,8 @@ ENVIRONMENT_KEYS = ("device", "device_kind", "torch", "python", "packages", "git
 BREAKDOWN_ORDER = ("audio encoder", "ReferenceNet", "face locator + speed", "backbone", "VAE encode", "VAE decode")
 
 
-def _check_figure(value: object, where: str, nullable: bool, problems: list[str]) -> None:
+def check_figure(value: object, where: str, nullable: bool, problems: list[str]) -> None:
+    """Append to ``problems`` what is wrong with the figure ``value`` at ``where`` (None allowed when ``nullable``)."""
     if value is None:
         if not nullable:
             problems.append(f"{where}: missing figure")
@@ -39,7 +40,8 @@ def _check_figure(value: object, where: str, nullable: bool, problems: list[str]
         problems.append(f"{where}: median/min/max disagree with the values")
 
 
-def _check_keys(value: object, keys: tuple[str, ...], where: str, problems: list[str]) -> bool:
+def check_keys(value: object, keys: tuple[str, ...], where: str, problems: list[str]) -> bool:
+    """Whether ``value`` is an object with every key of ``keys``; appends to ``problems`` when not."""
     if not isinstance(value, dict):
         problems.append(f"{where}: not an object")
         return False
@@ -52,13 +54,13 @@ def _check_keys(value: object, keys: tuple[str, ...], where: str, problems: list
 def validate(results: dict) -> list[str]:
     """Problems with ``results``' layout (empty when it is as this module documents)."""
     problems: list[str] = []
-    if not _check_keys(results, TOP_KEYS, "results", problems):
+    if not check_keys(results, TOP_KEYS, "results", problems):
         return problems
     if results["schema"] != "emote-bench/1":
         problems.append(f"schema: unknown {results['schema']!r}")
-    _check_keys(results["environment"], ENVIRONMENT_KEYS, "environment", problems)
-    if _check_keys(results["peak"], ("dtype", "n", "tflops", "best_tflops"), "peak", problems):
-        _check_figure(results["peak"]["tflops"], "peak.tflops", False, problems)
+    check_keys(results["environment"], ENVIRONMENT_KEYS, "environment", problems)
+    if check_keys(results["peak"], ("dtype", "n", "tflops", "best_tflops"), "peak", problems):
+        check_figure(results["peak"]["tflops"], "peak.tflops", False, problems)
     configurations = results["configurations"]
     if not isinstance(configurations, list) or not configurations:
         problems.append("configurations: a non-empty list")
@@ -68,20 +70,20 @@ def validate(results: dict) -> list[str]:
         problems.append("configurations: exactly one reference and at least one engine configuration")
     for i, config in enumerate(configurations):
         where = f"configurations[{i}]"
-        if not _check_keys(config, CONFIGURATION_KEYS, where, problems):
+        if not check_keys(config, CONFIGURATION_KEYS, where, problems):
             continue
         for key in END_TO_END:
             nullable = key != "offline_fps" and key != "time_to_first_frame_s"
-            _check_figure(config["end_to_end"].get(key), f"{where}.end_to_end.{key}", nullable, problems)
+            check_figure(config["end_to_end"].get(key), f"{where}.end_to_end.{key}", nullable, problems)
         for key in STAGES:
             nullable = key not in ("backbone_per_step_per_frame_s", "vae_decode_per_frame_s")
-            _check_figure(config["stages"].get(key), f"{where}.stages.{key}", nullable, problems)
+            check_figure(config["stages"].get(key), f"{where}.stages.{key}", nullable, problems)
         if not isinstance(config["flops"].get("per_frame"), (int, float)) or not config["flops"]["per_frame"] > 0:
             problems.append(f"{where}.flops.per_frame: a positive number")
         if not isinstance(config["bound"].get("fps"), (int, float)):
             problems.append(f"{where}.bound.fps: a number")
-        _check_figure(config["bound"].get("offline_fraction"), f"{where}.bound.offline_fraction", False, problems)
-        _check_figure(config["memory"].get("host_peak_mib"), f"{where}.memory.host_peak_mib", True, problems)
+        check_figure(config["bound"].get("offline_fraction"), f"{where}.bound.offline_fraction", False, problems)
+        check_figure(config["memory"].get("host_peak_mib"), f"{where}.memory.host_peak_mib", True, problems)
         if not isinstance(config["latencies_s"], list) or not all(isinstance(r, list) for r in config["latencies_s"]):
             problems.append(f"{where}.latencies_s: a list of lists (one per paced run)")
     engines = {c["name"] for c in configurations if isinstance(c, dict) and c.get("recipe") == "engine"}

@@ -177,11 +177,17 @@ class LiveSession:
         self._start()
 
     def new_stats(self) -> StreamStats:
-        """Stats for this session's clip sizes, with the latency floors filled in."""
+        """Stats for this session's clip sizes, with the latency floors filled in.
+
+        Rolling schedule: a group of k frames leaves the window after S calls, one per new group, so a
+        frame waits for the audio of S k frames (S = steps), not k: the floors use S k as the clip size.
+        """
         planner, fps = self.session.planner, self.session.fps
-        return StreamStats(fps, self.clock,
-                           latency_floor_s=latency_floor(planner.clip_frames, planner.lookahead, fps),
-                           ttff_floor_s=ttff_floor(planner.first_clip_frames, planner.lookahead, fps))
+        clip, first = planner.clip_frames, planner.first_clip_frames
+        if self.session.rolling:
+            clip = first = self.session.options.steps * planner.clip_frames
+        return StreamStats(fps, self.clock, latency_floor_s=latency_floor(clip, planner.lookahead, fps),
+                           ttff_floor_s=ttff_floor(first, planner.lookahead, fps))
 
     def _start(self) -> None:
         self._audio: queue.Queue = queue.Queue()

@@ -83,3 +83,15 @@ def test_rolling_through_the_live_session(model, portrait):
         live.push_audio(block)
     live.end()
     assert same(list(live), want)
+
+
+def test_rolling_latency_floors_count_the_whole_window(model, portrait):
+    fps = model.config.fps
+    clip = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
+                               GenerationOptions(steps=4, clip_frames=2, first_clip_frames=2)))
+    rolling = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
+                                  GenerationOptions(steps=4, schedule="rolling", group_frames=2)))
+    lookahead = model.config.audio.window
+    assert clip.stats.latency_floor_s == (2 - 1 + lookahead) / fps
+    assert rolling.stats.latency_floor_s == (4 * 2 - 1 + lookahead) / fps
+    assert rolling.stats.ttff_floor_s == (4 * 2 + lookahead) / fps
