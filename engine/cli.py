@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
                                   first_clip_frames=args.first_clip),
-        policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
+        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
     run_server(config)
     return 0
 
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")
     serve.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    serve.add_argument("--batch-ms", type=float, default=None, metavar="MS",
+                       help="batch the sessions' backbone calls, each batch waiting at most MS for sessions "
+                            "with nothing pending (default: off; on a CPU it is slower, see README)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest portrait upload in MiB (default: 10)")
     serve.set_defaults(func=cmd_serve)
     return parser

@@ -1,7 +1,8 @@
 """The server's shared state: one model and backend for every session, the session limit, session construction.
 
-Batching backbone calls across sessions is not done here: each session's denoise thread calls the
-shared backend on its own.
+By default each session's denoise thread calls the shared backend on its own; with
+``ServeConfig.batch_gather_ms`` set, the sessions share backbone calls through a
+:class:`~engine.stream.batching.BatchScheduler` (one slot per session).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.config import ModelConfig
 from engine.faces import Portrait, prepare_portrait
 from engine.media import load_image
 from engine.pipeline import is_untrained_preset, open_model
+from engine.stream.batching import BatchScheduler, SlotBackend
 from engine.stream.runner import LagPolicy, LiveSession
 from engine.stream.session import GenerationOptions, Session
 
@@ -54,6 +56,9 @@ class ServeConfig:
         max_backlog_s: audio received but not yet turned into frames beyond this closes the session.
         start_timeout_s: a connection must send its ``start`` (and upload) within this.
         heartbeat_s: WebSocket ping interval; a peer that stops answering is dropped.
+        batch_gather_ms: None (default): no session batching. A number: the sessions' backbone calls are
+            batched (``max_sessions`` slots, every call at that fixed batch), each tick waiting at most this
+            many milliseconds for sessions that have no call pending.
     """
 
     host: str = "127.0.0.1"
@@ -70,6 +75,7 @@ class ServeConfig:
     max_backlog_s: float = 30.0
     start_timeout_s: float = 10.0
     heartbeat_s: float = 20.0
+    batch_gather_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -80,6 +86,8 @@ class ServeConfig:
             raise ValueError(f"port must be 0-65535, got {self.port}")
         if self.token is not None and not self.token:
             raise ValueError("the access token must not be empty")
+        if self.batch_gather_ms is not None and self.batch_gather_ms < 0:
+            raise ValueError(f"batch_gather_ms must be >= 0, got {self.batch_gather_ms}")
 
     @property
     def loopback(self) -> bool:
@@ -103,6 +111,8 @@ class SessionHub:
         self.untrained = is_untrained_preset(config.model)
         self.sample = prepare_portrait(load_image(sample), self.size)
         self.executor = ThreadPoolExecutor(max_workers=config.max_sessions + 2, thread_name_prefix="emote-serve")
+        self.scheduler = None if config.batch_gather_ms is None else BatchScheduler(
+            backend, slots=config.max_sessions, gather_s=config.batch_gather_ms / 1000)
         self._lock = threading.Lock()
         self._slots: dict[str, LiveSession | None] = {}
         self.sessions_served = 0
@@ -137,22 +147,34 @@ class SessionHub:
         """
         started = time.perf_counter()
         portrait = self.sample if image is None else prepare_portrait(image, self.size)
-        session = Session(self.backend, self.model_config, portrait.image, portrait.mask, self.config.options)
+        backend = self.backend if self.scheduler is None else self.scheduler.attach()
+        try:
+            session = Session(backend, self.model_config, portrait.image, portrait.mask, self.config.options)
+        except BaseException:
+            _detach(backend)
+            raise
         live = LiveSession(session, self.config.policy)
         with self._lock:
             if session_id not in self._slots:
-                live.close()
+                _close(live)
                 raise RuntimeError(f"session {session_id} was released while it was being built")
             self._slots[session_id] = live
             self.sessions_served += 1
         return live, portrait, time.perf_counter() - started
 
     def release(self, session_id: str) -> None:
-        """Close slot ``session_id``'s session (if any) and free the slot. Blocking; idempotent."""
+        """Close slot ``session_id``'s session (if any) and free the slot. Blocking; idempotent.
+
+        A built session keeps its slot until it is closed (and its batching slot given back).
+        """
         with self._lock:
-            live = self._slots.pop(session_id, None)
-        if live is not None:
-            live.close()
+            live = self._slots.get(session_id)
+            if live is None:
+                self._slots.pop(session_id, None)
+                return
+        _close(live)
+        with self._lock:
+            self._slots.pop(session_id, None)
 
     def close(self) -> None:
         """Close every session and stop the worker threads."""
@@ -161,3 +183,17 @@ class SessionHub:
         for session_id in ids:
             self.release(session_id)
         self.executor.shutdown(wait=True)
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+
+def _detach(backend: Backend) -> None:
+    """Give a batching slot back (nothing for the plain backend)."""
+    if isinstance(backend, SlotBackend):
+        backend.detach()
+
+
+def _close(live: LiveSession) -> None:
+    """Stop a live session's workers, then give its batching slot back."""
+    live.close()
+    _detach(live.session.backend)

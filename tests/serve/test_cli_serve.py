@@ -58,9 +58,11 @@ def test_emote_serve_prints_the_address_serves_and_stops_on_ctrl_c():
 def test_bad_serve_options_are_one_line_errors(capsys):
     assert main(["serve", "--max-sessions", "0"]) == 2
     assert main(["serve", "--port", "70000"]) == 2
+    assert main(["serve", "--batch-ms", "-1"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == ["emote: error: max_sessions must be at least 1, got 0",
-                      "emote: error: port must be 0-65535, got 70000"]
+                      "emote: error: port must be 0-65535, got 70000",
+                      "emote: error: batch_gather_ms must be >= 0, got -1.0"]
 
 
 def test_only_loopback_counts_as_local():

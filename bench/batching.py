@@ -1,0 +1,245 @@
+"""Session batching throughput: N sessions one after another on the plain backend against the same N at once
+on a :class:`~engine.stream.batching.BatchScheduler` (shared backbone calls), round-robin in one run.
+
+Each session has its own speech (the demo utterance from its own offset) and seed; all audio is pushed at
+once (unpaced), so the figure is compute throughput: frames of all sessions per second of wall time, the
+sessions' construction (reference bank) excluded.
+Results: ``bench/results/<device>/batching-<preset>-<size>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.environment import describe, device_name, slug
+from bench.harness import build_model, log
+from bench.speech import SAMPLE_RATE, speech_pcm
+from engine.backends import make_backend
+from engine.backends.base import Backend
+from engine.config import ModelConfig, preset
+from engine.stream.batching import BatchScheduler
+from engine.stream.session import GenerationOptions, Session
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
+SCHEMA = "bench.batching/1"
+OFFSET_S = 0.37
+"""Session i's speech starts i * OFFSET_S seconds into the demo utterance (so no two sessions hear the same)."""
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """One run's settings: ``stream_s`` seconds of speech per session, ``gather_ms`` the scheduler's window."""
+
+    preset: str = "tiny"
+    device: str = "cpu"
+    backend: str = "torch"
+    sessions: int = 4
+    stream_s: float = 1.6
+    steps: int = 2
+    repeats: int = 3
+    gather_ms: float = 5.0
+    threads: int = 1
+    seed: int = 0
+    smoke: bool = False
+
+
+def _speech(index: int, seconds: float) -> np.ndarray:
+    """Session ``index``'s speech: float32 PCM at 16 kHz, ``seconds`` long."""
+    offset = round(index * OFFSET_S * SAMPLE_RATE)
+    return speech_pcm(seconds + index * OFFSET_S)[offset:offset + round(seconds * SAMPLE_RATE)]
+
+
+def _portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random ``[size, size, 3]`` uint8 image and a face mask over its middle (weights are random too)."""
+    image = (np.random.RandomState(0).rand(size, size, 3) * 255).astype(np.uint8)
+    mask = np.zeros((size, size), np.float32)
+    mask[size // 4:3 * size // 4, size // 3:2 * size // 3] = 1
+    return image, mask
+
+
+class _CountingBackend:
+    """Counts the backbone calls of ``inner`` (every other attribute passes through)."""
+
+    def __init__(self, inner: Backend):
+        self.inner, self.backbone_calls = inner, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def backbone(self, *args, **kwargs) -> torch.Tensor:
+        self.backbone_calls += 1
+        return self.inner.backbone(*args, **kwargs)
+
+
+def _sessions(backends: list[Backend | _CountingBackend], config: ModelConfig,
+              settings: BatchingSettings) -> list[Session]:
+    portrait = _portrait(config.resolution)
+    return [Session(b, config, *portrait, GenerationOptions(steps=settings.steps, first_clip_frames=4, seed=i))
+            for i, b in enumerate(backends)]
+
+
+def _generate(session: Session, pcm: np.ndarray) -> int:
+    """All of ``pcm`` through ``session``; the number of frames."""
+    session.push_audio(pcm)
+    session.end()
+    return sum(1 for _ in session.frames())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_sequential(backend: Backend, config: ModelConfig, settings: BatchingSettings) -> dict:
+    """The sessions one after another on the plain backend: frames, seconds, backbone calls."""
+    counting = _CountingBackend(backend)
+    sessions = _sessions([counting] * settings.sessions, config, settings)
+    counting.backbone_calls = 0
+    device = torch.device(settings.device)
+    _synchronize(device)
+    started = time.perf_counter()
+    frames = sum(_generate(s, _speech(i, settings.stream_s)) for i, s in enumerate(sessions))
+    _synchronize(device)
+    return {"frames": frames, "seconds": time.perf_counter() - started, "backbone_calls": counting.backbone_calls}
+
+
+def run_batched(backend: Backend, config: ModelConfig, settings: BatchingSettings) -> dict:
+    """The sessions at once, one thread each, on a scheduler over the backend: frames, seconds, calls, occupancy."""
+    counting = _CountingBackend(backend)
+    scheduler = BatchScheduler(counting, slots=settings.sessions, gather_s=settings.gather_ms / 1000)
+    try:
+        slots = [scheduler.attach() for _ in range(settings.sessions)]
+        sessions = _sessions(slots, config, settings)
+        counting.backbone_calls = 0
+        frames = [0] * settings.sessions
+
+        def work(i: int) -> None:
+            frames[i] = _generate(sessions[i], _speech(i, settings.stream_s))
+            slots[i].detach()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(settings.sessions)]
+        device = torch.device(settings.device)
+        _synchronize(device)
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+    finally:
+        scheduler.close()
+    if 0 in frames:
+        raise RuntimeError("a batched session produced no frames (its thread failed)")
+    return {"frames": sum(frames), "seconds": seconds, "backbone_calls": counting.backbone_calls,
+            "occupancy": {str(k): v for k, v in sorted(scheduler.occupancy.items())}}
+
+
+def run(settings: BatchingSettings) -> dict:
+    """Warm-up, then ``repeats`` rounds of (sequential, batched); the results dictionary."""
+    started = time.perf_counter()
+    torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    config = preset(settings.preset)
+    model = build_model(config, device, settings.seed)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    backend = make_backend(settings.backend, model, settings.device, dtype)
+    log(f"batching: {settings.sessions} sessions x {settings.stream_s} s, {settings.steps} steps, warm-up")
+    warm_up = BatchingSettings(**{**asdict(settings), "stream_s": 0.4})
+    run_sequential(backend, config, warm_up)
+    run_batched(backend, config, warm_up)
+    rounds = {"sequential": [], "batched": []}
+    for repeat in range(settings.repeats):
+        rounds["sequential"].append(run_sequential(backend, config, settings))
+        rounds["batched"].append(run_batched(backend, config, settings))
+        log(f"round {repeat + 1}/{settings.repeats}: " + ", ".join(
+            f"{mode} {r[-1]['frames'] / r[-1]['seconds']:.2f} fps" for mode, r in rounds.items()))
+    fps = {mode: statistics.median(r["frames"] / r["seconds"] for r in runs) for mode, runs in rounds.items()}
+    return {"schema": SCHEMA, "smoke": settings.smoke,
+            "settings": {**asdict(settings), "resolution": config.resolution},
+            "environment": describe(device), "rounds": rounds, "fps": fps, "ratio": fps["batched"] / fps["sequential"],
+            "wall_s": time.perf_counter() - started}
+
+
+def markdown(results: dict) -> str:
+    """The results as a Markdown page."""
+    s, env = results["settings"], results["environment"]
+    seq, bat = results["rounds"]["sequential"][-1], results["rounds"]["batched"][-1]
+    lines = [
+        f"# Session batching: {s['sessions']} sessions, {s['preset']} {s['resolution']}x{s['resolution']}"
+        + (" (smoke run, not a measurement)" if results["smoke"] else ""),
+        "",
+        f"{env['device']}, torch {env['torch']}, {s['threads']} intra-op thread(s), {env['date']}. Each session: "
+        f"{s['stream_s']} s of its own speech pushed at once, {s['steps']} sampler steps, first clip 4 frames; "
+        f"median of {s['repeats']} rounds; scheduler gather window {s['gather_ms']} ms.",
+        "",
+        "| mode | frames/s | frames | backbone calls (last round) |",
+        "|---|---|---|---|",
+        f"| sequential (plain backend, one session after another) | {results['fps']['sequential']:.2f} | "
+        f"{seq['frames']} | {seq['backbone_calls']} |",
+        f"| batched (BatchScheduler, {s['sessions']} slots) | {results['fps']['batched']:.2f} | {bat['frames']} | "
+        f"{bat['backbone_calls']} |",
+        "",
+        f"batched / sequential: **{results['ratio']:.2f}x**. Batched calls by sessions in them (last round): "
+        + ", ".join(f"{n}: {c}" for n, c in bat["occupancy"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=4, help="sessions (= scheduler slots), default 4")
+    parser.add_argument("--preset", default="tiny", help="model preset: tiny (default) or sd15")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--backend", default="torch", help="engine backend (default torch)")
+    parser.add_argument("--stream-seconds", type=float, dest="stream_s", help="speech per session (default 1.6 s)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default 2)")
+    parser.add_argument("--repeats", type=int, help="rounds of both modes (default 3)")
+    parser.add_argument("--gather-ms", type=float, help="the scheduler's gather window (default 5 ms)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
+    parser.add_argument("--smoke", action="store_true", help="2 sessions, 0.3 s, 1 step, 1 round: checks the benchmark")
+    parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
+    args = parser.parse_args(argv)
+    if args.sessions < 1:
+        parser.error("--sessions must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    smoke = dict(sessions=min(args.sessions, 2), stream_s=0.3, steps=1, repeats=1) if args.smoke else {}
+    given = {k: v for k, v in dict(stream_s=args.stream_s, steps=args.steps, repeats=args.repeats,
+                                   gather_ms=args.gather_ms, threads=args.threads).items() if v is not None}
+    settings = BatchingSettings(**{**dict(preset=args.preset, device=args.device, backend=args.backend,
+                                          sessions=args.sessions, smoke=args.smoke), **smoke, **given})
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench.batching: --device cuda, but no CUDA device is available here", file=sys.stderr)
+        return 2
+    results = run(settings)
+    out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"batching-{settings.preset}-{results['settings']['resolution']}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    md_path.write_text(markdown(results))
+    print(f"sequential {results['fps']['sequential']:.2f} fps, batched {results['fps']['batched']:.2f} fps, "
+          f"ratio {results['ratio']:.2f}x")
+    print(f"results: {json_path}\n         {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
