@@ -94,9 +94,13 @@ def make_app(hub: SessionHub) -> web.Application:
     return app
 
 
+SHUTDOWN_TIMEOUT_S = 5.0
+"""On stop, how long open sessions' handlers may take to finish before they are cut (aiohttp's default: 60 s)."""
+
+
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving ``app`` on ``host:port`` (0: a free port); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

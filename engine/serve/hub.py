@@ -165,8 +165,15 @@ class SessionHub:
     def release(self, session_id: str) -> None:
         """Close slot ``session_id``'s session (if any) and free the slot. Blocking; idempotent.
 
-        A built session keeps its slot until it is closed (and its batching slot given back).
+        With batching, a built session keeps its hub slot until its batching slot is given back, so that a
+        session admitted in its place always finds a free batching slot.
         """
+        if self.scheduler is None:
+            with self._lock:
+                live = self._slots.pop(session_id, None)
+            if live is not None:
+                live.close()
+            return
         with self._lock:
             live = self._slots.get(session_id)
             if live is None:

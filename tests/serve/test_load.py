@@ -22,7 +22,9 @@ from engine.stream.session import Session
 SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
 CYCLES = 200
 WARM_UP_CYCLES = 20
-RSS_BOUND_MB = 24.0
+RSS_BOUND_MB = 48.0
+"""Allocator noise under load reached 36 MiB (usually 8-19); a leaked session is caught by the object
+and thread counts, and 200 leaked sessions would far exceed this."""
 SESSION_THREADS = ("emote-denoise", "emote-decode", "emote-serve-pump")
 
 
