@@ -21,10 +21,17 @@ from engine.serve.hub import ServeConfig
 SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt even
+    when the test runs where SIGINT is ignored (a background `make test`, as CI may run it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_emote_serve_prints_the_address_serves_and_stops_on_ctrl_c():
     process = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--model", "tiny",
                                 "--steps", "1", "--max-sessions", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_interruptible)
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 180
@@ -68,3 +75,9 @@ def test_bad_serve_options_are_one_line_errors(capsys):
 def test_only_loopback_counts_as_local():
     assert ServeConfig(host="127.0.0.1").loopback and ServeConfig(host="::1").loopback
     assert not ServeConfig(host="0.0.0.0").loopback and not ServeConfig(host="192.0.2.7").loopback
+
+
+def test_ray_serving_refuses_a_random_port_in_one_line(capsys):
+    assert main(["serve", "--ray", "--model", "tiny", "--port", "0"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("emote: error:") and ("ray" in error or "port" in error)
