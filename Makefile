@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := libportaudio2 espeak-ng sox chromium
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test demo clean
+.PHONY: install system-deps test test-ray demo clean
 
 DEMO_IMAGE := engine/assets/demo/portrait.png
 DEMO_AUDIO := engine/assets/demo/speech.wav
@@ -37,7 +37,12 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 test: system-deps $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The main job on the shipped photo and speech (tiny preset: seeded random weights until a trained default ships).
+# The live server on Ray Serve (engine/serve/ray_app.py): installs the ray extra, then its tests (~1 min).
+test-ray: system-deps $(STAMP)
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[cpu,dev,ray]'
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m ray tests/serve_ray $(PYTEST_ARGS)
+
+# The main job on the shipped photo and speech, with the shipped default model (talking64).
 demo: system-deps $(STAMP)
 	@mkdir -p $(dir $(DEMO_OUT))
 	$(VENV)/bin/emote generate --image $(DEMO_IMAGE) --audio $(DEMO_AUDIO) --out $(DEMO_OUT) --model $(MODEL)

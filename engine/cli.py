@@ -166,6 +166,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
                                   first_clip_frames=args.first_clip),
         policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
+    if args.ray:
+        try:
+            from engine.serve.ray_app import run_ray_server
+        except ImportError as exc:
+            raise ValueError(f"--ray needs ray[serve]: pip install -e '.[ray]' ({exc})") from None
+        run_ray_server(config, replicas=args.replicas, address=args.address, replica_cpus=args.replica_cpus)
+        return 0
     run_server(config)
     return 0
 
@@ -267,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")
     serve.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    serve.add_argument("--ray", action="store_true",
+                       help="serve on Ray Serve: replicas each holding one model (needs the ray extra)")
+    serve.add_argument("--replicas", type=int, default=1,
+                       help="with --ray: replicas, one GPU each on cuda (default: 1)")
+    serve.add_argument("--address", default=None,
+                       help="with --ray: the Ray cluster to join (e.g. auto; default: start a local one)")
+    serve.add_argument("--replica-cpus", type=float, default=1.0,
+                       help="with --ray on a CPU: CPUs per replica (default: 1)")
     serve.add_argument("--batch-ms", type=float, default=None, metavar="MS",
                        help="batch the sessions' backbone calls, each batch waiting at most MS for sessions "
                             "with nothing pending (default: off; on a CPU it is slower, see README)")

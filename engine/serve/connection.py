@@ -126,8 +126,12 @@ class FramePump(threading.Thread):
 class SessionConnection:
     """Serves one accepted WebSocket until it closes; :meth:`run` never raises for the client's mistakes."""
 
-    def __init__(self, hub: SessionHub, ws: web.WebSocketResponse):
+    def __init__(self, hub: SessionHub, ws: web.WebSocketResponse, extra: dict | None = None):
+        """``ws``: an aiohttp WebSocket (or anything with its ``receive/send_str/send_bytes/close/closed``,
+        such as :class:`engine.serve.ray_app.StarletteSocket`); ``extra``: fields added to every ``ready``
+        and ``stats`` message (the Ray server's replica id)."""
         self.hub, self.ws = hub, ws
+        self.extra = dict(extra or {})
         self.loop = asyncio.get_running_loop()
         self.session_id: str | None = None
         self.live: LiveSession | None = None
@@ -199,7 +203,7 @@ class SessionConnection:
             "model": self.hub.config.model, "untrained": self.hub.untrained,
             "steps": self.hub.config.options.steps, "policy": self.hub.config.policy.kind,
             "prepare_s": self.prepare_s, "ttff_floor_s": live.stats.ttff_floor_s,
-            "latency_floor_s": live.stats.latency_floor_s}))
+            "latency_floor_s": live.stats.latency_floor_s, **self.extra}))
         self.pump.start()
 
     def _encode(self, frame: Frame) -> bytes:
@@ -273,7 +277,7 @@ class SessionConnection:
             "frames_out": s["frames_out"], "frames_skipped": s["frames_skipped"], "audio_in_s": s["audio_in_s"],
             "time_to_first_frame_s": s["time_to_first_frame_s"], "latency_p50_s": s["latency_s"]["median"],
             "latency_p95_s": s["latency_s"]["p95"], "sustained_fps": s["sustained_fps"],
-            "sessions": self.hub.active}}))
+            "sessions": self.hub.active, **self.extra}}))
 
     async def _send_loop(self) -> None:
         next_stats = self.loop.time() + STATS_INTERVAL_S

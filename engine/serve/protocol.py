@@ -15,7 +15,8 @@ Server -> client
     - text ``{"type": "ready", "protocol": 1, "session": str, "fps": float, "size": int, "sample_rate": 16000,
       "face_detected": bool, "model": str, "untrained": bool (a preset's seeded random weights),
       "steps": int, "policy": str, "prepare_s": float (portrait + reference bank), "ttff_floor_s": float,
-      "latency_floor_s": float}``: the session exists (after a ``reset`` too); send audio.
+      "latency_floor_s": float}``: the session exists (after a ``reset`` too); send audio. On Ray Serve
+      (:mod:`engine.serve.ray_app`) it and ``stats`` also carry ``"replica": str``, the serving replica.
     - binary frames: a 16-byte header (:data:`FRAME_HEADER`: frame index u32, presentation time
       f64 seconds, side u16 pixels, format u8, flags u8 with bit 0 = skipped), then the image:
       JPEG, PNG (lossless) or raw RGB bytes (side x side x 3), as asked in ``start``.

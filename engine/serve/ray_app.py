@@ -1,0 +1,241 @@
+"""The live server on Ray Serve: N replicas, each holding one :class:`SessionHub` (one loaded model).
+
+The same ``/session`` WebSocket protocol (:mod:`engine.serve.protocol`) and the same session code
+(:class:`engine.serve.connection.SessionConnection`) as ``emote serve``: a FastAPI ingress deployment
+accepts the WebSocket and drives the session through :class:`StarletteSocket`, a thin adapter giving a
+Starlette WebSocket the part of aiohttp's WebSocket interface the session uses. A WebSocket is one
+long-lived request to Ray Serve, so a session stays on the replica that accepted it.
+
+Admission: a replica takes at most ``max_sessions + 1`` requests at once (``max_ongoing_requests``);
+the router sends a new connection to the less loaded of two replicas, so connections fill free slots
+first, and a connection reaching a replica whose slots are all taken gets the protocol's ``busy`` error
+(close code 4503) from that replica at once (the one extra request place is for that answer). With more
+than two replicas the router compares two chosen at random, so a client can be told ``busy`` while a
+third replica still has a slot; clients should retry.
+
+Requires ``ray[serve]`` (``pip install "ray[serve]==2.60.0"``).
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations (a string
+# ``WebSocket`` annotation is not resolved through Serve's ingress wrapper and the route refuses with 1008).
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+import ray
+from aiohttp import WSMessage, WSMsgType
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import PlainTextResponse, Response
+from ray import serve
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from engine.serve.app import CONTENT_SECURITY_POLICY, PAGE_FILES, page_url
+from engine.serve.connection import SessionConnection
+from engine.serve.hub import ServeConfig, SessionHub
+from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
+
+APP_NAME = "emote"
+DEPLOYMENT_NAME = "EmoteReplica"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store", "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Permissions-Policy": "microphone=(self), camera=()",
+}
+
+
+class StarletteSocket:
+    """An accepted Starlette WebSocket seen through aiohttp's ``WebSocketResponse`` interface.
+
+    ``receive`` returns aiohttp ``WSMessage`` tuples (TEXT, BINARY, CLOSE, or ERROR for a message over
+    ``max_msg_size``, as aiohttp reports it); sending on a socket the peer closed raises
+    ``ConnectionResetError``, as aiohttp does.
+    """
+
+    def __init__(self, ws: WebSocket, max_msg_size: int):
+        self.ws, self.max_msg_size = ws, max_msg_size
+        self.close_code: int | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return (self._closed or self.ws.client_state == WebSocketState.DISCONNECTED
+                or self.ws.application_state == WebSocketState.DISCONNECTED)
+
+    async def receive(self, timeout: float | None = None) -> WSMessage:
+        if self.closed:
+            return WSMessage(WSMsgType.CLOSED, None, None)
+        message = await asyncio.wait_for(self.ws.receive(), timeout)
+        if message["type"] == "websocket.disconnect":
+            self._closed = True
+            self.close_code = message.get("code", 1000)
+            return WSMessage(WSMsgType.CLOSE, self.close_code, message.get("reason"))
+        data = message.get("bytes")
+        kind = WSMsgType.BINARY
+        if data is None:
+            data, kind = message.get("text") or "", WSMsgType.TEXT
+        if len(data) > self.max_msg_size:
+            return WSMessage(WSMsgType.ERROR, f"message size {len(data)} exceeds limit {self.max_msg_size}", None)
+        return WSMessage(kind, data, None)
+
+    async def _send(self, message: dict) -> None:
+        if self.closed:
+            raise ConnectionResetError("the WebSocket is closed")
+        try:
+            await self.ws.send(message)
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            self._closed = True
+            raise ConnectionResetError(str(exc)) from None
+
+    async def send_str(self, data: str) -> None:
+        await self._send({"type": "websocket.send", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": bytes(data)})
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        if self.closed:
+            return False
+        self._closed = True
+        self.close_code = code
+        try:
+            await self.ws.close(code=code, reason=message.decode("utf-8", "replace"))
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass
+        return True
+
+
+def same_origin(ws: WebSocket) -> bool:
+    """True when the handshake carries no Origin (not a browser page) or one naming this server's host."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == ws.headers.get("host", "").lower()
+
+
+def replica_id() -> str:
+    """This Serve replica's id (unique within the deployment); the process id outside Ray Serve."""
+    try:
+        context = serve.get_replica_context()
+    except Exception:
+        context = None
+    if context is None:
+        return f"pid{os.getpid()}"
+    rid = getattr(context, "replica_id", None)
+    return getattr(rid, "unique_id", None) or getattr(context, "replica_tag", f"pid{os.getpid()}")
+
+
+def replica_actor_name(unique_id: str, app_name: str = APP_NAME) -> str:
+    """The Ray actor name of replica ``unique_id`` (namespace ``"serve"``), for ``ray.get_actor``."""
+    return f"SERVE_REPLICA::{app_name}#{DEPLOYMENT_NAME}#{unique_id}"
+
+
+api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@serve.ingress(api)  # at import (not in build_app), so that a replica importing this module gets the routes too
+class EmoteReplica:
+    """One replica: one loaded model (:class:`SessionHub`), serving the page and ``/session``."""
+
+    def __init__(self, config: ServeConfig, threads: int | None = None):
+        import torch
+
+        if threads is not None and not config.device.startswith("cuda"):
+            torch.set_num_threads(max(1, threads))
+        started = time.perf_counter()
+        self.hub = SessionHub.load(config)
+        self.replica = replica_id()
+        self.pages = {path: (file.read_bytes(), kind) for path, (file, kind) in PAGE_FILES.items()}
+        print(f"emote serve (ray): replica {self.replica} loaded {config.model} on {config.device} in "
+              f"{time.perf_counter() - started:.1f} s, at most {config.max_sessions} sessions", file=sys.stderr)
+
+    @api.websocket("/session")
+    async def session(self, ws: WebSocket) -> None:
+        """The ``/session`` WebSocket: one live session on this replica."""
+        if not same_origin(ws):
+            await ws.close(code=1008, reason="cross-origin WebSocket refused")
+            return
+        await ws.accept()
+        limit = max(self.hub.config.max_upload_bytes, max_audio_bytes(MAX_SAMPLE_RATE)) + 1
+        await SessionConnection(self.hub, StarletteSocket(ws, limit), extra={"replica": self.replica}).run()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """This replica's id and slot use (answered by whichever replica the router picks)."""
+        return {"replica": self.replica, "sessions": self.hub.active, "max_sessions": self.hub.config.max_sessions,
+                "sessions_served": self.hub.sessions_served}
+
+    @api.get("/{path:path}")
+    async def page(self, path: str) -> Response:
+        """The page's fixed files; every other path is a 404."""
+        entry = self.pages.get("/" + path)
+        if entry is None:
+            return PlainTextResponse("404: Not Found", status_code=404, headers=SECURITY_HEADERS)
+        body, kind = entry
+        return Response(body, headers={**SECURITY_HEADERS, "Content-Type": kind})
+
+    def __del__(self) -> None:
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.close()
+
+
+def build_app(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0):
+    """The Serve application: ``replicas`` replicas of :class:`EmoteReplica` (one GPU each on cuda)."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    if config.device.startswith("cuda"):
+        resources = {"num_gpus": 1, "num_cpus": replica_cpus}
+    else:
+        resources = {"num_cpus": replica_cpus}
+    deployment = serve.deployment(
+        EmoteReplica, name=DEPLOYMENT_NAME, num_replicas=replicas,
+        ray_actor_options=resources, max_ongoing_requests=config.max_sessions + 1,
+        health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
+    return deployment.bind(config, max(1, int(replica_cpus)))
+
+
+def deploy(config: ServeConfig, replicas: int = 1, address: str | None = None, replica_cpus: float = 1.0,
+           **init_kwargs) -> str:
+    """Start or join a Ray cluster (``address``: None starts a local one, "auto" joins the running one),
+    start Serve's HTTP proxy on ``config.host:config.port`` and deploy; returns the page's address."""
+    if not ray.is_initialized():
+        ray.init(address=address, **init_kwargs)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_app(config, replicas, replica_cpus), name=APP_NAME, route_prefix="/", blocking=False)
+    return page_url(config.host, config.port, config.token)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_ray_server(config: ServeConfig, replicas: int = 1, address: str | None = None,
+                   replica_cpus: float = 1.0) -> None:
+    """``emote serve --ray``: deploy ``replicas`` replicas, serve until Ctrl-C, then remove the application."""
+    if config.port == 0:
+        raise ValueError("the Ray server needs a fixed port")
+    started = time.perf_counter()
+    url = deploy(config, replicas, address, replica_cpus)
+    print(f"emote serve (ray): {replicas} replica(s) of {config.model} on {config.device} ready in "
+          f"{time.perf_counter() - started:.1f} s, at most {config.max_sessions} sessions each", file=sys.stderr)
+    if not config.loopback and config.token is None:
+        print(f"warning: listening on {config.host} without --token: anyone who can reach this port can "
+              "start sessions", file=sys.stderr)
+    print(f"open {url} in Chromium or Firefox (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` also removes the application and the cluster
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("emote serve (ray): stopped", file=sys.stderr)
+    finally:
+        serve.delete(APP_NAME)
+        if address is None:
+            serve.shutdown()
+            ray.shutdown()
+

@@ -1,0 +1,223 @@
+"""The live server on Ray Serve: 2 replicas of the tiny preset on a local Ray cluster (2 CPUs, loopback).
+
+One cluster and one deployment for the module (started once, shut down at the end): sessions get
+``emote generate``'s frames bit for bit on either replica, a full cluster answers ``busy`` at once, and
+a replica killed mid-stream fails its sessions quickly while new sessions are still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import time
+import wave
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+NO_RAY = "ray[serve] is not installed (pip install 'ray[serve]==2.60.0', or the project's ray extra)"
+ray = pytest.importorskip("ray", exc_type=ImportError, reason=NO_RAY)
+pytest.importorskip("ray.serve", exc_type=ImportError, reason=NO_RAY)
+pytest.importorskip("fastapi", exc_type=ImportError, reason=NO_RAY)
+
+from engine.cli import main  # noqa: E402
+from engine.serve.client import stream_session  # noqa: E402
+from engine.serve.hub import ServeConfig  # noqa: E402
+from engine.serve.ray_app import APP_NAME, deploy, replica_actor_name  # noqa: E402
+from engine.stream.runner import LagPolicy  # noqa: E402
+from engine.stream.session import GenerationOptions  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
+SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
+FPS = 25
+SECONDS = 1.0
+REPLICAS = 2
+MAX_SESSIONS = 2
+KILL_ERROR_WITHIN_S = 20.0
+
+
+def read_pcm16(seconds: float) -> np.ndarray:
+    with wave.open(str(SPEECH), "rb") as f:
+        assert f.getnchannels() == 1 and f.getsampwidth() == 2 and f.getframerate() == 16000
+        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
+    return pcm[:round(seconds * 16000)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster with 2 replicas of the tiny preset deployed; yields the session URL."""
+    config = ServeConfig(host="127.0.0.1", port=free_port(), model="tiny", max_sessions=MAX_SESSIONS,
+                         options=GenerationOptions(steps=1, first_clip_frames=4), policy=LagPolicy("grow"))
+    started = time.perf_counter()
+    deploy(config, replicas=REPLICAS, replica_cpus=0.5, num_cpus=2, include_dashboard=False,
+           _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    print(f"ray cluster + {REPLICAS} replicas ready in {time.perf_counter() - started:.1f} s")
+    try:
+        yield f"ws://127.0.0.1:{config.port}/session"
+    finally:
+        from ray import serve
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The audio and ``emote generate --model tiny``'s frames for it."""
+    tmp = tmp_path_factory.mktemp("generate")
+    pcm = read_pcm16(SECONDS)
+    wav = tmp / "speech.wav"
+    with wave.open(str(wav), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(pcm.tobytes())
+    assert main(["generate", "--image", str(PORTRAIT), "--audio", str(wav), "--out", str(tmp / "g.mp4"),
+                 "--png-dir", str(tmp / "frames"), "--model", "tiny", "--steps", "1", "--first-clip", "4",
+                 "--quiet"]) == 0
+    want = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tmp / "frames").glob("frame_*.png"))]
+    assert len(want) == round(SECONDS * FPS)
+    return pcm, want
+
+
+def decode(frame) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(frame.payload)).convert("RGB"))
+
+
+async def open_session(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+    """Open a session on the sample portrait and wait for ``ready`` (or the error); the socket stays open."""
+    ws = await http.ws_connect(url, max_msg_size=0)
+    await ws.send_str(json.dumps({"type": "start", "portrait": "sample", "frames": "png"}))
+    while True:
+        message = await asyncio.wait_for(ws.receive(), 60)
+        if message.type == aiohttp.WSMsgType.TEXT:
+            body = json.loads(message.data)
+            if body["type"] in ("ready", "error"):
+                return ws, body
+        elif message.type != aiohttp.WSMsgType.BINARY:
+            return ws, {}
+
+
+async def hold_session(http: aiohttp.ClientSession, url: str, within_s: float = 30.0):
+    """:func:`open_session` until ``ready``, retrying while the slots of closed sessions are being freed."""
+    deadline = time.monotonic() + within_s
+    while True:
+        ws, body = await open_session(http, url)
+        if body.get("type") == "ready":
+            return ws, body
+        await ws.close()
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.3)
+
+
+def test_four_clients_on_two_replicas_get_the_frames_of_emote_generate(cluster, expected):
+    pcm, want = expected
+
+    async def run():
+        sessions = []
+        for _ in range(4):  # staggered a little so the router sees each replica's load
+            sessions.append(asyncio.ensure_future(stream_session(
+                cluster, pcm, 16000, block_ms=20, portrait=PORTRAIT.read_bytes(), frames="png", timeout_s=150)))
+            await asyncio.sleep(0.3)
+        return await asyncio.gather(*sessions)
+
+    started = time.perf_counter()
+    results = asyncio.run(run())
+    print(f"4 sessions of {SECONDS:g} s audio in {time.perf_counter() - started:.1f} s")
+    for result in results:
+        assert result.error is None and result.done is not None, result.error
+        assert [f.index for f in result.frames] == list(range(len(want)))
+        assert all(not f.skipped for f in result.frames)
+        got = [decode(f) for f in result.frames]
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), "frames differ from emote generate's"
+    replicas = Counter(r.ready["replica"] for r in results)
+    assert len(replicas) == REPLICAS and set(replicas.values()) == {MAX_SESSIONS}, replicas
+
+
+def test_page_and_health(cluster):
+    async def run():
+        base = cluster.replace("ws://", "http://").rsplit("/", 1)[0]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/") as page:
+                body = await page.text()
+                assert page.status == 200 and "Content-Security-Policy" in page.headers and "<html" in body.lower()
+            async with http.get(base + "/nothing/../etc/passwd") as missing:
+                assert missing.status == 404
+            async with http.get(base + "/healthz") as health:
+                return await health.json()
+
+    health = asyncio.run(run())
+    assert health["max_sessions"] == MAX_SESSIONS and health["replica"]
+
+
+def test_a_full_cluster_answers_busy_at_once(cluster):
+    async def run():
+        async with aiohttp.ClientSession() as http:
+            held = []
+            try:
+                for _ in range(REPLICAS * MAX_SESSIONS):
+                    ws, ready = await hold_session(http, cluster)
+                    held.append(ws)
+                    assert ready.get("type") == "ready", ready
+                    await asyncio.sleep(0.2)
+                started = time.perf_counter()
+                result = await stream_session(cluster, read_pcm16(0.2), timeout_s=30, http=http)
+                return time.perf_counter() - started, result
+            finally:
+                for ws in held:
+                    await ws.close()
+
+    took, result = asyncio.run(run())
+    assert result.error is not None and result.error["code"] == "busy", result.error
+    assert result.close_code == 4503 and result.ready is None
+    assert took < 10, f"the busy answer took {took:.1f} s"
+
+
+def test_killing_a_replica_fails_its_sessions_fast_and_new_sessions_are_served(cluster, expected):
+    pcm, want = expected
+
+    async def run():
+        async with aiohttp.ClientSession() as http:
+            ws, ready = await hold_session(http, cluster)
+            victim = ready["replica"]
+            ray.kill(ray.get_actor(replica_actor_name(victim, APP_NAME), namespace="serve"), no_restart=True)
+            killed = time.perf_counter()
+            while True:
+                message = await asyncio.wait_for(ws.receive(), KILL_ERROR_WITHIN_S)
+                if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    break
+            noticed = time.perf_counter() - killed
+            close_code = ws.close_code
+            await ws.close()
+            after, tries = None, 0
+            for tries in range(1, 21):  # the router may try the dead replica until the controller notices
+                after = await stream_session(cluster, pcm, 16000, block_ms=20, portrait=PORTRAIT.read_bytes(),
+                                             frames="png", timeout_s=120, http=http)
+                if after.done is not None:
+                    break
+                await asyncio.sleep(1.0)
+            return noticed, close_code, after, tries, victim
+
+    noticed, close_code, after, tries, victim = asyncio.run(run())
+    print(f"session on the killed replica closed after {noticed:.1f} s (code {close_code}); a new session "
+          f"served by replica {after.ready and after.ready['replica']} on try {tries}")
+    assert after.ready["replica"] != victim
+    assert noticed < KILL_ERROR_WITHIN_S and close_code != 1000
+    assert after.error is None and after.done is not None, after.error
+    assert all(np.array_equal(decode(f), w) for f, w in zip(after.frames, want)) and len(after.frames) == len(want)
