@@ -14,8 +14,8 @@ utterances). Linux only (``os.fork``).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
-import pickle
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -153,9 +153,11 @@ def _synthesize_fresh(text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[s
             ctypes.CDLL(None).srand(1)
             engine = _Espeak()
             pcm, events = engine.synthesize(text, voice)
-            payload = pickle.dumps((pcm, events, engine.native_rate))
+            header = {"rate": engine.native_rate, "events": events}
+            payload = json.dumps(header).encode() + b"\n" + pcm.astype("<i2").tobytes()
         except BaseException as exc:
-            payload, code = pickle.dumps(SpeechError(str(exc).splitlines()[0] if str(exc) else repr(exc))), 1
+            message = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            payload, code = json.dumps({"error": message}).encode() + b"\n", 1
         with os.fdopen(write_end, "wb") as out:
             out.write(payload)
         os._exit(code)
@@ -163,10 +165,14 @@ def _synthesize_fresh(text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[s
     with os.fdopen(read_end, "rb") as source:
         payload = source.read()
     _, status = os.waitpid(pid, 0)
-    result = pickle.loads(payload) if payload else SpeechError(f"espeak-ng child exited with status {status}")
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    if not payload:
+        raise SpeechError(f"espeak-ng child exited with status {status}")
+    header, _, body = payload.partition(b"\n")
+    meta = json.loads(header)
+    if "error" in meta:
+        raise SpeechError(meta["error"])
+    events = [(phoneme, int(sample)) for phoneme, sample in meta["events"]]
+    return np.frombuffer(body, "<i2").astype(np.int16), events, int(meta["rate"])
 
 
 @lru_cache(maxsize=4)
