@@ -16,28 +16,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from bench.cli import int_tuple, write_atomic
 from bench.environment import device_name, slug
 from bench.harness import default_settings, result_stem, run
 from bench.report import markdown, plot, validate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _decoders(text: str) -> tuple[str, ...]:
@@ -58,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="speech in the engine's unpaced streams (default: as paced on CPU, 10 on GPU)")
     parser.add_argument("--reference-clips", type=int, help="clips in the reference's end-to-end stream (default 2)")
     parser.add_argument("--repeats", type=int, help="runs of every stream and stage timing (default 3)")
-    parser.add_argument("--steps", type=_int_tuple, help="engine step counts, comma-separated (default 4,2,1)")
+    parser.add_argument("--steps", type=int_tuple, help="engine step counts, comma-separated (default 4,2,1)")
     parser.add_argument("--decoders", type=_decoders, help="engine decoders: kl,tiny (default both)")
     parser.add_argument("--first-clip-frames", type=int, help="engine's first clip in frames (default 1)")
     parser.add_argument("--backend", help="engine backend (default auto: the fastest present)")
@@ -69,13 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="measure nothing: redraw the .md and .png beside an existing results JSON")
     return parser.parse_args(argv)
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no half-written result is left."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def has_matplotlib() -> bool:
@@ -96,7 +79,7 @@ def write_reports(results: dict, json_path: Path) -> list[Path]:
         print(f"note: matplotlib is not installed: no plot; draw it elsewhere with "
               f"`python -m bench --render {json_path}`")
     report = markdown(results, png_name)
-    _write(stem.with_suffix(".md"), report)
+    write_atomic(stem.with_suffix(".md"), report)
     print(report)
     return [stem.with_suffix(".md")] + written
 
@@ -134,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{result_stem(settings, results['settings']['resolution'])}.json"
-    _write(json_path, json.dumps(results, indent=1) + "\n")
+    write_atomic(json_path, json.dumps(results, indent=1) + "\n")
     written = [json_path] + write_reports(results, json_path)
     for note in results["notes"]:
         print(f"note: {note}")

@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from bench.cli import select_device
 from bench.environment import describe
 from bench.flops import FlopCounter
 from bench.memory import PeakMemory
@@ -413,11 +414,7 @@ def run(settings: Settings, progress: Callable[[str], None] = log) -> dict:
     def say(message: str) -> None:
         progress(f"{time.perf_counter() - started:6.1f} s  {message}")
 
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+    device = select_device(settings.device, settings.threads)
     base = preset(settings.preset)
     size = settings.resolution or base.resolution
     prepared = prepare_portrait(DEMO_PORTRAIT, size)

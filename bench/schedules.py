@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench.cli import int_tuple, select_device, write_atomic
 from bench.environment import describe, device_name, slug
 from bench.harness import DEMO_PORTRAIT, build_model, log
 from bench.recipes import engine_backend
@@ -267,11 +267,7 @@ def run(settings: ScheduleSettings, progress: Callable[[str], None] = log) -> di
     def say(message: str) -> None:
         progress(f"{time.perf_counter() - started:6.1f} s  {message}")
 
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+    device = select_device(settings.device, settings.threads)
     config = preset(settings.preset)
     specs = schedule_specs(settings.clips, settings.groups)
     say(f"building {settings.preset} on {device}")
@@ -303,16 +299,6 @@ def run(settings: ScheduleSettings, progress: Callable[[str], None] = log) -> di
     }
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.schedules", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="model preset: tiny (default) or sd15")
@@ -322,8 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="speech in every paced stream (default: 8 on CPU, 15 on GPU)")
     parser.add_argument("--repeats", type=int, help="paced streams of every configuration (default 3)")
     parser.add_argument("--steps", type=int, help="sampler steps of every configuration (default 4)")
-    parser.add_argument("--clips", type=_int_tuple, help="clip-wise clip lengths, comma-separated (default 12,4,2)")
-    parser.add_argument("--groups", type=_int_tuple, help="rolling group sizes, comma-separated (default 1,2,4)")
+    parser.add_argument("--clips", type=int_tuple, help="clip-wise clip lengths, comma-separated (default 12,4,2)")
+    parser.add_argument("--groups", type=int_tuple, help="rolling group sizes, comma-separated (default 1,2,4)")
     parser.add_argument("--backend", help="engine backend (default auto: the fastest present)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 on CPU, torch's on GPU)")
     parser.add_argument("--seed", type=int, help="weights and noise seed (default 0)")
@@ -332,13 +318,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="measure nothing: redraw the .md and .png beside an existing results JSON")
     return parser.parse_args(argv)
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no half-written result is left."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def write_reports(results: dict, json_path: Path) -> list[Path]:
@@ -352,7 +331,7 @@ def write_reports(results: dict, json_path: Path) -> list[Path]:
         print(f"note: matplotlib is not installed: no plot; draw it elsewhere with "
               f"`python -m bench.schedules --render {json_path}`")
     report = markdown(results, png_name)
-    _write(json_path.with_suffix(".md"), report)
+    write_atomic(json_path.with_suffix(".md"), report)
     print(report)
     return [json_path.with_suffix(".md")] + written
 
@@ -387,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"schedules-{settings.preset}-{results['settings']['resolution']}.json"
-    _write(json_path, json.dumps(results, indent=1) + "\n")
+    write_atomic(json_path, json.dumps(results, indent=1) + "\n")
     written = [json_path] + write_reports(results, json_path)
     for note in results["notes"]:
         print(f"note: {note}")
