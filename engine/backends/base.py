@@ -79,3 +79,22 @@ def project_face_embedding(model: EmoteModel, embedding: torch.Tensor, device: t
         raise ValueError(f"model {model.config.name!r} has no image projection: it takes no face embedding")
     with torch.inference_mode():
         return model.image_proj.to(device)(embedding.to(device)).to(dtype)
+
+
+class TorchPerSessionNetworks:
+    """Image projection, face locator and speed encoder in eager PyTorch, for the backends that compile
+    only the per-step networks (these run once per session). The backend sets ``model``, ``device``,
+    ``dtype``, ``face_locator`` (float32) and ``speed_encoder`` (None without speed layers)."""
+
+    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        return project_face_embedding(self.model, embedding, self.device, self.dtype)
+
+    @torch.inference_mode()
+    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.face_locator(mask.to(self.device, torch.float32)).to(self.dtype)
+
+    @torch.inference_mode()
+    def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
+        if self.speed_encoder is None:
+            return None
+        return self.speed_encoder(speed.to(self.device)).to(self.dtype)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.backends.base import Backend, project_face_embedding
+from engine.backends.base import Backend, TorchPerSessionNetworks
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from export.engine_cache import EngineCache
@@ -38,7 +38,7 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
     """Runs the exported networks of ``model`` with ONNX Runtime.
 
     Args:
@@ -153,19 +153,6 @@ class OnnxRuntimeBackend(Backend):
                                                     face_features, speed_tokens, reference_keep, image_tokens,
                                                     region_masks)
         return self.run("backbone", size, named)["model_output"].to(self.device, self.dtype)
-
-    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
-        return project_face_embedding(self.model, embedding, self.device, self.dtype)
-
-    @torch.inference_mode()
-    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.face_locator(mask.to(self.device, torch.float32)).to(self.dtype)
-
-    @torch.inference_mode()
-    def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
-        if self.speed_encoder is None:
-            return None
-        return self.speed_encoder(speed.to(self.device)).to(self.dtype)
 
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
         size = self._size(images.shape[-1], latent=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from engine.backends.base import Backend, project_face_embedding
+from engine.backends.base import Backend, TorchPerSessionNetworks
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from export.engine_cache import EngineCache
@@ -172,7 +172,7 @@ class EnginePlan:
         return {name: tensor.clone() for name, tensor in static_out.items()}
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(TorchPerSessionNetworks, Backend):
     """Runs every network of ``model`` as a TensorRT plan on a CUDA device.
 
     Args:
@@ -249,19 +249,6 @@ class TensorRTBackend(Backend):
         named = plan.network.feed(sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
                                   speed_tokens, reference_keep, image_tokens, region_masks)
         return plan.run(named)["model_output"].to(self.dtype)
-
-    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
-        return project_face_embedding(self.model, embedding, self.device, self.dtype)
-
-    @torch.inference_mode()
-    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.face_locator(mask.to(self.device, torch.float32)).to(self.dtype)
-
-    @torch.inference_mode()
-    def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
-        if self.speed_encoder is None:
-            return None
-        return self.speed_encoder(speed.to(self.device)).to(self.dtype)
 
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
         plan = self.plan("vae_encoder", images.shape[-1])
