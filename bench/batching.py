@@ -23,7 +23,7 @@ import torch
 
 from bench.environment import describe, device_name, slug
 from bench.harness import build_model, log
-from bench.speech import SAMPLE_RATE, speech_pcm
+from bench.speech import session_speech
 from engine.backends import make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig, preset
@@ -33,8 +33,6 @@ from engine.stream.session import GenerationOptions, Session
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
 SCHEMA = "bench.batching/1"
-OFFSET_S = 0.37
-"""Session i's speech starts i * OFFSET_S seconds into the demo utterance (so no two sessions hear the same)."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,6 @@ class BatchingSettings:
     threads: int = 1
     seed: int = 0
     smoke: bool = False
-
-
-def _speech(index: int, seconds: float) -> np.ndarray:
-    """Session ``index``'s speech: float32 PCM at 16 kHz, ``seconds`` long."""
-    offset = round(index * OFFSET_S * SAMPLE_RATE)
-    return speech_pcm(seconds + index * OFFSET_S)[offset:offset + round(seconds * SAMPLE_RATE)]
 
 
 def _portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +101,7 @@ def run_sequential(backend: Backend, config: ModelConfig, settings: BatchingSett
     device = torch.device(settings.device)
     _synchronize(device)
     started = time.perf_counter()
-    frames = sum(_generate(s, _speech(i, settings.stream_s)) for i, s in enumerate(sessions))
+    frames = sum(_generate(s, session_speech(i, settings.stream_s)) for i, s in enumerate(sessions))
     _synchronize(device)
     return {"frames": frames, "seconds": time.perf_counter() - started, "backbone_calls": counting.backbone_calls}
 
@@ -125,7 +117,7 @@ def run_batched(backend: Backend, config: ModelConfig, settings: BatchingSetting
         frames = [0] * settings.sessions
 
         def work(i: int) -> None:
-            frames[i] = _generate(sessions[i], _speech(i, settings.stream_s))
+            frames[i] = _generate(sessions[i], session_speech(i, settings.stream_s))
             slots[i].detach()
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(settings.sessions)]

@@ -144,12 +144,16 @@ def _percent(figure: dict | None) -> str:
     return format_figure(figure, 100.0, digits=2)
 
 
+def commit_text(environment: dict) -> str:
+    """The environment's git commit, shortened, noting uncommitted changes."""
+    git = environment["git"]
+    return (git["commit"] or "unknown")[:12] + (" + uncommitted changes" if git["dirty"] else "")
+
+
 def headline(results: dict) -> list[str]:
     """The lines naming what was measured where: device, torch, date, commit, settings, peak."""
     env, settings, peak = results["environment"], results["settings"], results["peak"]
-    git = env["git"]
-    commit = (git["commit"] or "unknown")[:12] + (" + uncommitted changes" if git["dirty"] else "")
-    driver = f", driver {env['driver']}" if env.get("driver") else ""
+    commit, driver = commit_text(env), f", driver {env['driver']}" if env.get("driver") else ""
     return [
         f"# Benchmark: `{settings['preset']}` preset at {settings['resolution']}x{settings['resolution']} on "
         f"{env['device']}",

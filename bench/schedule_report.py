@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.report import (ENVIRONMENT_KEYS, check_figure, check_keys, format_figure, format_number, format_ratio,
-                          markdown_table)
+from bench.report import (ENVIRONMENT_KEYS, check_figure, check_keys, commit_text, format_figure, format_number,
+                          format_ratio, markdown_table)
 
 SCHEMA = "emote-bench-schedules/1"
 TOP_KEYS = ("schema", "smoke", "environment", "settings", "notes", "baseline", "configurations", "ratios", "wall_s")
@@ -91,9 +91,7 @@ def _floor_ms(seconds: float) -> str:
 def headline(results: dict) -> list[str]:
     """The lines naming what was measured where, and how."""
     env, settings = results["environment"], results["settings"]
-    git = env["git"]
-    commit = (git["commit"] or "unknown")[:12] + (" + uncommitted changes" if git["dirty"] else "")
-    driver = f", driver {env['driver']}" if env.get("driver") else ""
+    commit, driver = commit_text(env), f", driver {env['driver']}" if env.get("driver") else ""
     size = settings["resolution"]
     return [
         f"# Clip-wise against rolling denoising: `{settings['preset']}` preset at {size}x{size} on {env['device']}",

@@ -31,6 +31,16 @@ def speech_pcm(seconds: float, source: Path = DEMO_SPEECH) -> np.ndarray:
     return np.tile(utterance, repeats)[:samples].astype(np.float32)
 
 
+SESSION_OFFSET_S = 0.37
+"""Session i's speech starts i * SESSION_OFFSET_S seconds into the demo utterance (no two sessions hear the same)."""
+
+
+def session_speech(index: int, seconds: float) -> np.ndarray:
+    """Session ``index``'s speech: float32 PCM at 16 kHz, ``seconds`` long, from its own offset."""
+    offset = round(index * SESSION_OFFSET_S * SAMPLE_RATE)
+    return speech_pcm(seconds + index * SESSION_OFFSET_S)[offset:offset + round(seconds * SAMPLE_RATE)]
+
+
 def write_wav(path: Path, pcm: np.ndarray) -> Path:
     """Write float32 PCM in [-1, 1] as a 16-bit mono WAV at 16 kHz; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

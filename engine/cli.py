@@ -153,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.stream.runner import LagPolicy
     from engine.stream.session import GenerationOptions
 
-    if args.device.startswith("cuda"):
+    if args.device.startswith("cuda") and not args.ray:  # with --ray the replicas' nodes have the GPUs
         import torch
 
         if not torch.cuda.is_available():
@@ -164,14 +164,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("EMOTE_TOKEN") or None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
-                                  first_clip_frames=args.first_clip),
+                                  first_clip_frames=args.first_clip, schedule=args.schedule,
+                                  group_frames=args.group),
         policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
+    if not args.ray and (args.autoscale is not None or args.replicas is not None or args.address is not None):
+        raise ValueError("--replicas, --autoscale and --address need --ray")
     if args.ray:
         try:
-            from engine.serve.ray_app import run_ray_server
+            from engine.serve.ray_app import parse_autoscale, run_ray_server
         except ImportError as exc:
             raise ValueError(f"--ray needs ray[serve]: pip install -e '.[ray]' ({exc})") from None
-        run_ray_server(config, replicas=args.replicas, address=args.address, replica_cpus=args.replica_cpus)
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
+        run_ray_server(config, replicas=1 if args.replicas is None else args.replicas, address=args.address,
+                       replica_cpus=args.replica_cpus, autoscale=autoscale)
         return 0
     run_server(config)
     return 0
@@ -257,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    serve.add_argument("--max-sessions", type=int, default=4, help="sessions at once; more are refused (default: 4)")
+    serve.add_argument("--max-sessions", "--sessions-per-replica", dest="max_sessions", type=int, default=4,
+                       help="sessions at once (with --ray: per replica); more are refused (default: 4)")
     serve.add_argument("--token", default=None,
                        help="access token the page must give (default: $EMOTE_TOKEN if set, else none)")
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -269,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     serve.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
     serve.add_argument("--first-clip", type=int, default=4, help="frames in the first clip (default: 4)")
+    serve.add_argument("--schedule", default="clip", choices=["clip", "rolling"],
+                       help="clip: each clip through all steps; rolling: groups at staggered noise levels, "
+                            "one backbone call per group (default: clip)")
+    serve.add_argument("--group", type=int, default=2, help="frames per group of the rolling schedule (default: 2)")
     serve.add_argument("--size", type=int, default=None, help="portrait side in pixels (default: the model's)")
     serve.add_argument("--policy", default="skip", choices=["grow", "skip", "steps"],
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
@@ -276,8 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
     serve.add_argument("--ray", action="store_true",
                        help="serve on Ray Serve: replicas each holding one model (needs the ray extra)")
-    serve.add_argument("--replicas", type=int, default=1,
-                       help="with --ray: replicas, one GPU each on cuda (default: 1)")
+    scaling = serve.add_mutually_exclusive_group()
+    scaling.add_argument("--replicas", type=int, default=None,
+                         help="with --ray: replicas, one GPU each on cuda (default: 1)")
+    scaling.add_argument("--autoscale", default=None, metavar="MIN..MAX",
+                         help="with --ray: let Serve's autoscaler run MIN to MAX replicas (e.g. 1..4), adding "
+                              "one when replicas are 3/4 full")
     serve.add_argument("--address", default=None,
                        help="with --ray: the Ray cluster to join (e.g. auto; default: start a local one)")
     serve.add_argument("--replica-cpus", type=float, default=1.0,

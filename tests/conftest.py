@@ -1,4 +1,4 @@
-"""Session-wide test settings.
+"""Session-wide test settings, and the fixtures several test packages use (``portrait``).
 
 Without CUDA, Triton kernels run under Triton's CPU interpreter. Triton fixes interpret-or-compile
 when it is first imported (``torch._dynamo`` imports it too), so the switch must be set before any
@@ -7,7 +7,19 @@ test module is collected.
 
 import os
 
+import numpy as np
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def portrait() -> tuple[np.ndarray, np.ndarray]:
+    """A random 128x128 RGB image and a face mask over its middle."""
+    rng = np.random.RandomState(0)
+    image = (rng.rand(128, 128, 3) * 255).astype(np.uint8)
+    mask = np.zeros((128, 128), np.float32)
+    mask[32:96, 40:88] = 1
+    return image, mask

@@ -6,12 +6,16 @@ accepts the WebSocket and drives the session through :class:`StarletteSocket`, a
 Starlette WebSocket the part of aiohttp's WebSocket interface the session uses. A WebSocket is one
 long-lived request to Ray Serve, so a session stays on the replica that accepted it.
 
-Admission: a replica takes at most ``max_sessions + 1`` requests at once (``max_ongoing_requests``);
-the router sends a new connection to the less loaded of two replicas, so connections fill free slots
-first, and a connection reaching a replica whose slots are all taken gets the protocol's ``busy`` error
-(close code 4503) from that replica at once (the one extra request place is for that answer). With more
-than two replicas the router compares two chosen at random, so a client can be told ``busy`` while a
-third replica still has a slot; clients should retry.
+Admission: a replica takes at most ``max_sessions + 1`` requests at once (``max_ongoing_requests``), and
+:class:`LeastLoadedRouter` sends a new connection to the replica with the fewest requests of all, so
+connections fill the free slots of every replica first. A connection reaching a replica whose slots are all
+taken gets the protocol's ``busy`` error (close code 4503) from that replica at once (the one extra request
+place is for that answer); that happens only when every replica is full, up to the race of connections
+routed at the same moment (each router probes the replicas, then sends), so clients should retry.
+
+Replicas: a fixed number, or Serve's autoscaler between ``MIN..MAX`` (:func:`autoscaling_config`);
+a replica it removes takes no new sessions and keeps its live ones until they end, at most
+:data:`AUTOSCALE_SHUTDOWN_S` (then they are cut).
 
 Requires ``ray[serve]`` (``pip install "ray[serve]==2.60.0"``).
 """
@@ -20,6 +24,8 @@ Requires ``ray[serve]`` (``pip install "ray[serve]==2.60.0"``).
 # ``WebSocket`` annotation is not resolved through Serve's ingress wrapper and the route refuses with 1008).
 import asyncio
 import os
+import random
+import re
 import signal
 import sys
 import threading
@@ -31,6 +37,8 @@ from aiohttp import WSMessage, WSMsgType
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
+from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from engine.serve.app import CONTENT_SECURITY_POLICY, PAGE_FILES, page_url
@@ -45,6 +53,14 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store", "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "Permissions-Policy": "microphone=(self), camera=()",
 }
+SHUTDOWN_S = 5.0
+"""How long a stopping replica (``serve.delete``, Ctrl-C) waits for its sessions with a fixed replica count."""
+AUTOSCALE_SHUTDOWN_S = 600.0
+"""How long a replica the autoscaler removes keeps its live sessions (it takes no new ones) before they are cut."""
+UPSCALE_DELAY_S = 10.0
+"""Load above target this long adds replicas: soon, since a new replica needs its model-load time as well."""
+DOWNSCALE_DELAY_S = 300.0
+"""Load below target this long removes replicas: sessions come and go in bursts, and a model load is slow."""
 
 
 class StarletteSocket:
@@ -133,6 +149,29 @@ def replica_actor_name(unique_id: str, app_name: str = APP_NAME) -> str:
     return f"SERVE_REPLICA::{app_name}#{DEPLOYMENT_NAME}#{unique_id}"
 
 
+class LeastLoadedRouter(FIFOMixin, RequestRouter):
+    """Serve's request router for :class:`EmoteReplica`: every request to the replica with the fewest ongoing.
+
+    Serve's default router compares two replicas picked at random, so with more than two a connection can
+    reach a full replica (which answers ``busy``) while a third has a free slot. This one offers every
+    replica in one rank; Serve's selection then takes the lowest queue length among those that accept
+    (queue length below ``max_ongoing_requests``), so a replica with all ``max_sessions`` slots taken is
+    chosen only when every replica is. The router's cached queue lengths of the candidates are dropped
+    first, so Serve probes them all afresh: a cached length may be up to 10 s old (other proxies, sessions
+    ended since), and a WebSocket session is rare and long enough to afford one probe per replica.
+    Candidates are shuffled so replicas with equal load share new connections.
+    """
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        """One rank holding every candidate, in random order, with their cached queue lengths dropped."""
+        if not candidate_replicas:
+            return []
+        for replica in candidate_replicas:
+            self.replica_queue_len_cache.invalidate_key(replica.replica_id)
+        return [random.sample(candidate_replicas, len(candidate_replicas))]
+
+
 api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -183,29 +222,79 @@ class EmoteReplica:
             hub.close()
 
 
-def build_app(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0):
-    """The Serve application: ``replicas`` replicas of :class:`EmoteReplica` (one GPU each on cuda)."""
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``"MIN..MAX"`` (e.g. ``"1..4"``) as ``(MIN, MAX)``, with ``1 <= MIN <= MAX``."""
+    match = re.fullmatch(r"\s*([0-9]+)\.\.([0-9]+)\s*", text)
+    if match is None:
+        raise ValueError(f"--autoscale must be MIN..MAX (e.g. 1..4), got {text!r}")
+    low_n, high_n = int(match[1]), int(match[2])
+    if low_n < 1:
+        raise ValueError(f"--autoscale MIN must be at least 1, got {low_n}")
+    if high_n < low_n:
+        raise ValueError(f"--autoscale MAX must be at least MIN ({low_n}), got {high_n}")
+    return low_n, high_n
+
+
+def autoscaling_config(autoscale: tuple[int, int], max_sessions: int) -> AutoscalingConfig:
+    """Serve's autoscaler between ``autoscale = (MIN, MAX)`` replicas of ``max_sessions`` sessions each.
+
+    A WebSocket session is one ongoing request for its whole life, so ongoing requests per replica is sessions
+    per replica. The target is 3/4 of the slots, not all of them: Serve sizes the deployment to ongoing /
+    target, so at a target of ``max_sessions`` a replica would be added only once every slot is taken, when
+    new clients already get ``busy`` for the replica's start-up time (a model load); at 3/4 it is started
+    while a quarter of the slots are still free.
+    """
+    low, high = autoscale
+    return AutoscalingConfig(min_replicas=low, initial_replicas=low, max_replicas=high,
+                             target_ongoing_requests=0.75 * max_sessions,
+                             upscale_delay_s=UPSCALE_DELAY_S, downscale_delay_s=DOWNSCALE_DELAY_S)
+
+
+def replica_deployment(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0,
+                       autoscale: tuple[int, int] | None = None) -> serve.Deployment:
+    """The :class:`EmoteReplica` deployment: ``replicas`` replicas (one GPU each on cuda), or ``autoscale =
+    (MIN, MAX)`` for Serve's autoscaler (:func:`autoscaling_config`), routed by :class:`LeastLoadedRouter`."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
     if config.device.startswith("cuda"):
         resources = {"num_gpus": 1, "num_cpus": replica_cpus}
     else:
         resources = {"num_cpus": replica_cpus}
-    deployment = serve.deployment(
-        EmoteReplica, name=DEPLOYMENT_NAME, num_replicas=replicas,
-        ray_actor_options=resources, max_ongoing_requests=config.max_sessions + 1,
-        health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
+    if autoscale is None:
+        scaling = {"num_replicas": replicas, "graceful_shutdown_timeout_s": SHUTDOWN_S}
+    else:
+        scaling = {"autoscaling_config": autoscaling_config(autoscale, config.max_sessions),
+                   "graceful_shutdown_timeout_s": AUTOSCALE_SHUTDOWN_S}
+    return serve.deployment(
+        EmoteReplica, name=DEPLOYMENT_NAME, ray_actor_options=resources,
+        max_ongoing_requests=config.max_sessions + 1,
+        request_router_config=RequestRouterConfig(request_router_class=LeastLoadedRouter),
+        health_check_period_s=2, health_check_timeout_s=30, **scaling)
+
+
+def build_app(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0,
+              autoscale: tuple[int, int] | None = None) -> serve.Application:
+    """The Serve application: :func:`replica_deployment` bound to ``config``."""
+    deployment = replica_deployment(config, replicas, replica_cpus, autoscale)
     return deployment.bind(config, max(1, int(replica_cpus)))
 
 
+def replicas_text(replicas: int, autoscale: tuple[int, int] | None) -> str:
+    """The replicas as the startup message gives them: ``"2 replica(s)"``, ``"replicas 1..4 (autoscaling)"``."""
+    if autoscale is None:
+        return f"{replicas} replica(s)"
+    return f"replicas {autoscale[0]}..{autoscale[1]} (autoscaling)"
+
+
 def deploy(config: ServeConfig, replicas: int = 1, address: str | None = None, replica_cpus: float = 1.0,
-           **init_kwargs) -> str:
+           autoscale: tuple[int, int] | None = None, **init_kwargs) -> str:
     """Start or join a Ray cluster (``address``: None starts a local one, "auto" joins the running one),
     start Serve's HTTP proxy on ``config.host:config.port`` and deploy; returns the page's address."""
     if not ray.is_initialized():
         ray.init(address=address, **init_kwargs)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config, replicas, replica_cpus), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(config, replicas, replica_cpus, autoscale), name=APP_NAME, route_prefix="/",
+              blocking=False)
     return page_url(config.host, config.port, config.token)
 
 
@@ -214,13 +303,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_ray_server(config: ServeConfig, replicas: int = 1, address: str | None = None,
-                   replica_cpus: float = 1.0) -> None:
-    """``emote serve --ray``: deploy ``replicas`` replicas, serve until Ctrl-C, then remove the application."""
+                   replica_cpus: float = 1.0, autoscale: tuple[int, int] | None = None) -> None:
+    """``emote serve --ray``: deploy ``replicas`` replicas (or ``autoscale = (MIN, MAX)``), serve until
+    Ctrl-C, then remove the application."""
     if config.port == 0:
         raise ValueError("the Ray server needs a fixed port")
     started = time.perf_counter()
-    url = deploy(config, replicas, address, replica_cpus)
-    print(f"emote serve (ray): {replicas} replica(s) of {config.model} on {config.device} ready in "
+    url = deploy(config, replicas, address, replica_cpus, autoscale)
+    print(f"emote serve (ray): {replicas_text(replicas, autoscale)} of {config.model} on {config.device} ready in "
           f"{time.perf_counter() - started:.1f} s, at most {config.max_sessions} sessions each", file=sys.stderr)
     if not config.loopback and config.token is None:
         print(f"warning: listening on {config.host} without --token: anyone who can reach this port can "
@@ -234,8 +324,22 @@ def run_ray_server(config: ServeConfig, replicas: int = 1, address: str | None =
     except KeyboardInterrupt:
         print("emote serve (ray): stopped", file=sys.stderr)
     finally:
+        remove_app(address, waits_s=AUTOSCALE_SHUTDOWN_S if autoscale is not None else SHUTDOWN_S)
+
+
+def remove_app(address: str | None, waits_s: float) -> None:
+    """Delete the application, its replicas letting their live sessions end for up to ``waits_s`` (a second
+    Ctrl-C stops waiting), then stop Serve and Ray when this process started the cluster (``address`` None)."""
+    if waits_s > SHUTDOWN_S:
+        print(f"emote serve (ray): live sessions get up to {waits_s:.0f} s to end (Ctrl-C again: end them now)",
+              file=sys.stderr, flush=True)
+    try:
         serve.delete(APP_NAME)
         if address is None:
             serve.shutdown()
+    except KeyboardInterrupt:
+        print("emote serve (ray): not waiting for live sessions", file=sys.stderr, flush=True)
+    finally:
+        if address is None:
             ray.shutdown()
 

@@ -54,15 +54,6 @@ def exported(tiny_model: EmoteModel, tiny_shapes: StreamShapes, onnx_cache: Engi
             for name in NETWORK_NAMES}
 
 
-@pytest.fixture(scope="session")
-def portrait() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.RandomState(0)
-    image = (rng.rand(128, 128, 3) * 255).astype(np.uint8)
-    mask = np.zeros((128, 128), np.float32)
-    mask[32:96, 40:88] = 1
-    return image, mask
-
-
 def speech(seconds: float, seed: int = 1) -> np.ndarray:
     """A voiced-looking test signal: a 180 Hz tone, amplitude-modulated at 3 Hz, plus a little noise."""
     t = np.arange(int(seconds * SR)) / SR

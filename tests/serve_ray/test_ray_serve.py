@@ -1,8 +1,11 @@
-"""The live server on Ray Serve: 2 replicas of the tiny preset on a local Ray cluster (2 CPUs, loopback).
+"""The live server on Ray Serve: 3 replicas of the tiny preset, one session each, on a local Ray cluster
+(2 CPUs, loopback).
 
 One cluster and one deployment for the module (started once, shut down at the end): sessions get
-``emote generate``'s frames bit for bit on either replica, a full cluster answers ``busy`` at once, and
-a replica killed mid-stream fails its sessions quickly while new sessions are still served.
+``emote generate``'s frames bit for bit on every replica, new sessions go to the least loaded replica (three
+held sessions on three distinct replicas, round after round: Serve's default power-of-two router would put
+the third on a full replica a third of the time) and a full cluster answers ``busy`` at once, and a replica
+killed mid-stream fails its sessions quickly while new sessions are still served.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
 SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
 FPS = 25
 SECONDS = 1.0
-REPLICAS = 2
-MAX_SESSIONS = 2
+REPLICAS = 3
+MAX_SESSIONS = 1
+ADMISSION_ROUNDS = 5
 KILL_ERROR_WITHIN_S = 20.0
 
 
@@ -60,11 +64,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray cluster with 2 replicas of the tiny preset deployed; yields the session URL."""
+    """A local Ray cluster with 3 replicas of the tiny preset deployed; yields the session URL."""
     config = ServeConfig(host="127.0.0.1", port=free_port(), model="tiny", max_sessions=MAX_SESSIONS,
                          options=GenerationOptions(steps=1, first_clip_frames=4), policy=LagPolicy("grow"))
     started = time.perf_counter()
-    deploy(config, replicas=REPLICAS, replica_cpus=0.5, num_cpus=2, include_dashboard=False,
+    deploy(config, replicas=REPLICAS, replica_cpus=0.6, num_cpus=2, include_dashboard=False,
            _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     print(f"ray cluster + {REPLICAS} replicas ready in {time.perf_counter() - started:.1f} s")
     try:
@@ -126,12 +130,12 @@ async def hold_session(http: aiohttp.ClientSession, url: str, within_s: float = 
         await asyncio.sleep(0.3)
 
 
-def test_four_clients_on_two_replicas_get_the_frames_of_emote_generate(cluster, expected):
+def test_a_client_on_each_replica_gets_the_frames_of_emote_generate(cluster, expected):
     pcm, want = expected
 
     async def run():
         sessions = []
-        for _ in range(4):  # staggered a little so the router sees each replica's load
+        for _ in range(REPLICAS * MAX_SESSIONS):  # staggered a little so the router sees each replica's load
             sessions.append(asyncio.ensure_future(stream_session(
                 cluster, pcm, 16000, block_ms=20, portrait=PORTRAIT.read_bytes(), frames="png", timeout_s=150)))
             await asyncio.sleep(0.3)
@@ -139,7 +143,7 @@ def test_four_clients_on_two_replicas_get_the_frames_of_emote_generate(cluster, 
 
     started = time.perf_counter()
     results = asyncio.run(run())
-    print(f"4 sessions of {SECONDS:g} s audio in {time.perf_counter() - started:.1f} s")
+    print(f"{len(results)} sessions of {SECONDS:g} s audio in {time.perf_counter() - started:.1f} s")
     for result in results:
         assert result.error is None and result.done is not None, result.error
         assert [f.index for f in result.frames] == list(range(len(want)))
@@ -166,27 +170,47 @@ def test_page_and_health(cluster):
     assert health["max_sessions"] == MAX_SESSIONS and health["replica"]
 
 
-def test_a_full_cluster_answers_busy_at_once(cluster):
+def ongoing_requests() -> dict[str, int]:
+    """Each live replica's ongoing requests (its sessions, plus any request being answered), by replica id."""
+    prefix = replica_actor_name("", APP_NAME)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    counts = ray.get([ray.get_actor(name, namespace="serve").get_num_ongoing_requests.remote() for name in names])
+    return {name[len(prefix):]: n for name, n in zip(names, counts)}
+
+
+async def wait_idle(within_s: float = 30.0) -> None:
+    """Until every replica has no ongoing request (the sessions just closed have left)."""
+    deadline = time.monotonic() + within_s
+    while any(ongoing_requests().values()):
+        assert time.monotonic() < deadline, ongoing_requests()
+        await asyncio.sleep(0.1)
+
+
+def test_sessions_fill_every_replica_before_a_client_is_told_busy(cluster):
+    async def one_round(http: aiohttp.ClientSession) -> tuple[list[str], float, object]:
+        await wait_idle()
+        held = []
+        try:
+            for _ in range(REPLICAS * MAX_SESSIONS):  # no retry: a busy answer while a slot is free fails
+                ws, ready = await open_session(http, cluster)
+                held.append((ws, ready))
+                assert ready.get("type") == "ready", ready
+            started = time.perf_counter()
+            result = await stream_session(cluster, read_pcm16(0.2), timeout_s=30, http=http)
+            return [ready["replica"] for _, ready in held], time.perf_counter() - started, result
+        finally:
+            for ws, _ in held:
+                await ws.close()
+
     async def run():
         async with aiohttp.ClientSession() as http:
-            held = []
-            try:
-                for _ in range(REPLICAS * MAX_SESSIONS):
-                    ws, ready = await hold_session(http, cluster)
-                    held.append(ws)
-                    assert ready.get("type") == "ready", ready
-                    await asyncio.sleep(0.2)
-                started = time.perf_counter()
-                result = await stream_session(cluster, read_pcm16(0.2), timeout_s=30, http=http)
-                return time.perf_counter() - started, result
-            finally:
-                for ws in held:
-                    await ws.close()
+            return [await one_round(http) for _ in range(ADMISSION_ROUNDS)]
 
-    took, result = asyncio.run(run())
-    assert result.error is not None and result.error["code"] == "busy", result.error
-    assert result.close_code == 4503 and result.ready is None
-    assert took < 10, f"the busy answer took {took:.1f} s"
+    for replicas, took, result in asyncio.run(run()):
+        assert len(Counter(replicas)) == REPLICAS and set(Counter(replicas).values()) == {MAX_SESSIONS}, replicas
+        assert result.error is not None and result.error["code"] == "busy", result.error
+        assert result.close_code == 4503 and result.ready is None
+        assert took < 10, f"the busy answer took {took:.1f} s"
 
 
 def test_killing_a_replica_fails_its_sessions_fast_and_new_sessions_are_served(cluster, expected):
