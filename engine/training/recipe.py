@@ -7,6 +7,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+STAGES = ("audio", "image", "video", "speed", "distill")
+"""The stages in training order (the names of :class:`Recipe`'s budgets)."""
+
+
 @dataclass(frozen=True)
 class StageBudget:
     """One stage: optimiser ``steps``, ``clips`` per batch of ``frames`` frames each, peak learning
@@ -57,6 +61,17 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def with_steps(self, steps: dict[str, int]) -> Recipe:
+        """This recipe with the optimiser steps of the named stages replaced, e.g. ``{"video": 3000}``."""
+        changes = {}
+        for stage, count in steps.items():
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+            if count < 1:
+                raise ValueError(f"stage {stage}: steps must be at least 1, got {count}")
+            changes[stage] = dataclasses.replace(getattr(self, stage), steps=count)
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def named(cls, name: str) -> Recipe:

@@ -29,7 +29,7 @@ from engine.synthetic.dataset import CacheSpec, build_cache, load_clips
 from engine.training.data import ClipSampler
 from engine.training.distill import distill_stage
 from engine.training.model_config import talking_head_config
-from engine.training.recipe import Recipe
+from engine.training.recipe import STAGES, Recipe
 from engine.training.ship import ship
 from engine.training.stages import (audio_stage, copy_backbone_into_reference_net, image_stage, run_stage,
                                     speed_stage, video_stage, zero_audio_attention_outputs)
@@ -90,10 +90,18 @@ def train(out: Path, recipe: Recipe, data_root: Path, threads: int | None = None
     summary = dict(recipe="tiny" if recipe == Recipe.tiny() else "custom" if recipe != Recipe() else "full",
                    data_seconds=round(data_seconds, 1), total_seconds=round(time.perf_counter() - started, 1),
                    threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-                   stages={s: stage_summary(log, s) for s in ("audio", "image", "video", "speed", "distill")},
+                   stages={s: stage_summary(log, s) for s in STAGES},
                    teacher=str(teacher_dir), student=str(out / "student"))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def stage_steps(text: str) -> tuple[str, int]:
+    """argparse type: ``"video=3000"`` -> ``("video", 3000)``."""
+    stage, _, count = text.partition("=")
+    if stage not in STAGES or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"expected STAGE=N with STAGE one of {', '.join(STAGES)}, got {text!r}")
+    return stage, int(count)
 
 
 def export(model: EmoteModel, directory: Path, steps: int, sampler_name: str, cfg_audio: float) -> None:
@@ -117,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes rendering clips (default: CPU count)")
     parser.add_argument("--ship", type=Path, default=None,
                         help="also copy the student here with a manifest (e.g. engine/assets/models/talking64)")
+    parser.add_argument("--stage-steps", type=stage_steps, action="append", default=[], metavar="STAGE=N",
+                        help=f"override a stage's optimiser steps (repeatable; stages: {', '.join(STAGES)})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    summary = train(args.out, Recipe.named(args.recipe), args.data, args.threads, not args.quiet, args.workers)
+    try:
+        recipe = Recipe.named(args.recipe).with_steps(dict(args.stage_steps))
+    except ValueError as exc:
+        parser.error(str(exc))
+    summary = train(args.out, recipe, args.data, args.threads, not args.quiet, args.workers)
     if args.ship is not None:
         command = "python -m engine.training.train " + " ".join(argv if argv is not None else sys.argv[1:])
         ship(Path(summary["student"]), args.ship, dict(command=command, training=summary))

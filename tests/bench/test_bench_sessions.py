@@ -57,7 +57,7 @@ def test_validate_refuses_a_point_held_outside_its_bound():
     good = {"mode": "plain", "sessions": 2, "repeat": 0, "held": True, "sessions_ok": 2, "frames_expected": 50,
             "frames": 50, "frames_skipped": 0, "errors": [], "latency_floor_s": 0.36, "bound_s": 0.61,
             "latency_median_s": 0.4, "latency_p95_s": 0.5, "latency_max_s": 0.55, "server_latency_p95_s": 0.45,
-            "min_sustained_fps": 25.1, "replica_cpu_s": 3.0}
+            "min_sustained_fps": 25.1, "replica_cpu_s": 3.0, "stage_s_per_media_s": {"denoise": 0.4}}
     results = {"schema": SCHEMA, "smoke": False, "settings": {}, "environment": {}, "points": [good],
                "sessions_per_replica": {"plain": 2}, "cost_per_stream_hour": {"plain": 0.04},
                "batched_over_plain": None, "wall_s": 1.0}

@@ -149,10 +149,12 @@ def test_stage_losses_are_finite_and_fall(config, clips, name):
 
 def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     out, data = tmp_path / "run", tmp_path / "data"
-    args = ["--out", str(out), "--recipe", "tiny", "--data", str(data), "--threads", "1", "--workers", "1", "--quiet"]
+    args = ["--out", str(out), "--recipe", "tiny", "--data", str(data), "--threads", "1", "--workers", "1", "--quiet",
+            "--stage-steps", "video=4"]
     assert train_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    recipe = Recipe.tiny()
+    recipe = Recipe.tiny().with_steps({"video": 4})
+    assert recipe.video.steps == 4 != Recipe.tiny().video.steps
     for name in ("audio", "image", "video", "speed", "distill"):
         stats = summary["stages"][name]
         assert stats["steps"] == getattr(recipe, name).steps
@@ -168,3 +170,17 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "log.csv").read_text().splitlines() == rows
     again = load_model(out / "student").backbone.state_dict()
     assert all(torch.equal(before[k], again[k]) for k in before)
+
+
+def test_stage_steps_override_one_stage_and_refuse_bad_ones(capsys):
+    recipe = Recipe().with_steps({"video": 3000, "image": 1200})
+    assert (recipe.video.steps, recipe.image.steps) == (3000, 1200)
+    assert recipe.video.lr == Recipe().video.lr and recipe.audio == Recipe().audio
+    with pytest.raises(ValueError, match="unknown stage 'vidoe'"):
+        Recipe().with_steps({"vidoe": 10})
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        Recipe().with_steps({"video": 0})
+    for bad in ("video", "video=x", "sound=10"):
+        with pytest.raises(SystemExit):
+            train_main(["--out", "unused", "--stage-steps", bad])
+        assert "expected STAGE=N" in capsys.readouterr().err
