@@ -189,15 +189,15 @@ def measure_point(replica: ReplicaProcess, mode: str, count: int, repeat: int, s
     cpu_before = replica.cpu_seconds()
     results = asyncio.run(_clients(replica.url, count, settings.stream_s))
     cpu_used = replica.cpu_seconds() - cpu_before
-    expected = math.floor(round(settings.stream_s * SAMPLE_RATE) * 25.0 / SAMPLE_RATE + 1e-9)
+    samples = round(settings.stream_s * SAMPLE_RATE)
+    fps_video = next((r.ready["fps"] for r in results if r.ready is not None), 25.0)
+    expected = math.floor(samples * fps_video / SAMPLE_RATE + 1e-9)
     latencies, errors, ok, fps, server_p95, stages = [], [], 0, [], [], {}
     floor = None
     for result in results:
         if result.ready is None or result.done is None or result.error is not None:
             errors.append((result.error or {}).get("message", f"closed with code {result.close_code}"))
             continue
-        fps_video = result.ready["fps"]
-        expected = math.floor(round(settings.stream_s * SAMPLE_RATE) * fps_video / SAMPLE_RATE + 1e-9)
         floor = result.ready["latency_floor_s"]
         skipped = sum(f.skipped for f in result.frames)
         ok += int(len(result.frames) == expected and skipped == 0)
