@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import sys
 import tempfile
@@ -183,7 +184,8 @@ def export_network(network: Network, directory: Path, precision: str = "fp32") -
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     module = _float32_module(network.module()).eval()
-    device = next(module.parameters()).device
+    weights = next(itertools.chain(module.parameters(), module.buffers()), None)
+    device = weights.device if weights is not None else torch.device("cpu")  # a codec without weights: CPU
     args = network.sample_input(precision="fp32", device=device)
     with tempfile.TemporaryDirectory(prefix="export-", dir=directory) as tmp:
         raw = Path(tmp) / "raw.onnx"

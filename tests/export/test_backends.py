@@ -19,6 +19,8 @@ import torch
 
 from engine.backends import BACKENDS, make_backend
 from engine.backends.torch_eager import TorchEagerBackend
+from engine import DEFAULT_MODEL
+from engine.models.checkpoint import load_model, model_directory
 from engine.models.model import EmoteModel
 from export.engine_cache import EngineCache
 
@@ -40,6 +42,19 @@ def test_onnxruntime_clip_matches_torch(tiny_model: EmoteModel, onnx_cache: Engi
     assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
     built = sorted(p.name.split("-")[0] for p in (onnx_cache.root / "onnx").glob("*.json"))
     assert set(built) >= {"audio", "reference", "backbone", "vae_decoder", "vae_encoder"}
+
+
+def test_the_default_model_runs_on_onnxruntime(tmp_path: Path, run_session) -> None:
+    """talking64: a VAE without weights (the pixel codec), the speed encoder and the face locator exported too."""
+    model = load_model(model_directory(DEFAULT_MODEL))
+    assert not any(True for _ in model.vae.model.parameters())
+    options = dict(first_clip_frames=3, steps=2)
+    want = run_session(TorchEagerBackend(model), model, 0.5, **options)
+    got = run_session(make_backend("onnxruntime", model, "cpu", torch.float32, cache_dir=tmp_path), model, 0.5,
+                      **options)
+    assert got.shape == want.shape == (13, 128, 128, 3)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
 
 
 def test_make_backend_names_and_clear_errors(tiny_model: EmoteModel) -> None:
