@@ -86,16 +86,20 @@ class ServerThread:
         return f"ws://127.0.0.1:{self.port}/session"
 
 
+SERVE_MODEL = os.environ.get("EMOTE_TEST_SERVE_MODEL", "tiny")
+"""The served model: the tiny preset, or ``$EMOTE_TEST_SERVE_MODEL`` (e.g. talking64 for the README's screenshot)."""
+
+
 @pytest.fixture(scope="session")
 def engine() -> tuple[Backend, ModelConfig]:
-    """The tiny preset (seeded random weights) and its eager CPU backend, loaded once."""
-    model = open_model("tiny")
+    """The served model (tiny preset, seeded random weights, unless overridden) and its eager CPU backend."""
+    model = open_model(SERVE_MODEL)
     return make_backend("torch", model, "cpu"), model.config
 
 
 def serve_config(**overrides: object) -> ServeConfig:
     """The tests' server settings: tiny model, 1 step, a 4-frame first clip, lossless-friendly 'grow' policy."""
-    base = ServeConfig(host="127.0.0.1", port=0, model="tiny",
+    base = ServeConfig(host="127.0.0.1", port=0, model=SERVE_MODEL,
                        options=GenerationOptions(steps=STEPS, first_clip_frames=FIRST_CLIP), policy=LagPolicy("grow"),
                        max_sessions=4)
     return dataclasses.replace(base, **overrides)

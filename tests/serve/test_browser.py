@@ -8,7 +8,7 @@ plays, be drawn in step with the delayed playback, and the figures must show.
 
 Each is skipped, with the reason, when its browser is absent. The Chromium screenshot goes to the
 test's temporary folder, and also to ``$EMOTE_SERVE_SCREENSHOT`` when set
-(``EMOTE_SERVE_SCREENSHOT=docs/serve.png`` refreshes the README's picture).
+(``EMOTE_SERVE_SCREENSHOT=docs/serve.png EMOTE_TEST_SERVE_MODEL=talking64`` refreshes the README's picture).
 """
 
 from __future__ import annotations
