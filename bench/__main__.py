@@ -21,13 +21,10 @@ from pathlib import Path
 
 import torch
 
-from bench.cli import int_tuple, write_atomic
-from bench.environment import device_name, slug
+from bench.cli import cuda_missing, int_tuple, results_dir, write_atomic
 from bench.harness import default_settings, result_stem, run
 from bench.report import markdown, plot, validate
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
 
 
 def _decoders(text: str) -> tuple[str, ...]:
@@ -106,16 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                                 steps=args.steps, decoders=args.decoders, first_clip_frames=args.first_clip_frames,
                                 backend=args.backend, threads=args.threads, seed=args.seed)
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench: --device cuda, but no CUDA device is available here", file=sys.stderr)
+    if cuda_missing(device, "bench"):
         return 2
     results = run(settings)
     problems = validate(results)
     if problems:
         print("bench: the results do not follow their layout:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out_dir, settings.smoke, device)
     json_path = out_dir / f"{result_stem(settings, results['settings']['resolution'])}.json"
     write_atomic(json_path, json.dumps(results, indent=1) + "\n")
     written = [json_path] + write_reports(results, json_path)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.environment import describe, device_name, slug
+from bench.cli import cuda_missing, results_dir
+from bench.environment import describe
 from bench.harness import build_model, log
 from bench.speech import session_speech
 from engine.backends import make_backend
@@ -30,8 +31,6 @@ from engine.config import ModelConfig, preset
 from engine.stream.batching import BatchScheduler
 from engine.stream.session import GenerationOptions, Session
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
 SCHEMA = "bench.batching/1"
 
 
@@ -217,12 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = BatchingSettings(**{**dict(preset=args.preset, device=args.device, backend=args.backend,
                                           sessions=args.sessions, smoke=args.smoke), **smoke, **given})
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench.batching: --device cuda, but no CUDA device is available here", file=sys.stderr)
+    if cuda_missing(device, "bench.batching"):
         return 2
     results = run(settings)
-    out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out_dir, settings.smoke, device)
     stem = out_dir / f"batching-{settings.preset}-{results['settings']['resolution']}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(results, indent=1) + "\n")

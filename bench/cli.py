@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
+
+from bench.environment import device_name, slug
+
+RESULTS = Path(__file__).resolve().parent / "results"
+"""Committed results: ``bench/results/<device>/``."""
+SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
+"""Where smoke runs write (ignored by git)."""
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
@@ -36,3 +44,19 @@ def select_device(name: str, threads: int | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but no CUDA device is available")
     return device
+
+
+def cuda_missing(device: torch.device, program: str) -> bool:
+    """True, after saying so on stderr, when ``device`` is CUDA and this machine has none."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"{program}: --device cuda, but no CUDA device is available here", file=sys.stderr)
+        return True
+    return False
+
+
+def results_dir(out_dir: Path | None, smoke: bool, device: torch.device) -> Path:
+    """Where a run's files go, created: ``out_dir`` when given, else out/bench-smoke/ for a smoke run, else
+    bench/results/<device>/."""
+    directory = out_dir or (SMOKE_OUT if smoke else RESULTS / slug(device_name(device)))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

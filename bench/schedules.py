@@ -35,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.cli import int_tuple, select_device, write_atomic
-from bench.environment import describe, device_name, slug
+from bench.cli import cuda_missing, int_tuple, results_dir, select_device, write_atomic
+from bench.environment import describe
 from bench.harness import DEMO_PORTRAIT, build_model, log
 from bench.recipes import engine_backend
 from bench.recording import Call, RecordingBackend, count_calls
@@ -52,8 +52,6 @@ from engine.stream.sources import FileSource
 from engine.stream.stats import StreamStats
 from kernels import dispatch
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
 
 
 @dataclass
@@ -357,14 +355,12 @@ def main(argv: list[str] | None = None) -> int:
                                 stream_s=args.stream_s, repeats=args.repeats, steps=args.steps, clips=args.clips,
                                 groups=args.groups, backend=args.backend, threads=args.threads, seed=args.seed)
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench.schedules: --device cuda, but no CUDA device is available here", file=sys.stderr)
+    if cuda_missing(device, "bench.schedules"):
         return 2
     results = run(settings)
     if not _check(results, "this run"):
         return 1
-    out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out_dir, settings.smoke, device)
     json_path = out_dir / f"schedules-{settings.preset}-{results['settings']['resolution']}.json"
     write_atomic(json_path, json.dumps(results, indent=1) + "\n")
     written = [json_path] + write_reports(results, json_path)

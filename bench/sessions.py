@@ -34,15 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import int_tuple, write_atomic
-from bench.environment import describe, device_name, slug
+from bench.cli import cuda_missing, int_tuple, results_dir, write_atomic
+from bench.environment import describe, slug
 from bench.harness import log
 from bench.report import commit_text, format_number, format_ratio, markdown_table
 from bench.speech import SAMPLE_RATE, SESSION_OFFSET_S, session_speech
 from engine.serve.client import SessionResult, stream_session, to_pcm16
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE_OUT = Path(__file__).resolve().parents[1] / "out" / "bench-smoke"
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "emote-bench-sessions/1"
 MODES = ("plain", "batched")
@@ -406,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SessionsSettings(**{**dict(model=args.model, device=args.device, backend=args.backend,
                                           modes=args.modes, smoke=args.smoke), **smoke, **given})
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench.sessions: --device cuda, but no CUDA device is available here", file=sys.stderr)
+    if cuda_missing(device, "bench.sessions"):
         return 2
     try:
         results = run(settings)
@@ -418,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("bench.sessions: malformed results: " + "; ".join(problems), file=sys.stderr)
         return 1
-    out_dir = args.out_dir or (SMOKE_OUT if settings.smoke else RESULTS / slug(device_name(device)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out_dir, settings.smoke, device)
     steps = "" if settings.steps is None else f"-{settings.steps}step"
     stem = out_dir / f"sessions-{slug(Path(settings.model).name)}-{settings.device.split(':')[0]}{steps}"
     png = plot(results, stem.with_suffix(".png"))
