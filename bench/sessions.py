@@ -1,7 +1,8 @@
 """Sessions per replica: how many live sessions one ``emote serve`` process holds at 25 fps, latency in bound.
 
 For each session count N and each mode (``plain``: every session makes its own backbone calls; ``batched``:
-the server's session batching, ``--batch-ms``), a fresh ``emote serve`` process (one replica: one loaded
+the server's session batching, ``--batch-ms``; ``ray``: ``emote serve --ray`` with one replica, sessions
+through Ray Serve's proxy), a fresh ``emote serve`` process (one replica: one loaded
 model, N slots, lag policy ``grow``) is started on a loopback port, warmed up by one short session, and N
 clients stream their own speech to it at real time in 20 ms blocks over the session protocol, session i
 joining i x 0.37 s after the first. Each frame's latency is measured at the client: from sending the audio
@@ -43,7 +44,9 @@ from engine.serve.client import SessionResult, stream_session, to_pcm16
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "emote-bench-sessions/1"
-MODES = ("plain", "batched")
+MODES = ("plain", "batched", "ray")
+"""plain: `emote serve`; batched: with `--batch-ms`; ray: `emote serve --ray` with one replica (Ray Serve's proxy in
+front of the same session code)."""
 BLOCK_MS = 20.0
 START_TIMEOUT_S = 180.0
 POINT_KEYS = ("mode", "sessions", "repeat", "held", "sessions_ok", "frames_expected", "frames", "frames_skipped",
@@ -65,7 +68,7 @@ class SessionsSettings:
     device: str = "cpu"
     backend: str = "torch"
     sessions: tuple[int, ...] = (1, 2, 3, 4)
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = ("plain", "batched")
     stream_s: float = 8.0
     steps: int | None = None
     first_clip: int = 4
@@ -97,17 +100,19 @@ def free_port() -> int:
 class ReplicaProcess:
     """``emote serve`` in a child process on a loopback port: one replica, ``slots`` session slots."""
 
-    def __init__(self, settings: SessionsSettings, slots: int, batched: bool, log_dir: Path):
+    def __init__(self, settings: SessionsSettings, slots: int, mode: str, log_dir: Path):
         self.port = free_port()
-        self.log_path = log_dir / f"serve-{slots}-{'batched' if batched else 'plain'}-{self.port}.log"
+        self.log_path = log_dir / f"serve-{slots}-{mode}-{self.port}.log"
         self.args = [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port), "--model", settings.model,
                      "--device", settings.device, "--backend", settings.backend, "--max-sessions", str(slots),
                      "--policy", "grow", "--first-clip", str(settings.first_clip),
                      "--schedule", settings.schedule, "--group", str(settings.group), *settings.extra_serve_args]
         if settings.steps is not None:
             self.args += ["--steps", str(settings.steps)]
-        if batched:
+        if mode == "batched":
             self.args += ["--batch-ms", str(settings.gather_ms)]
+        if mode == "ray":  # the replica gets as many CPUs (torch threads) as the plain server's torch uses
+            self.args += ["--ray", "--replicas", "1", "--replica-cpus", str(settings.threads or os.cpu_count())]
         self.env = dict(os.environ)
         if settings.threads is not None:
             self.env["OMP_NUM_THREADS"] = str(settings.threads)
@@ -139,18 +144,32 @@ class ReplicaProcess:
         self.stop()
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far, in seconds."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system) used so far by the server's processes (its session: with Ray, the
+        replica, the proxy and Ray's own daemons too), in seconds."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.process.pid:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
+        """Ctrl-C the server, then kill whatever of its process group is left (Ray's daemons included)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(20)
+                self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._log.close()
 
     def last_line(self) -> str:
@@ -240,7 +259,7 @@ def run(settings: SessionsSettings) -> dict:
         for mode in settings.modes:
             for count in settings.sessions:
                 for repeat in range(settings.repeats):
-                    replica = ReplicaProcess(settings, count, mode == "batched", Path(tmp))
+                    replica = ReplicaProcess(settings, count, mode, Path(tmp))
                     try:
                         with replica:
                             asyncio.run(_clients(replica.url, 1, min(1.0, settings.stream_s)))
@@ -253,19 +272,19 @@ def run(settings: SessionsSettings) -> dict:
                         f"{'held' if point['held'] else 'not held'}")
     held = {mode: sessions_per_replica(points, mode, settings.sessions) for mode in settings.modes}
     cost = {mode: (settings.price / n if n else None) for mode, n in held.items()}
-    ratio = (held["batched"] / held["plain"] if set(MODES) <= set(held) and held["plain"] else None)
+    over_plain = {mode: n / held["plain"] for mode, n in held.items() if mode != "plain" and held.get("plain")}
     device = torch.device(settings.device)
     return {"schema": SCHEMA, "smoke": settings.smoke,
             "settings": {**asdict(settings), "price_per_hour": settings.price}, "environment": describe(device),
             "points": points, "sessions_per_replica": held, "cost_per_stream_hour": cost,
-            "batched_over_plain": ratio, "wall_s": time.perf_counter() - started}
+            "over_plain": over_plain, "wall_s": time.perf_counter() - started}
 
 
 def validate(results: dict) -> list[str]:
     """Problems with ``results``' layout (empty when it is as this module documents)."""
     problems = []
     for key in ("schema", "smoke", "settings", "environment", "points", "sessions_per_replica",
-                "cost_per_stream_hour", "batched_over_plain", "wall_s"):
+                "cost_per_stream_hour", "over_plain", "wall_s"):
         if key not in results:
             problems.append(f"missing {key}")
     if results.get("schema") != SCHEMA:
@@ -330,8 +349,8 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
               f"Cost per stream-hour: the replica's price, an assumed ${s['price_per_hour']:.3f} per hour "
               f"(`--price-per-hour`), over the sessions it holds.", "",
               markdown_table(("mode", "sessions per replica", "cost per stream-hour"), held_rows), ""]
-    if results["batched_over_plain"] is not None:
-        lines += [f"batched / plain sessions per replica: **{format_ratio(results['batched_over_plain'])}**", ""]
+    for mode, ratio in results["over_plain"].items():
+        lines += [f"{mode} / plain sessions per replica: **{format_ratio(ratio)}**", ""]
     return "\n".join(lines)
 
 
@@ -371,7 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--backend", default="torch", help="engine backend (default torch)")
     parser.add_argument("--sessions", type=int_tuple, help="session counts to try (default 1,2,3,4)")
-    parser.add_argument("--modes", default=",".join(MODES), help="plain, batched or both (default plain,batched)")
+    parser.add_argument("--modes", default="plain,batched",
+                        help="comma-separated, of plain, batched, ray (needs the ray extra); default plain,batched")
     parser.add_argument("--stream-seconds", type=float, dest="stream_s", help="speech per session (default 8 s)")
     parser.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     parser.add_argument("--schedule", choices=["clip", "rolling"], help="clip (default) or rolling")

@@ -60,7 +60,7 @@ def test_validate_refuses_a_point_held_outside_its_bound():
             "min_sustained_fps": 25.1, "replica_cpu_s": 3.0, "stage_s_per_media_s": {"denoise": 0.4}}
     results = {"schema": SCHEMA, "smoke": False, "settings": {}, "environment": {}, "points": [good],
                "sessions_per_replica": {"plain": 2}, "cost_per_stream_hour": {"plain": 0.04},
-               "batched_over_plain": None, "wall_s": 1.0}
+               "over_plain": {}, "wall_s": 1.0}
     assert validate(results) == []
     assert validate({**results, "points": [{**good, "latency_p95_s": 0.7}]}) != []
     assert validate({**results, "points": [{**good, "sessions_ok": 1}]}) != []
