@@ -1,4 +1,4 @@
-"""How long and how hard each stage trains: the full recipe (about 45 minutes on 2 CPU cores) and a
+"""How long and how hard each stage trains: the full recipe (about 59 minutes on one CPU core) and a
 tiny one (seconds, for tests)."""
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class Recipe:
     train_clips: int = 200
     first_seed: int = 0
     audio: StageBudget = field(default_factory=lambda: StageBudget(steps=500, clips=16, frames=8, lr=2e-3))
-    image: StageBudget = field(default_factory=lambda: StageBudget(steps=800, clips=4, frames=4, lr=1.5e-3))
-    video: StageBudget = field(default_factory=lambda: StageBudget(steps=1500, clips=3, frames=8, lr=1e-3))
+    image: StageBudget = field(default_factory=lambda: StageBudget(steps=1200, clips=4, frames=4, lr=1.5e-3))
+    video: StageBudget = field(default_factory=lambda: StageBudget(steps=3000, clips=3, frames=8, lr=1e-3))
     speed: StageBudget = field(default_factory=lambda: StageBudget(steps=100, clips=3, frames=8, lr=3e-4))
     distill: StageBudget = field(default_factory=lambda: StageBudget(steps=300, clips=2, frames=8, lr=1e-4,
                                                                      warmup=10))

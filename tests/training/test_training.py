@@ -168,6 +168,9 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     rows = (out / "log.csv").read_text().splitlines()
     assert train_main(args) == 0
     assert (out / "log.csv").read_text().splitlines() == rows
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["stage_seconds"] == summary["stage_seconds"] == pytest.approx(
+        sum(s["seconds"] for s in summary["stages"].values()), abs=0.1)
     again = load_model(out / "student").backbone.state_dict()
     assert all(torch.equal(before[k], again[k]) for k in before)
 
