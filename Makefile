@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 DEMO_IMAGE := engine/assets/demo/portrait.png
 DEMO_AUDIO := engine/assets/demo/speech.wav
 DEMO_OUT := out/demo.mp4
+DEMO_STRIP := out/demo.png
 MODEL ?= talking64
 
 install: $(STAMP)
@@ -47,7 +48,8 @@ test-ray: system-deps $(STAMP)
 demo: system-deps $(STAMP)
 	@mkdir -p $(dir $(DEMO_OUT))
 	$(VENV)/bin/emote generate --image $(DEMO_IMAGE) --audio $(DEMO_AUDIO) --out $(DEMO_OUT) --model $(MODEL)
-	@echo "demo video: $(abspath $(DEMO_OUT))"
+	$(PY) -m engine.strip --video $(DEMO_OUT) --out $(DEMO_STRIP) --title "make demo: $(MODEL) (engine/assets/demo)"
+	@echo "demo video: $(abspath $(DEMO_OUT)); its frames above the speech: $(abspath $(DEMO_STRIP))"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
