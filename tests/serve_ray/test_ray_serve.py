@@ -1,11 +1,12 @@
-"""The live server on Ray Serve: 3 replicas of the tiny preset, one session each, on a local Ray cluster
+"""The live server on Ray Serve: 3 replicas of the tiny preset, two sessions each, on a local Ray cluster
 (2 CPUs, loopback).
 
-One cluster and one deployment for the module (started once, shut down at the end): sessions get
-``emote generate``'s frames bit for bit on every replica, new sessions go to the least loaded replica (three
-held sessions on three distinct replicas, round after round: Serve's default power-of-two router would put
-the third on a full replica a third of the time) and a full cluster answers ``busy`` at once, and a replica
-killed mid-stream fails its sessions quickly while new sessions are still served.
+One cluster and one deployment for the module (started once, shut down at the end): four clients get
+``emote generate``'s frames bit for bit and every replica serves; new sessions go to the least loaded replica
+(six held sessions two per replica, round after round, and the seventh told ``busy`` at once: Serve's default
+power-of-two router compares two random replicas, so it sends a session to a full one, which answers
+``busy`` while a slot is free, in many rounds); and a replica killed mid-stream fails its sessions quickly
+while new sessions are still served.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
 FPS = 25
 SECONDS = 1.0
 REPLICAS = 3
-MAX_SESSIONS = 1
+MAX_SESSIONS = 2
+CLIENTS = 4
 ADMISSION_ROUNDS = 5
 KILL_ERROR_WITHIN_S = 20.0
 
@@ -130,12 +132,12 @@ async def hold_session(http: aiohttp.ClientSession, url: str, within_s: float = 
         await asyncio.sleep(0.3)
 
 
-def test_a_client_on_each_replica_gets_the_frames_of_emote_generate(cluster, expected):
+def test_four_clients_get_the_frames_of_emote_generate_and_every_replica_serves(cluster, expected):
     pcm, want = expected
 
     async def run():
         sessions = []
-        for _ in range(REPLICAS * MAX_SESSIONS):  # staggered a little so the router sees each replica's load
+        for _ in range(CLIENTS):  # staggered a little so the router sees each replica's load
             sessions.append(asyncio.ensure_future(stream_session(
                 cluster, pcm, 16000, block_ms=20, portrait=PORTRAIT.read_bytes(), frames="png", timeout_s=150)))
             await asyncio.sleep(0.3)
@@ -151,7 +153,7 @@ def test_a_client_on_each_replica_gets_the_frames_of_emote_generate(cluster, exp
         got = [decode(f) for f in result.frames]
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), "frames differ from emote generate's"
     replicas = Counter(r.ready["replica"] for r in results)
-    assert len(replicas) == REPLICAS and set(replicas.values()) == {MAX_SESSIONS}, replicas
+    assert len(replicas) == REPLICAS and max(replicas.values()) <= MAX_SESSIONS, replicas
 
 
 def test_page_and_health(cluster):
