@@ -37,11 +37,11 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_kernels.py)
 import torch
 import torch.nn.functional as F
 
+from bench.cli import RESULTS, int_tuple
 from bench.environment import gpu_driver, slug
 from kernels import group_norm as gn
 from kernels import temporal_attention as ta
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RESOLUTIONS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
 """(latent side, channels) of SD1.5's four UNet levels at 512x512."""
 CLIP_FRAMES, MOTION_FRAMES = 12, 4
@@ -259,21 +259,11 @@ def goal_summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, help="where kernels.json and kernels.md go "
                         "(default bench/results/<gpu name>/)")
-    parser.add_argument("--batches", type=_batches, default=(1, 2), help="clip batches (default 1,2)")
+    parser.add_argument("--batches", type=int_tuple, default=(1, 2), help="clip batches (default 1,2)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls; the median is reported (default 50)")
     parser.add_argument("--ops", choices=("all",) + OPS, default="all", help="which kernels to time")

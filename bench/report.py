@@ -136,7 +136,8 @@ def _ms(figure: dict | None) -> str:
     return format_figure(figure, 1000.0)
 
 
-def _floor_ms(seconds: float | None) -> str:
+def format_ms(seconds: float | None) -> str:
+    """Seconds as milliseconds in 3 significant digits; ``-`` for None."""
     return "-" if seconds is None else format_number(seconds * 1000)
 
 
@@ -177,7 +178,7 @@ def end_to_end_table(configurations: list[dict]) -> str:
     rows = []
     for c in configurations:
         e2e, bound, stream = c["end_to_end"], c["bound"], c["stream"]
-        floors = f"{_floor_ms(stream['time_to_first_frame_floor_s'])} / {_floor_ms(stream['latency_floor_s'])}"
+        floors = f"{format_ms(stream['time_to_first_frame_floor_s'])} / {format_ms(stream['latency_floor_s'])}"
         rows.append((c["label"], f"{format_number(stream['media_s'], 3)} s", format_figure(e2e["offline_fps"]),
                      format_number(bound["fps"]), _percent(bound["offline_fraction"]),
                      format_figure(e2e["sustained_fps"]), format_figure(e2e["real_time_factor"]),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.report import (ENVIRONMENT_KEYS, check_figure, check_keys, commit_text, format_figure, format_number,
-                          format_ratio, markdown_table)
+from bench.report import (ENVIRONMENT_KEYS, check_figure, check_keys, commit_text, format_figure, format_ms,
+                          format_number, format_ratio, markdown_table)
 
 SCHEMA = "emote-bench-schedules/1"
 TOP_KEYS = ("schema", "smoke", "environment", "settings", "notes", "baseline", "configurations", "ratios", "wall_s")
@@ -84,10 +84,6 @@ def _ms(figure: dict | None) -> str:
     return format_figure(figure, 1000.0)
 
 
-def _floor_ms(seconds: float) -> str:
-    return format_number(seconds * 1000)
-
-
 def headline(results: dict) -> list[str]:
     """The lines naming what was measured where, and how."""
     env, settings = results["environment"], results["settings"]
@@ -115,9 +111,9 @@ def end_to_end_table(configurations: list[dict]) -> str:
     for c in configurations:
         e2e, floors, stream = c["end_to_end"], c["floors"], c["stream"]
         rows.append((c["label"], format_number(stream["backbone_calls"] / stream["frames"]),
-                     f"{_floor_ms(floors['time_to_first_frame_s'])} / {_floor_ms(floors['latency_s'])}",
+                     f"{format_ms(floors['time_to_first_frame_s'])} / {format_ms(floors['latency_s'])}",
                      _ms(e2e["time_to_first_frame_s"]), _ms(e2e["latency_median_s"]), _ms(e2e["latency_p95_s"]),
-                     _ms(e2e["latency_max_s"]), _floor_ms(floors["per_frame_p95_s"]), _ms(e2e["above_floor_p95_s"]),
+                     _ms(e2e["latency_max_s"]), format_ms(floors["per_frame_p95_s"]), _ms(e2e["above_floor_p95_s"]),
                      format_figure(e2e["sustained_fps"]), format_figure(e2e["real_time_factor"]),
                      "yes" if c["goal_met"] else "no"))
     header = ("configuration", "backbone calls per frame", "floors: first frame / latency ms",

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch
 from bench.cli import cuda_missing, int_tuple, results_dir, write_atomic
 from bench.environment import describe, slug
 from bench.harness import log
-from bench.report import commit_text, format_number, format_ratio, markdown_table
+from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table
 from bench.speech import SAMPLE_RATE, SESSION_OFFSET_S, session_speech
 from engine.serve.client import SessionResult, stream_session, to_pcm16
 
@@ -80,7 +80,7 @@ class SessionsSettings:
     threads: int | None = None
     price_per_hour: float | None = None
     smoke: bool = False
-    extra_serve_args: tuple[str, ...] = field(default=())
+    extra_serve_args: tuple[str, ...] = ()
 
     @property
     def price(self) -> float:
@@ -302,10 +302,6 @@ def validate(results: dict) -> list[str]:
     return problems
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else format_number(seconds * 1000)
-
-
 def markdown(results: dict, plot_name: str | None = None) -> str:
     """The results as a Markdown page."""
     s, env = results["settings"], results["environment"]
@@ -334,9 +330,10 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     for p in results["points"]:
         cpu = p["replica_cpu_s"] / (s["stream_s"] * p["sessions"])
         rows.append((p["mode"], str(p["sessions"]), f"{p['sessions_ok']}/{p['sessions']}",
-                     f"{p['frames']} / {p['frames_expected']}", str(p["frames_skipped"]), _ms(p["latency_median_s"]),
-                     _ms(p["latency_p95_s"]), _ms(p["latency_max_s"]), _ms(p["latency_floor_s"]), _ms(p["bound_s"]),
-                     _ms(p["server_latency_p95_s"]), format_number(p["min_sustained_fps"]), format_number(cpu),
+                     f"{p['frames']} / {p['frames_expected']}", str(p["frames_skipped"]),
+                     *(format_ms(p[key]) for key in ("latency_median_s", "latency_p95_s", "latency_max_s",
+                                                     "latency_floor_s", "bound_s", "server_latency_p95_s")),
+                     format_number(p["min_sustained_fps"]), format_number(cpu),
                      format_number(p["stage_s_per_media_s"].get("denoise")),
                      format_number(p["stage_s_per_media_s"].get("decode")), "yes" if p["held"] else "no"))
     lines += [markdown_table(("mode", "sessions", "complete", "frames", "skipped", "latency p50 ms", "latency p95 ms",
