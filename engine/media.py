@@ -465,6 +465,23 @@ class PngSequenceWriter:
 
 # ---------------------------------------------------------------------------------------------- probing
 
+def load_video_frames(path: PathLike) -> tuple[list[np.ndarray], float]:
+    """Every video frame of ``path`` as uint8 ``[H, W, 3]`` RGB, in order, and the frame rate (frames per second)."""
+    p = _existing_file(path)
+    try:
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{p}: no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"{p}: not a readable video ({_reason(exc)})") from None
+    if not frames:
+        raise MediaError(f"{p}: the video has no frames")
+    return frames, rate
+
+
 def read_video_info(path: PathLike) -> dict:
     """Describe a video file by decoding it.
 

@@ -13,30 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 
-from engine.media import MediaError, load_audio
+from engine.media import load_audio, load_video_frames
 
 SAMPLE_RATE = 16000
-
-
-def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
-    """Every video frame of ``path`` as uint8 ``[H, W, 3]`` RGB, and the frame rate (frames per second)."""
-    if not path.is_file():
-        raise MediaError(f"{path}: no such file")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 25)
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except (av.FFmpegError, OSError) as exc:
-        raise MediaError(f"{path}: not a readable video ({exc})") from None
-    if not frames:
-        raise MediaError(f"{path}: the video has no frames")
-    return frames, rate
 
 
 def pick(count: int, frames: int) -> list[int]:
@@ -90,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default=None, help="a line above the strip")
     args = parser.parse_args(argv)
     try:
-        frames, fps = read_frames(args.video)
+        frames, fps = load_video_frames(args.video)
         pcm = load_audio(args.video, SAMPLE_RATE)
         draw_strip(frames, fps, pcm, args.out, args.frames, args.title)
-    except ValueError as exc:  # MediaError included
+    except ValueError as exc:  # MediaError is one
         print(f"engine.strip: error: {exc}", file=sys.stderr)
         return 2
     print(f"strip: {args.out}")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.media import VideoWriter
-from engine.strip import main, pick, read_frames
+from engine.media import VideoWriter, load_video_frames
+from engine.strip import main, pick
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_frames_are_picked_evenly_first_and_last_included():
 
 
 def test_strip_of_a_video(video, tmp_path, capsys):
-    frames, fps = read_frames(video)
+    frames, fps = load_video_frames(video)
     assert len(frames) == 25 and fps == 25 and frames[0].shape == (48, 64, 3)
     assert frames[-1].mean() > frames[0].mean() + 100  # decoded in order
     out = tmp_path / "docs" / "strip.png"
