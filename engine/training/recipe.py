@@ -33,6 +33,7 @@ class Recipe:
         audio: audio-encoder pre-training on mouth shape; image / video / speed: the EMO stages;
             distill: latent-consistency distillation.
         distill_guidance: the audio guidance scale baked into the student.
+        distill_temporal: weight of the distillation's frame-difference term (see engine.training.distill).
         checkpoint_every: steps between resumable checkpoints.
         seed: initial weights and batch order.
     """
@@ -46,6 +47,7 @@ class Recipe:
     distill: StageBudget = field(default_factory=lambda: StageBudget(steps=300, clips=2, frames=8, lr=1e-4,
                                                                      warmup=10))
     distill_guidance: float = 3.0
+    distill_temporal: float = 0.0
     checkpoint_every: int = 50
     seed: int = 0
 

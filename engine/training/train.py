@@ -85,7 +85,8 @@ def train(out: Path, recipe: Recipe, data_root: Path, threads: int | None = None
         run_stage(stage, model, out, log, recipe.checkpoint_every, progress)
     teacher_dir = out / "teacher"
     export(model, teacher_dir, steps=TEACHER_STEPS, sampler_name="ddim", cfg_audio=recipe.distill_guidance)
-    stage, _ = distill_stage(model, sampler(5), schedule, recipe.distill, seed + 5, recipe.distill_guidance)
+    stage, _ = distill_stage(model, sampler(5), schedule, recipe.distill, seed + 5, recipe.distill_guidance,
+                             recipe.distill_temporal)
     run_stage(stage, model, out, log, recipe.checkpoint_every, progress)
     export(model, out / "student", steps=STUDENT_STEPS, sampler_name="lcm", cfg_audio=1.0)
     stages = {s: stage_summary(log, s) for s in STAGES}

@@ -16,7 +16,7 @@ from engine.sampling.schedules import NoiseSchedule
 from engine.stream.session import GenerationOptions, Session
 from engine.synthetic.clips import make_clip
 from engine.training.data import ClipSampler, audio_window, window_pcm
-from engine.training.distill import distill_stage
+from engine.training.distill import distill_stage, temporal_error
 from engine.training.model_config import talking_head_config
 from engine.training.recipe import Recipe, StageBudget
 from engine.training.stages import (audio_stage, copy_backbone_into_reference_net, image_stage, speed_stage,
@@ -145,6 +145,35 @@ def test_stage_losses_are_finite_and_fall(config, clips, name):
     losses = _train(stage, 8)
     assert all(math.isfinite(v) for v in losses)
     assert max(losses[-2:]) < losses[0], losses
+
+
+def test_temporal_error_is_the_frame_change_against_the_clean_clip():
+    clean = torch.randn(2, 4, 5, 3, 3)
+    assert temporal_error(clean + torch.randn(2, 4, 1, 3, 3), clean).abs().max() < 1e-5
+    shaken = temporal_error(clean + 0.3 * torch.randn(2, 4, 5, 3, 3), clean)
+    assert shaken.shape == (2, 1, 4, 3, 3) and float(shaken.min()) > 0
+
+
+def test_distillation_temporal_term_scales_with_its_weight(config, clips):
+    model = random_model(config, seed=0)
+    sampler = ClipSampler(clips, config, seed=0)
+    budget = StageBudget(steps=1, clips=1, frames=4, lr=5e-5)
+    _, distiller = distill_stage(model, sampler, NoiseSchedule.from_dict(config.scheduler), budget, 0, guidance=2.0)
+    generator = torch.Generator()
+
+    def loss(weight: float, per_frame_prob: float):
+        distiller.temporal = weight
+        sampler.rng = np.random.default_rng(0)
+        value, metrics = distiller.loss(sampler, budget, generator.manual_seed(3), per_frame_prob)
+        return float(value.detach()), metrics
+
+    plain, plain_metrics = loss(0.0, 0.0)
+    once, metrics = loss(1.0, 0.0)
+    twice, _ = loss(2.0, 0.0)
+    assert metrics["loss"] == pytest.approx(plain_metrics["loss"]) and "loss_temporal" not in plain_metrics
+    assert metrics["loss_temporal"] > 0 and once > plain
+    assert twice - plain == pytest.approx(2 * (once - plain), rel=1e-4)
+    assert loss(1.0, 1.0)[0] == pytest.approx(loss(0.0, 1.0)[0])
 
 
 def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
