@@ -75,6 +75,12 @@ class Recipe:
             changes[stage] = dataclasses.replace(getattr(self, stage), steps=count)
         return dataclasses.replace(self, **changes)
 
+    def with_distill_temporal(self, weight: float) -> Recipe:
+        """This recipe with the distillation's frame-difference term at ``weight`` (0 turns it off)."""
+        if not weight >= 0:
+            raise ValueError(f"the distillation's temporal weight must be >= 0, got {weight}")
+        return dataclasses.replace(self, distill_temporal=float(weight))
+
     @classmethod
     def named(cls, name: str) -> Recipe:
         """``"full"`` or ``"tiny"``."""

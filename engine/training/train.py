@@ -131,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also copy the student here with a manifest (e.g. engine/assets/models/talking64)")
     parser.add_argument("--stage-steps", type=stage_steps, action="append", default=[], metavar="STAGE=N",
                         help=f"override a stage's optimiser steps (repeatable; stages: {', '.join(STAGES)})")
+    parser.add_argument("--distill-temporal", type=float, default=None, metavar="W",
+                        help="weight of the distillation's frame-difference term (default: the recipe's, 0 = off)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         recipe = Recipe.named(args.recipe).with_steps(dict(args.stage_steps))
+        if args.distill_temporal is not None:
+            recipe = recipe.with_distill_temporal(args.distill_temporal)
     except ValueError as exc:
         parser.error(str(exc))
     summary = train(args.out, recipe, args.data, args.threads, not args.quiet, args.workers)

@@ -216,3 +216,15 @@ def test_stage_steps_override_one_stage_and_refuse_bad_ones(capsys):
         with pytest.raises(SystemExit):
             train_main(["--out", "unused", "--stage-steps", bad])
         assert "expected STAGE=N" in capsys.readouterr().err
+
+
+def test_distill_temporal_weight_from_the_command_line(capsys):
+    recipe = Recipe().with_distill_temporal(2.5)
+    assert recipe.distill_temporal == 2.5 and Recipe().distill_temporal == 0.0
+    assert recipe.with_distill_temporal(0).distill_temporal == 0.0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="temporal weight must be >= 0"):
+            Recipe().with_distill_temporal(bad)
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--distill-temporal", "-1"])
+    assert "temporal weight must be >= 0" in capsys.readouterr().err
