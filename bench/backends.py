@@ -5,8 +5,8 @@ while :class:`bench.recording.RecordingBackend` records every network call. Each
 replayed on every variant asked for, on the same inputs (materialised once, seeded), with device
 synchronisation: ``warmup`` untimed calls, then ``repeats`` timed ones, round-robin over the variants so
 that a change of load hits them alike. Per call: seconds (median and spread), how often the session made
-it, and the largest absolute difference of its outputs from the first variant's (the baseline: a fast
-but wrong backend shows here). Per network: seconds per second of video (calls x time over the
+it, and the largest difference of its outputs from the first variant's, the baseline (relative to
+each output's largest magnitude: a fast but wrong backend shows here). Per network: seconds per second of video (calls x time over the
 session's frames), and the ratio of the baseline to each variant.
 
 Variants (``--variants``): ``torch`` (eager PyTorch with the fused ops' PyTorch references),
@@ -139,11 +139,13 @@ def output_tensors(value: Any) -> list[torch.Tensor]:
 
 
 def max_difference(outputs: list[torch.Tensor], baseline: list[torch.Tensor]) -> float | None:
-    """Largest absolute difference between two flattened outputs (float32), None if their layouts differ."""
+    """Largest difference between two flattened outputs, each tensor's relative to its baseline's largest
+    magnitude (``max |a - b| / max |b|``, float32; the ReferenceNet's features reach 1e4 while its tokens
+    stay near 1); None if their layouts differ."""
     if len(outputs) != len(baseline) or any(a.shape != b.shape for a, b in zip(outputs, baseline)):
         return None
-    return max((float((a.float() - b.float()).abs().max()) for a, b in zip(outputs, baseline) if a.numel()),
-               default=0.0)
+    return max((float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+                for a, b in zip(outputs, baseline) if a.numel()), default=0.0)
 
 
 class Variant:
@@ -230,7 +232,7 @@ def run(settings: BackendSettings) -> dict:
             "network": call.network, "stage": STAGES.get(call.network, call.network), "input": _label(call),
             "phase": call.phase, "count": counts[sig],
             "seconds": {v.name: times[v.name][sig].to_json() for v in variants},
-            "max_abs_diff": {v.name: differences[v.name][sig] for v in variants},
+            "max_rel_diff": {v.name: differences[v.name][sig] for v in variants},
         })
     networks = {}
     for network in [n for n in NETWORK_ORDER if any(c["network"] == n for c in results_calls)]:
@@ -241,8 +243,8 @@ def run(settings: BackendSettings) -> dict:
             "stage": STAGES.get(network, network), "calls": sum(c["count"] for c in mine),
             "seconds_per_video_second": per_video,
             "speedup": {name: (per_video[variants[0].name] / s if s else None) for name, s in per_video.items()},
-            "max_abs_diff": {v.name: max((c["max_abs_diff"][v.name] for c in mine
-                                          if c["max_abs_diff"][v.name] is not None), default=None) for v in variants},
+            "max_rel_diff": {v.name: max((c["max_rel_diff"][v.name] for c in mine
+                                          if c["max_rel_diff"][v.name] is not None), default=None) for v in variants},
         }
     totals = {v.name: sum(n["seconds_per_video_second"][v.name] for n in networks.values()) for v in variants}
     return {
@@ -290,10 +292,11 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     rows.append(("**all networks**", str(session["calls"])) + tuple(f"**{format_ms(totals[v])}**" for v in names)
                 + tuple(f"**{format_ratio(results['total_speedup'][v])}**" for v in names[1:]))
     lines += [markdown_table(header, rows), ""]
-    lines += ["Per call (ms, median (min-max)) and the largest absolute difference of its outputs from the baseline:", ""]
+    lines += ["Per call (ms, median (min-max)) and the largest difference of its outputs from the baseline "
+              "(relative to each output tensor's largest magnitude):", ""]
     header = ("network", "input", "count") + tuple(names) + tuple(f"diff {n}" for n in names[1:])
     rows = [(c["network"], c["input"], str(c["count"])) + tuple(format_figure(c["seconds"][v], 1000.0) for v in names)
-            + tuple(format_number(c["max_abs_diff"][v]) for v in names[1:]) for c in results["calls"]]
+            + tuple(format_number(c["max_rel_diff"][v]) for v in names[1:]) for c in results["calls"]]
     lines += [markdown_table(header, rows), ""]
     lines += ["Building each variant (s): " + ", ".join(
         f"{v['name']} {v['construct_s']:.1f} + first calls {sum(v['first_call_s'].values()):.1f}"
