@@ -83,3 +83,12 @@ bench-gpu:
 
 bench-kernels:
 	$(BENCH_PY) -m bench.bench_kernels
+
+# Wheels the lent GPU machine lacks (PyAV, diffusers; its python3 is 3.12 and reaches no registry) into
+# .whl/, which the device tool carries for bench/gpu_checks.sh (every GPU check in one ~9-minute command).
+GPU_WHEELS := av==18.1.0 diffusers==0.42.1 importlib_metadata==10.2.0
+.PHONY: gpu-wheels
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
