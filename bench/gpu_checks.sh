@@ -8,12 +8,14 @@
 #
 # Steps (seconds each at most; GPU_CHECKS_SCALE multiplies every limit):
 #   1. kernel tests compiled for real on the GPU (tests/kernels: parity with the PyTorch references,
-#      the whole tiny backbone with kernels on vs off)                              120
-#   2. the kernel benchmark (bench.bench_kernels: sd15 shapes at 512x512, vs eager and torch.compile) 100
-#   3. per-network times of the backends (bench.backends: sd15 at 512x512; torch, torch+triton,
-#      torch-cuda-graphs; onnxruntime and tensorrt are named skipped where absent)   120
-#   4. end to end against the reference recipe (python -m bench: sd15 at 512x512, 30 s of paced speech,
-#      4 and 2 steps with the tiny decoder, one repeat)                             180
+#      the whole tiny backbone with kernels on vs off)                              100
+#   2. the kernel benchmark (bench.bench_kernels: sd15 shapes at 512x512, vs eager and torch.compile,
+#      20 timed calls each)                                                         150
+#   3. what a reference-attention kernel could save (bench.bench_reference_attention) 40
+#   4. per-network times of the backends (bench.backends: sd15 at 512x512; torch, torch+triton,
+#      torch-cuda-graphs; onnxruntime and tensorrt are named skipped where absent)   100
+#   5. end to end against the reference recipe (python -m bench: sd15 at 512x512, 30 s of paced speech,
+#      4 and 2 steps with the tiny decoder, one repeat)                             150
 # Each step's output goes to $OUT/gpu-checks.log (OUT: the device tool's folder; out/gpu-checks here),
 # and after each step bench/results/ is packed into $OUT/results.tgz: unpack it over the checkout
 # (`tar -xzf results.tgz`) and commit the files with the device named.
@@ -66,8 +68,9 @@ for name in ("triton", "av", "diffusers", "transformers", "onnxruntime", "onnxru
 EOF
 mkdir -p out/gpu-checks-junit
 
-step kernel-tests 120 $PY -m pytest -q -p no:cacheprovider tests/kernels --junitxml=out/gpu-checks-junit/kernels.xml
-step kernel-bench 100 $PY -m bench.bench_kernels
-step backends 120 $PY -m bench.backends --model sd15 --device cuda --size 512 --stream-seconds 1 --repeats 5
-step end-to-end 180 $PY -m bench --preset sd15 --device cuda --steps 4,2 --decoders tiny --repeats 1
+step kernel-tests 100 $PY -m pytest -q -p no:cacheprovider tests/kernels --junitxml=out/gpu-checks-junit/kernels.xml
+step kernel-bench 150 $PY -m bench.bench_kernels --warmup 3 --repeats 20
+step reference-attention 40 $PY -m bench.bench_reference_attention
+step backends 100 $PY -m bench.backends --model sd15 --device cuda --size 512 --stream-seconds 1 --repeats 5
+step end-to-end 150 $PY -m bench --preset sd15 --device cuda --steps 4,2 --decoders tiny --repeats 1
 say "done; files: $(ls "$OUT" | tr '\n' ' ')"

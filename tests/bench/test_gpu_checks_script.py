@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_checks.sh"
-STEPS = ("kernel-tests", "kernel-bench", "backends", "end-to-end")
+STEPS = ("kernel-tests", "kernel-bench", "reference-attention", "backends", "end-to-end")
 
 
 def fake_python(tmp_path: Path) -> Path:
@@ -35,7 +35,7 @@ def test_every_step_runs_in_order_and_a_hung_step_is_cut_off(tmp_path):
     positions = [log.index(f"step {name} (limit") for name in STEPS]
     assert positions == sorted(positions)
     assert "step backends: stopped at its limit" in log
-    for name in ("kernel-tests", "kernel-bench", "end-to-end"):
+    for name in ("kernel-tests", "kernel-bench", "reference-attention", "end-to-end"):
         assert f"step {name}: exit 0" in log
     recorded = calls.read_text().splitlines()
     assert any(line.startswith("-m pytest -q -p no:cacheprovider tests/kernels") for line in recorded)

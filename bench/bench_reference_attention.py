@@ -1,0 +1,172 @@
+"""What a reference-attention kernel could save: the backbone's self-attention over [own tokens ; bank tokens]
+as the model runs it, against the same without the parts a fused kernel would remove.
+
+The model (``engine.models.blocks.Attention``) projects the frame's tokens, projects the reference bank's
+tokens once per sample, repeats the bank's K/V for every frame of the sample and concatenates them to the
+frame's own (copies), and passes a boolean mask built from ``reference_keep`` (every branch keeps the bank
+in the engine's default, guidance-free path) to ``scaled_dot_product_attention``. At SD1.5's transformer
+levels at 512x512 (latents 64x64 / 32x32 / 16x16 / 8x8, 320 / 640 / 1280 / 1280 channels, 8 heads, bank as
+long as the frame's tokens), clips of 12 frames, batch 1 and 2, fp16 on CUDA:
+
+- ``model``: the module as the backbone calls it (mask from an all-True ``reference_keep``);
+- ``no_mask``: the same module with ``reference_keep=None`` (no mask: SDPA may pick its flash kernel);
+- ``cached_bank``: no mask and the bank's K/V projected once per session (passed in), the projection
+  left out of every step;
+- ``copies``: the repeat and concatenation alone (what a kernel reading the bank in place would not move).
+
+The ratios ``model / no_mask``, ``model / cached_bank`` and ``copies / model`` are the measured case for or
+against dropping the mask, caching the bank's projections and writing the kernel.
+
+    python -m bench.bench_reference_attention [--out-dir DIR] [--repeats 20] [--batches 1,2]
+    python -m bench.bench_reference_attention --device cpu --smoke --out-dir /tmp/r   (the test suite's run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.cli import int_tuple, results_dir, write_atomic
+from bench.environment import describe
+from bench.timing import time_call
+from engine.models.blocks import Attention
+
+LEVELS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
+"""(latent side, channels) of SD1.5's transformer levels at 512x512."""
+SMOKE_LEVELS = ((8, 64), (4, 64))
+CLIP_FRAMES = 12
+HEADS = 8
+VARIANTS = ("model", "no_mask", "cached_bank", "copies")
+
+
+@dataclass(frozen=True)
+class Case:
+    """``batch`` clips of ``frames`` frames at ``size`` x ``size`` latents with ``channels`` channels."""
+
+    batch: int
+    size: int
+    channels: int
+    frames: int = CLIP_FRAMES
+
+    def describe(self) -> str:
+        return f"b={self.batch} f={self.frames} {self.size}x{self.size} c={self.channels}"
+
+
+def cached_bank_attention(module: Attention, x: torch.Tensor, bank_k: torch.Tensor, bank_v: torch.Tensor) -> torch.Tensor:
+    """The module's attention with the bank's K/V given (projected once per session), no mask."""
+    frames = x.shape[0] // bank_k.shape[0]
+    q, k, v = module.to_q(x), module.to_k(x), module.to_v(x)
+    k = torch.cat([k, bank_k.repeat_interleave(frames, dim=0)], dim=1)
+    v = torch.cat([v, bank_v.repeat_interleave(frames, dim=0)], dim=1)
+    out = F.scaled_dot_product_attention(module._split_heads(q), module._split_heads(k), module._split_heads(v))
+    return module.to_out[0](out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
+def variants(case: Case, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, Callable[[], object]], Attention,
+                                                                            tuple[torch.Tensor, ...]]:
+    """The four timed closures of ``case`` over fresh inputs, the module and its inputs."""
+    with torch.device(device):
+        module = Attention(case.channels, HEADS, case.channels // HEADS).to(dtype).eval()
+        x = torch.randn(case.batch * case.frames, case.size * case.size, case.channels, dtype=dtype)
+        bank = torch.randn(case.batch, case.size * case.size, case.channels, dtype=dtype)
+        keep = torch.ones(case.batch, dtype=torch.bool)
+    with torch.inference_mode():
+        own_k, bank_k, bank_v = module.to_k(x), module.to_k(bank), module.to_v(bank)
+
+    def copies() -> None:
+        torch.cat([own_k, bank_k.repeat_interleave(case.frames, dim=0)], dim=1)
+        torch.cat([own_k, bank_v.repeat_interleave(case.frames, dim=0)], dim=1)
+
+    def inference(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.inference_mode():
+                return fn()
+        return run
+
+    return ({"model": inference(lambda: module(x, reference=bank, reference_keep=keep)),
+             "no_mask": inference(lambda: module(x, reference=bank)),
+             "cached_bank": inference(lambda: cached_bank_attention(module, x, bank_k, bank_v)),
+             "copies": inference(copies)}, module, (x, bank, keep, bank_k, bank_v))
+
+
+def measure(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int) -> dict:
+    """One row: median ms of each variant, the ratios, and the largest difference of the variants' outputs
+    from the model's (they compute the same attention)."""
+    timed, module, (x, bank, keep, bank_k, bank_v) = variants(case, device, dtype)
+    ms = {name: time_call(fn, device, warmup, repeats).median * 1000 for name, fn in timed.items()}
+    with torch.inference_mode():
+        reference = module(x, reference=bank, reference_keep=keep).float()
+        difference = max(float((module(x, reference=bank).float() - reference).abs().max()),
+                         float((cached_bank_attention(module, x, bank_k, bank_v).float() - reference).abs().max()))
+    return {"shape": case.describe(), "batch": case.batch, "size": case.size, "channels": case.channels,
+            "frames": case.frames, "ms": ms, "model_over_no_mask": ms["model"] / ms["no_mask"],
+            "model_over_cached_bank": ms["model"] / ms["cached_bank"], "copies_share": ms["copies"] / ms["model"],
+            "max_abs_diff": difference}
+
+
+def markdown(results: dict) -> str:
+    """The rows as a Markdown page."""
+    env = results["environment"]
+    lines = [f"# Reference attention on {env['device']}" + (" (smoke run, not a measurement)" if results["smoke"] else ""),
+             "", f"torch {env['torch']}, {results['dtype']}, median of {results['repeats']} calls after "
+             f"{results['warmup']}, {env['date']}. ms per call of one transformer block's self-attention with the "
+             "reference bank (projections included); see bench/bench_reference_attention.py for the variants.", "",
+             "| shape | model ms | no mask ms | cached bank ms | copies ms | model / no mask | model / cached bank "
+             "| copies / model | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        ms = r["ms"]
+        lines.append(f"| {r['shape']} | {ms['model']:.3f} | {ms['no_mask']:.3f} | {ms['cached_bank']:.3f} | "
+                     f"{ms['copies']:.3f} | {r['model_over_no_mask']:.2f}x | {r['model_over_cached_bank']:.2f}x | "
+                     f"{100 * r['copies_share']:.1f}% | {r['max_abs_diff']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_reference_attention",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the smoke run)")
+    parser.add_argument("--batches", type=int_tuple, default=(1, 2), help="clip batches (default 1,2)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls; the median is reported (default 20)")
+    parser.add_argument("--smoke", action="store_true", help="two small levels, one repeat: checks the benchmark")
+    parser.add_argument("--out-dir", type=Path, help="where reference-attention.{json,md} go "
+                        "(default bench/results/<device>/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_reference_attention: no CUDA device here; these timings need an NVIDIA GPU (nothing measured)")
+        return 0
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    warmup, repeats = (1, 1) if args.smoke else (args.warmup, args.repeats)
+    torch.manual_seed(0)
+    rows = []
+    for batch in args.batches:
+        for size, channels in SMOKE_LEVELS if args.smoke else LEVELS:
+            case = Case(batch, size, channels)
+            print(f"bench_reference_attention: {case.describe()}", file=sys.stderr, flush=True)
+            rows.append(measure(case, device, dtype, warmup, repeats))
+    results = {"schema": "bench.reference_attention/1", "smoke": args.smoke, "environment": describe(device),
+               "dtype": str(dtype).removeprefix("torch."), "warmup": warmup, "repeats": repeats, "rows": rows}
+    out_dir = results_dir(args.out_dir, args.smoke, device)
+    json_path, md_path = out_dir / "reference-attention.json", out_dir / "reference-attention.md"
+    write_atomic(json_path, json.dumps(results, indent=1) + "\n")
+    page = markdown(results)
+    write_atomic(md_path, page)
+    print(page)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
