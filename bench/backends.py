@@ -20,22 +20,19 @@ Results: ``bench/results/<device>/backends-<model>-<size>.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 
 from bench.cli import cuda_missing, results_dir, select_device, write_atomic
 from bench.environment import describe
-from bench.harness import STAGES, build_model, log
+from bench.harness import STAGES, build_model, log, random_portrait
 from bench.recording import Call, RecordingBackend
 from bench.report import commit_text, format_figure, format_ms, format_number, format_ratio, markdown_table
 from bench.speech import speech_pcm
@@ -92,35 +89,11 @@ def open_benchmark_model(source: str, device: torch.device, seed: int) -> EmoteM
     return build_model(preset(source), device, seed)
 
 
-@contextlib.contextmanager
-def kernels(mode: str) -> Iterator[None]:
-    """Inside: the fused ops run as ``mode`` (``torch`` or ``triton``) says (``EMOTE_KERNELS``)."""
-    previous = os.environ.get(dispatch.ENV_VAR)
-    os.environ[dispatch.ENV_VAR] = mode
-    dispatch.reset_backend()
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(dispatch.ENV_VAR, None)
-        else:
-            os.environ[dispatch.ENV_VAR] = previous
-        dispatch.reset_backend()
-
-
-def portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random ``[size, size, 3]`` uint8 image and a face mask over its middle."""
-    image = (np.random.RandomState(0).rand(size, size, 3) * 255).astype(np.uint8)
-    mask = np.zeros((size, size), np.float32)
-    mask[size // 4:3 * size // 4, size // 3:2 * size // 3] = 1
-    return image, mask
-
-
 def record_session(backend: Backend, model: EmoteModel, size: int, settings: BackendSettings) -> tuple[list[Call], int]:
     """The network calls of one session over ``stream_s`` seconds of speech, and its frame count."""
     recorder = RecordingBackend(backend)
     options = GenerationOptions(steps=settings.steps, seed=settings.seed)
-    session = Session(recorder, model.config, *portrait(size), options)
+    session = Session(recorder, model.config, *random_portrait(size), options)
     session.push_audio(speech_pcm(settings.stream_s))
     session.end()
     frames = sum(1 for _ in session.frames())
@@ -157,14 +130,14 @@ class Variant:
         self.name = name
         backend_name, self.kernel_mode = VARIANTS[name]
         started = time.perf_counter()
-        with kernels(self.kernel_mode):
+        with dispatch.forced(self.kernel_mode):
             self.backend = make_backend(backend_name, model, str(device), dtype)
         self.construct_s = time.perf_counter() - started
         self.first_call_s: dict[str, float] = {}
 
     def call(self, call: Call, args: list, kwargs: dict) -> Any:
         network = getattr(self.backend, call.network)
-        with kernels(self.kernel_mode):
+        with dispatch.forced(self.kernel_mode):
             return network(*args, **kwargs)
 
 
@@ -183,7 +156,7 @@ def run(settings: BackendSettings) -> dict:
     model = open_benchmark_model(settings.model, device, settings.seed)
     size = settings.size or model.config.resolution
     log(f"backends: recording one session of {settings.model} at {size}x{size}, {settings.stream_s:g} s of speech")
-    with kernels("torch"):
+    with dispatch.forced("torch"):
         calls, frames = record_session(make_backend("torch", model, str(device), dtype), model, size, settings)
     counts = Counter(c.signature for c in calls)
     distinct = {c.signature: c for c in calls}

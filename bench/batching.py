@@ -23,7 +23,7 @@ import torch
 
 from bench.cli import cuda_missing, results_dir
 from bench.environment import describe
-from bench.harness import build_model, log
+from bench.harness import build_model, log, random_portrait
 from bench.speech import session_speech
 from engine.backends import make_backend
 from engine.backends.base import Backend
@@ -51,14 +51,6 @@ class BatchingSettings:
     smoke: bool = False
 
 
-def _portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random ``[size, size, 3]`` uint8 image and a face mask over its middle (weights are random too)."""
-    image = (np.random.RandomState(0).rand(size, size, 3) * 255).astype(np.uint8)
-    mask = np.zeros((size, size), np.float32)
-    mask[size // 4:3 * size // 4, size // 3:2 * size // 3] = 1
-    return image, mask
-
-
 class _CountingBackend:
     """Counts the backbone calls of ``inner`` (every other attribute passes through)."""
 
@@ -75,7 +67,7 @@ class _CountingBackend:
 
 def _sessions(backends: list[Backend | _CountingBackend], config: ModelConfig,
               settings: BatchingSettings) -> list[Session]:
-    portrait = _portrait(config.resolution)
+    portrait = random_portrait(config.resolution)
     return [Session(b, config, *portrait, GenerationOptions(steps=settings.steps, first_clip_frames=4, seed=i))
             for i, b in enumerate(backends)]
 

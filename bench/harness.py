@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import tempfile
 import time
@@ -157,6 +156,15 @@ def module_mib(module: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+def random_portrait(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random ``[size, size, 3]`` uint8 image and a face mask over its middle (for benchmarks whose
+    weights are random too)."""
+    image = (np.random.RandomState(0).rand(size, size, 3) * 255).astype(np.uint8)
+    mask = np.zeros((size, size), np.float32)
+    mask[size // 4:3 * size // 4, size // 3:2 * size // 3] = 1
+    return image, mask
+
+
 @dataclass
 class Portrait:
     """The portrait both recipes animate: uint8 ``image`` ``[S, S, 3]`` and float face ``mask`` ``[S, S]``."""
@@ -195,19 +203,9 @@ class Runner:
     def kernels(self) -> Iterator[None]:
         """Inside: the reference runs the PyTorch references of the fused ops (eager, as Hallo), the
         engine whatever ``EMOTE_KERNELS`` chooses (Triton on a GPU by default). Records the choice."""
-        previous = os.environ.get(dispatch.ENV_VAR)
-        if self.is_reference:
-            os.environ[dispatch.ENV_VAR] = "torch"
-        dispatch.reset_backend()
-        try:
-            self.kernel_backend = dispatch.active_backend()
+        with dispatch.forced("torch" if self.is_reference else None) as backend:
+            self.kernel_backend = backend
             yield
-        finally:
-            if previous is None:
-                os.environ.pop(dispatch.ENV_VAR, None)
-            else:
-                os.environ[dispatch.ENV_VAR] = previous
-            dispatch.reset_backend()
 
     def stream(self, wav: Path, paced: bool, steps: int | None = None) -> StreamResult:
         """One stream of ``wav`` through this configuration (a new session each time)."""

@@ -16,10 +16,11 @@ mode raises a clear error (:func:`check_triton_mode`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 
@@ -104,6 +105,24 @@ def active_backend() -> Backend:
 def reset_backend() -> None:
     """Forget the cached choice so that the next :func:`active_backend` reads the environment again."""
     active_backend.cache_clear()
+
+
+@contextlib.contextmanager
+def forced(mode: str | None) -> Iterator[Backend]:
+    """Inside: ``EMOTE_KERNELS`` is ``mode`` (None: left as it is) and the choice is made afresh; yields
+    the backend chosen. On exit the variable and the choice are restored."""
+    previous = os.environ.get(ENV_VAR)
+    if mode is not None:
+        os.environ[ENV_VAR] = mode
+    reset_backend()
+    try:
+        yield active_backend()
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+        reset_backend()
 
 
 def use_triton(tensor: torch.Tensor) -> bool:

@@ -1,6 +1,7 @@
 """EMOTE_KERNELS: which backend runs, the forced-triton error, the log line, and the wrappers' routing."""
 
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -113,3 +114,16 @@ def test_triton_jit_follows_the_mode_triton_was_imported_in(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0" if imported_interpreted else "1")
     with pytest.raises(RuntimeError, match="when triton was first imported"):
         dispatch.triton_jit(kernel)
+
+
+@pytest.mark.parametrize("previous", [None, "triton"])
+def test_forced_mode_is_chosen_inside_and_restored_after(monkeypatch, previous):
+    set_machine(monkeypatch, previous, cuda=False, interpret=True)
+    with dispatch.forced("torch") as inside:
+        assert inside == "torch" == dispatch.active_backend()
+        assert os.environ[dispatch.ENV_VAR] == "torch"
+    assert os.environ.get(dispatch.ENV_VAR) == previous
+    assert dispatch.active_backend() == ("triton" if previous == "triton" else "torch")
+    with dispatch.forced(None) as left_alone:
+        assert os.environ.get(dispatch.ENV_VAR) == previous
+        assert left_alone == dispatch.active_backend()
