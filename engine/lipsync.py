@@ -192,13 +192,16 @@ def ground_truth_row(clips: list[TalkingClip]) -> dict:
                 **asdict(result))
 
 
-def comparison_table(teacher: EmoteModel, student: EmoteModel, clips: list[TalkingClip], guidance: float,
+def comparison_table(teacher: EmoteModel | None, student: EmoteModel, clips: list[TalkingClip], guidance: float,
                      controls: bool = True, rolling: bool = True) -> list[dict]:
     """The table of the issue: teacher (DDIM, audio guidance ``guidance``) at 40 and 4 steps, student
     (LCM, no guidance) at 4, 2 and 1 steps; silence / other-speech controls of the 4-step student; the
-    4-step student on the rolling schedule (groups of ``ROLLING_GROUPS``); and the ground truth."""
+    4-step student on the rolling schedule (groups of ``ROLLING_GROUPS``); and the ground truth. Without a
+    ``teacher`` its rows are left out (students compared on the same clips)."""
     rows = [ground_truth_row(clips)]
     for name, sampler, steps in CONFIGURATIONS:
+        if name == "teacher" and teacher is None:
+            continue
         model = teacher if name == "teacher" else student
         cfg = guidance if name == "teacher" else 1.0
         options = GenerationOptions(steps=steps, sampler=sampler, cfg_audio=cfg)
@@ -240,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=6, help="held-out clips (default: 6)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="teacher audio guidance (default: the teacher config's cfg_audio)")
+    parser.add_argument("--students-only", action="store_true",
+                        help="leave the teacher's rows out (the teacher still gives the clips' size and frame rate)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher, student = load_model(args.teacher).float(), load_model(args.student).float()
     guidance = args.guidance or teacher.config.sampling.cfg_audio or 1.0
     clips = heldout_clips(args.clips, size=teacher.config.resolution, fps=teacher.config.fps)
-    rows = comparison_table(teacher, student, clips, guidance)
+    rows = comparison_table(None if args.students_only else teacher, student, clips, guidance)
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

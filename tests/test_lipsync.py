@@ -22,8 +22,8 @@ from PIL import Image
 
 from engine import DEFAULT_MODEL
 from engine.cli import main
-from engine.lipsync import (evaluate, generate, heldout_clips, lagged_correlation, mouth_opening, portrait_mask,
-                            score)
+from engine.lipsync import (comparison_table, evaluate, generate, heldout_clips, lagged_correlation, markdown,
+                            mouth_opening, portrait_mask, score)
 from engine.media import read_video_info
 from engine.models.checkpoint import load_model, model_directory, resolve_config
 from engine.stream.session import GenerationOptions
@@ -127,3 +127,11 @@ def test_rolling_schedule_keeps_lip_sync_and_smoothness(student, clips, clipwise
     assert result.correlation >= clip_score.correlation - ROLLING_MAX_DROP, (result, clip_score)
     assert result.lag == 0
     assert result.smoothness <= ROLLING_MAX_CHANGE_RATIO * clip_score.smoothness, (result, clip_score)
+
+
+def test_students_only_table_leaves_the_teacher_out(student, clips):
+    rows = comparison_table(None, student, clips[:1], guidance=3.0, controls=False, rolling=False)
+    assert [(r["model"], r["steps"]) for r in rows] == [("ground truth", 0), ("student", 4), ("student", 2),
+                                                        ("student", 1)]
+    assert all(r["audio"] == "own" and r["cfg_audio"] == 1.0 for r in rows[1:])
+    assert "| student | lcm | 4 |" in markdown(rows)
