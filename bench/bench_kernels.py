@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_kernels.py)
 import torch
 import torch.nn.functional as F
 
-from bench.cli import RESULTS, int_tuple
+from bench.cli import RESULTS, int_tuple, write_atomic
 from bench.environment import gpu_driver, slug
 from kernels import group_norm as gn
 from kernels import temporal_attention as ta
@@ -282,22 +282,32 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()
     ops = OPS if args.ops == "all" else (args.ops,)
-    rows = []
-    for case in cases(args.batches, ops):
-        print(f"bench_kernels: {case.op} {case.describe()}", file=sys.stderr, flush=True)
-        rows.append(measure(case, args.warmup, args.repeats, compile_baseline=not args.no_compile))
-    summary = goal_summary(rows)
-    table = markdown_table(rows, device) + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n"
-    print(table)
-    result = dict(device=device, driver=gpu_driver(), torch=torch.__version__, cuda=torch.version.cuda,
-                  triton=ta.triton.__version__, python=platform.python_version(), warmup=args.warmup,
-                  repeats=args.repeats, goals=GOALS, summary=summary, rows=rows)
     out_dir = args.out_dir or RESULTS / slug(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "kernels.md").write_text(table)
+    todo = cases(args.batches, ops)
+    rows: list[dict] = []
+    for case in todo:
+        print(f"bench_kernels: {case.op} {case.describe()}", file=sys.stderr, flush=True)
+        rows.append(measure(case, args.warmup, args.repeats, compile_baseline=not args.no_compile))
+        table = write_results(out_dir, rows, device, args, complete=len(rows) == len(todo))
+    print(table)
     print(f"wrote {out_dir / 'kernels.json'} and {out_dir / 'kernels.md'}")
     return 0
+
+
+def write_results(out_dir: Path, rows: list[dict], device: str, args: argparse.Namespace, complete: bool) -> str:
+    """kernels.json and kernels.md for the rows measured so far (rewritten after every case, so that a run
+    stopped early keeps what it measured; ``complete`` says whether every case ran); returns the page."""
+    summary = goal_summary(rows)
+    table = markdown_table(rows, device) + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n"
+    if not complete:
+        table += f"\n(partial: {len(rows)} of the run's cases measured)\n"
+    result = dict(device=device, driver=gpu_driver(), torch=torch.__version__, cuda=torch.version.cuda,
+                  triton=ta.triton.__version__, python=platform.python_version(), warmup=args.warmup,
+                  repeats=args.repeats, goals=GOALS, complete=complete, summary=summary, rows=rows)
+    write_atomic(out_dir / "kernels.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(out_dir / "kernels.md", table)
+    return table
 
 
 if __name__ == "__main__":

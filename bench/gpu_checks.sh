@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Every GPU-only check of the project in one command on a lent GPU machine (H100/H200, its own python3
 # with CUDA torch and Triton), in priority order, each step under its own time limit so that one slow
-# step cannot starve the rest. About 9 minutes in all: run it with a 10-minute limit.
+# step cannot starve the rest. At most 9.5 minutes in all (560 s of steps): run it with a 10-minute limit.
 #
 #   make gpu-wheels                 # here, once: PyAV and diffusers wheels for the GPU machine's Python 3.12
 #   bash bench/gpu_checks.sh        # there, from the repository root, with .whl/ carried along
 #
 # Steps (seconds each at most; GPU_CHECKS_SCALE multiplies every limit):
 #   1. kernel tests compiled for real on the GPU (tests/kernels: parity with the PyTorch references,
-#      the whole tiny backbone with kernels on vs off)                              100
+#      the whole tiny backbone with kernels on vs off)                               90
 #   2. the kernel benchmark (bench.bench_kernels: sd15 shapes at 512x512, vs eager and torch.compile,
-#      20 timed calls each)                                                         150
-#   3. what a reference-attention kernel could save (bench.bench_reference_attention) 40
+#      20 timed calls each; its files are rewritten after every shape)             150
+#   3. what a reference-attention kernel could save (bench.bench_reference_attention) 30
 #   4. per-network times of the backends (bench.backends: sd15 at 512x512; torch, torch+triton,
 #      torch-cuda-graphs; onnxruntime and tensorrt are named skipped where absent)   100
 #   5. end to end against the reference recipe (python -m bench: sd15 at 512x512, 30 s of paced speech,
-#      4 and 2 steps with the tiny decoder, one repeat)                             150
+#      4 and 2 steps with the tiny decoder, one repeat)                             190
 # Each step's output goes to $OUT/gpu-checks.log (OUT: the device tool's folder; out/gpu-checks here),
 # and after each step bench/results/ is packed into $OUT/results.tgz: unpack it over the checkout
 # (`tar -xzf results.tgz`) and commit the files with the device named.
@@ -68,9 +68,9 @@ for name in ("triton", "av", "diffusers", "transformers", "onnxruntime", "onnxru
 EOF
 mkdir -p out/gpu-checks-junit
 
-step kernel-tests 100 $PY -m pytest -q -p no:cacheprovider tests/kernels --junitxml=out/gpu-checks-junit/kernels.xml
+step kernel-tests 90 $PY -m pytest -q -p no:cacheprovider tests/kernels --junitxml=out/gpu-checks-junit/kernels.xml
 step kernel-bench 150 $PY -m bench.bench_kernels --warmup 3 --repeats 20
-step reference-attention 40 $PY -m bench.bench_reference_attention
-step backends 100 $PY -m bench.backends --model sd15 --device cuda --size 512 --stream-seconds 1 --repeats 5
-step end-to-end 150 $PY -m bench --preset sd15 --device cuda --steps 4,2 --decoders tiny --repeats 1
+step reference-attention 30 $PY -m bench.bench_reference_attention
+step backends 100 $PY -m bench.backends --model sd15 --device cuda --size 512 --stream-seconds 1 --repeats 3
+step end-to-end 190 $PY -m bench --preset sd15 --device cuda --steps 4,2 --decoders tiny --repeats 1
 say "done; files: $(ls "$OUT" | tr '\n' ' ')"

@@ -66,3 +66,17 @@ def test_script_help_and_no_gpu_exit_status():
     if not torch.cuda.is_available():
         run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "no CUDA device" in run.stdout
+
+
+def test_results_are_rewritten_after_every_case_and_say_when_partial(tmp_path):
+    import argparse
+    import json
+
+    args = argparse.Namespace(warmup=1, repeats=2)
+    rows = [_row("temporal_attention", 2.5), _row("group_norm_silu", 2.0)]
+    page = bk.write_results(tmp_path, rows[:1], "Test GPU", args, complete=False)
+    assert "(partial: 1 of the run's cases measured)" in page == (tmp_path / "kernels.md").read_text()
+    assert json.loads((tmp_path / "kernels.json").read_text())["complete"] is False
+    page = bk.write_results(tmp_path, rows, "Test GPU", args, complete=True)
+    saved = json.loads((tmp_path / "kernels.json").read_text())
+    assert saved["complete"] is True and len(saved["rows"]) == 2 and "partial" not in page
