@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import os
 import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 import torch
@@ -41,6 +39,7 @@ from engine.models.checkpoint import CheckpointError, load_model, model_director
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, default_cache_dir
 from export.networks import NETWORK_NAMES, PRECISIONS, Network, StreamShapes, make_network
+from kernels import dispatch
 
 OPSET = 18
 EXPORTER = "torchscript"
@@ -62,24 +61,6 @@ def onnx_key(network: Network, precision: str) -> CacheKey:
     size = 0 if network.name == "audio" else network.shapes.size
     return CacheKey(kind="onnx", network=network.name, weights=network.weights_digest(), precision=gp,
                     signature=network.signature(), versions=toolchain(), size=size)
-
-
-@contextmanager
-def torch_kernels() -> Iterator[None]:
-    """Trace the PyTorch references of the custom kernels (a Triton launch cannot be exported)."""
-    from kernels.dispatch import ENV_VAR, reset_backend
-
-    previous = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = "torch"
-    reset_backend()
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = previous
-        reset_backend()
 
 
 def _float32_module(module: nn.Module) -> nn.Module:
@@ -190,7 +171,7 @@ def export_network(network: Network, directory: Path, precision: str = "fp32") -
     with tempfile.TemporaryDirectory(prefix="export-", dir=directory) as tmp:
         raw = Path(tmp) / "raw.onnx"
         traced = Path(tmp) / "traced.onnx"
-        with torch.no_grad(), torch_kernels(), warnings.catch_warnings():
+        with torch.no_grad(), dispatch.forced("torch"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(traced), dynamo=False, opset_version=OPSET,
                               input_names=network.input_names, output_names=network.output_names,
