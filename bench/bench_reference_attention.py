@@ -28,7 +28,6 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,42 +68,26 @@ def cached_bank_attention(module: Attention, x: torch.Tensor, bank_k: torch.Tens
     return module.to_out[0](out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 
-def variants(case: Case, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, Callable[[], object]], Attention,
-                                                                            tuple[torch.Tensor, ...]]:
-    """The four timed closures of ``case`` over fresh inputs, the module and its inputs."""
+def measure(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int) -> dict:
+    """One row: median ms of each variant (:data:`VARIANTS`) over fresh inputs, the ratios, and the largest
+    difference of the variants' outputs from the model's (they compute the same attention)."""
     with torch.device(device):
         module = Attention(case.channels, HEADS, case.channels // HEADS).to(dtype).eval()
         x = torch.randn(case.batch * case.frames, case.size * case.size, case.channels, dtype=dtype)
         bank = torch.randn(case.batch, case.size * case.size, case.channels, dtype=dtype)
         keep = torch.ones(case.batch, dtype=torch.bool)
     with torch.inference_mode():
-        own_k, bank_k, bank_v = module.to_k(x), module.to_k(bank), module.to_v(bank)
-
-    def copies() -> None:
-        torch.cat([own_k, bank_k.repeat_interleave(case.frames, dim=0)], dim=1)
-        torch.cat([own_k, bank_v.repeat_interleave(case.frames, dim=0)], dim=1)
-
-    def inference(fn: Callable[[], object]) -> Callable[[], object]:
-        def run() -> object:
-            with torch.inference_mode():
-                return fn()
-        return run
-
-    return ({"model": inference(lambda: module(x, reference=bank, reference_keep=keep)),
-             "no_mask": inference(lambda: module(x, reference=bank)),
-             "cached_bank": inference(lambda: cached_bank_attention(module, x, bank_k, bank_v)),
-             "copies": inference(copies)}, module, (x, bank, keep, bank_k, bank_v))
-
-
-def measure(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int) -> dict:
-    """One row: median ms of each variant, the ratios, and the largest difference of the variants' outputs
-    from the model's (they compute the same attention)."""
-    timed, module, (x, bank, keep, bank_k, bank_v) = variants(case, device, dtype)
-    ms = {name: time_call(fn, device, warmup, repeats).median * 1000 for name, fn in timed.items()}
-    with torch.inference_mode():
-        reference = module(x, reference=bank, reference_keep=keep).float()
-        difference = max(float((module(x, reference=bank).float() - reference).abs().max()),
-                         float((cached_bank_attention(module, x, bank_k, bank_v).float() - reference).abs().max()))
+        own_k, own_v, bank_k, bank_v = module.to_k(x), module.to_v(x), module.to_k(bank), module.to_v(bank)
+        timed = {
+            "model": lambda: module(x, reference=bank, reference_keep=keep),
+            "no_mask": lambda: module(x, reference=bank),
+            "cached_bank": lambda: cached_bank_attention(module, x, bank_k, bank_v),
+            "copies": lambda: (torch.cat([own_k, bank_k.repeat_interleave(case.frames, dim=0)], dim=1),
+                               torch.cat([own_v, bank_v.repeat_interleave(case.frames, dim=0)], dim=1)),
+        }
+        ms = {name: time_call(fn, device, warmup, repeats).median * 1000 for name, fn in timed.items()}
+        reference = timed["model"]().float()
+        difference = max(float((timed[name]().float() - reference).abs().max()) for name in ("no_mask", "cached_bank"))
     return {"shape": case.describe(), "batch": case.batch, "size": case.size, "channels": case.channels,
             "frames": case.frames, "ms": ms, "model_over_no_mask": ms["model"] / ms["no_mask"],
             "model_over_cached_bank": ms["model"] / ms["cached_bank"], "copies_share": ms["copies"] / ms["model"],
