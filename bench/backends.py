@@ -122,23 +122,25 @@ def max_difference(outputs: list[torch.Tensor], baseline: list[torch.Tensor]) ->
 
 
 class Variant:
-    """One way of running the networks: its backend (built on first use, timed) and its kernel mode."""
+    """One way of running the networks: its backend (built now, timed) and the kernel mode its calls must
+    run under (``dispatch.forced(variant.kernel_mode)``, entered once around a block of calls)."""
 
     def __init__(self, name: str, model: EmoteModel, device: torch.device, dtype: torch.dtype):
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         self.name = name
         backend_name, self.kernel_mode = VARIANTS[name]
+        # ONNX Runtime would take every core by default: it gets torch's intra-op threads, so that the
+        # variants compete on equal terms.
+        self.options = {"threads": torch.get_num_threads()} if backend_name == "onnxruntime" else {}
         started = time.perf_counter()
         with dispatch.forced(self.kernel_mode):
-            self.backend = make_backend(backend_name, model, str(device), dtype)
+            self.backend = make_backend(backend_name, model, str(device), dtype, **self.options)
         self.construct_s = time.perf_counter() - started
         self.first_call_s: dict[str, float] = {}
 
     def call(self, call: Call, args: list, kwargs: dict) -> Any:
-        network = getattr(self.backend, call.network)
-        with dispatch.forced(self.kernel_mode):
-            return network(*args, **kwargs)
+        return getattr(self.backend, call.network)(*args, **kwargs)
 
 
 def _label(call: Call) -> str:
@@ -180,7 +182,8 @@ def run(settings: BackendSettings) -> dict:
         log(f"first calls of {variant.name} (builds graphs, plans or CUDA graphs)")
         for sig, call in distinct.items():
             first = time.perf_counter()
-            out = output_tensors(variant.call(call, *inputs[sig]))
+            with dispatch.forced(variant.kernel_mode):
+                out = output_tensors(variant.call(call, *inputs[sig]))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             variant.first_call_s[call.network] = variant.first_call_s.get(call.network, 0.0) + time.perf_counter() - first
@@ -192,11 +195,12 @@ def run(settings: BackendSettings) -> dict:
     for repeat in range(settings.repeats):
         log(f"repeat {repeat + 1}/{settings.repeats}")
         for variant in variants:
-            for sig, call in distinct.items():
-                args, kwargs = inputs[sig]
-                figure = time_call(lambda: variant.call(call, args, kwargs), device,
-                                   settings.warmup if repeat == 0 else 0, 1)
-                times[variant.name][sig].values.extend(figure.values)
+            with dispatch.forced(variant.kernel_mode):
+                for sig, call in distinct.items():
+                    args, kwargs = inputs[sig]
+                    figure = time_call(lambda: variant.call(call, args, kwargs), device,
+                                       settings.warmup if repeat == 0 else 0, 1)
+                    times[variant.name][sig].values.extend(figure.values)
 
     video_s = frames / model.config.fps
     results_calls = []
@@ -226,7 +230,7 @@ def run(settings: BackendSettings) -> dict:
         "environment": describe(device),
         "session": {"frames": frames, "video_s": video_s, "calls": len(calls), "distinct_calls": len(distinct)},
         "baseline": variants[0].name,
-        "variants": [{"name": v.name, "backend": v.backend.name, "kernels": v.kernel_mode,
+        "variants": [{"name": v.name, "backend": v.backend.name, "kernels": v.kernel_mode, "options": v.options,
                       "construct_s": v.construct_s, "first_call_s": v.first_call_s} for v in variants],
         "skipped": skipped,
         "calls": results_calls,

@@ -22,6 +22,7 @@ def test_smoke_run_replays_every_call_on_each_variant(tmp_path, monkeypatch, cap
     results = json.loads((tmp_path / "backends-tiny-64.json").read_text())
     assert results["schema"] == SCHEMA and results["smoke"] is True and results["baseline"] == "torch"
     assert [v["name"] for v in results["variants"]] == ["torch", "onnxruntime"]
+    assert results["variants"][1]["options"] == {"threads": 1} == {"threads": results["environment"]["torch_threads"]}
     assert "CUDA" in results["skipped"]["torch-cuda-graphs"]
     session = results["session"]
     assert session["frames"] == math.ceil(0.5 * 25)
