@@ -9,6 +9,10 @@ branches), fp16.
   fp16 ``scaled_dot_product_attention`` and back.
 - GroupNorm (32 groups) with and without SiLU on the resnets' ``[b*F, C, h, w]`` inputs; (a) is
   ``F.group_norm`` followed by ``F.silu``.
+- Reference attention, the spatial self-attention over each frame's own tokens and its sample's reference
+  bank (as many tokens), on the 12 clip frames (motion frames do not enter it); 8 heads. (a) is the
+  model's PyTorch path (``reference_attention_reference``: the bank's K/V repeated per frame and
+  concatenated, a mask from ``reference_keep``, SDPA, heads transposed back).
 
 Each timing: warm-up calls (the first compiles), then CUDA events around every repeat; the median.
 Achieved bandwidth: the bytes an op must move at least (each input read once, the output written once)
@@ -40,6 +44,7 @@ import torch.nn.functional as F
 from bench.cli import RESULTS, int_tuple, write_atomic
 from bench.environment import gpu_driver, slug
 from kernels import group_norm as gn
+from kernels import reference_attention as ra
 from kernels import temporal_attention as ta
 
 RESOLUTIONS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
@@ -47,7 +52,7 @@ RESOLUTIONS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
 CLIP_FRAMES, MOTION_FRAMES = 12, 4
 HEADS = 8
 GROUPS = 32
-OPS = ("temporal_attention", "group_norm_silu", "group_norm")
+OPS = ("temporal_attention", "group_norm_silu", "group_norm", "reference_attention")
 GOALS = {"temporal_attention": 2.0, "group_norm_silu": 3.0}
 """Speed-up over eager PyTorch (a) each kernel aims for at these shapes."""
 
@@ -79,20 +84,26 @@ class Case:
         return torch.empty((), dtype=self.dtype).element_size()
 
     def bytes_moved(self) -> int:
-        """Bytes the op must move at least: attention reads q, k, v and writes the output (4 tensors);
-        GroupNorm reads x and its per-channel weight and bias, and writes the output."""
+        """Bytes the op must move at least: attention reads q, k, v and writes the output (4 tensors), reference
+        attention also reads the bank's K and V once per clip; GroupNorm reads x and its per-channel weight and
+        bias, and writes the output."""
         if self.op == "temporal_attention":
             return 4 * self.elements * self.element_bytes
+        if self.op == "reference_attention":
+            return (4 * self.elements + 2 * self.elements // self.frames) * self.element_bytes
         return (2 * self.elements + 2 * self.channels) * self.element_bytes
 
     def describe(self) -> str:
-        """E.g. ``b=2 f=12+4 64x64 c=320``."""
-        return f"b={self.batch} f={CLIP_FRAMES}+{self.frames - CLIP_FRAMES} {self.size}x{self.size} c={self.channels}"
+        """E.g. ``b=2 f=12+4 64x64 c=320`` (12 clip frames and 4 motion frames), ``b=1 f=12 8x8 c=1280``."""
+        motion = self.frames - CLIP_FRAMES
+        frames = f"{CLIP_FRAMES}+{motion}" if motion else f"{self.frames}"
+        return f"b={self.batch} f={frames} {self.size}x{self.size} c={self.channels}"
 
 
 def cases(batches: tuple[int, ...] = (1, 2), ops: tuple[str, ...] = OPS) -> list[Case]:
-    """Every op at every SD1.5 resolution for every batch."""
-    return [Case(op, batch, size, channels) for op in ops for batch in batches for size, channels in RESOLUTIONS]
+    """Every op at every SD1.5 resolution for every batch (reference attention on the clip frames alone)."""
+    return [Case(op, batch, size, channels, frames=CLIP_FRAMES if op == "reference_attention" else CLIP_FRAMES + MOTION_FRAMES)
+            for op in ops for batch in batches for size, channels in RESOLUTIONS]
 
 
 def bandwidth_gbs(bytes_moved: int, ms: float | None) -> float | None:
@@ -159,6 +170,16 @@ def time_or_error(fn: Callable[[], object], warmup: int, repeats: int) -> float 
 
 def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
     """(kernel, eager, compiled) closures over fresh CUDA inputs for ``case``."""
+    if case.op == "reference_attention":
+        q, k, v = (torch.randn(case.rows, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
+                   for _ in range(3))
+        bank_k, bank_v = (torch.randn(case.batch, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
+                          for _ in range(2))
+        keep = torch.ones(case.batch, dtype=torch.bool, device="cuda")
+        compiled = torch.compile(ra.reference_attention_reference, dynamic=False)
+        return (lambda: ra.reference_attention_triton(q, k, v, bank_k, bank_v, keep, HEADS),
+                lambda: ra.reference_attention_reference(q, k, v, bank_k, bank_v, keep, HEADS),
+                lambda: compiled(q, k, v, bank_k, bank_v, keep, HEADS))
     if case.op == "temporal_attention":
         q, k, v = (torch.randn(case.rows, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
                    for _ in range(3))

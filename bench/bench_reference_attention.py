@@ -1,21 +1,24 @@
-"""What a reference-attention kernel could save: the backbone's self-attention over [own tokens ; bank tokens]
-as the model runs it, against the same without the parts a fused kernel would remove.
+"""The reference-attention kernel against the PyTorch path it replaces, and the parts of that path a change
+could remove: the backbone's self-attention over [own tokens ; bank tokens].
 
-The model (``engine.models.blocks.Attention``) projects the frame's tokens, projects the reference bank's
-tokens once per sample, repeats the bank's K/V for every frame of the sample and concatenates them to the
-frame's own (copies), and passes a boolean mask built from ``reference_keep`` (every branch keeps the bank
-in the engine's default, guidance-free path) to ``scaled_dot_product_attention``. At SD1.5's transformer
-levels at 512x512 (latents 64x64 / 32x32 / 16x16 / 8x8, 320 / 640 / 1280 / 1280 channels, 8 heads, bank as
-long as the frame's tokens), clips of 12 frames, batch 1 and 2, fp16 on CUDA:
+Without the kernel (``kernels.reference_attention.reference_attention_reference``) the block projects the frame's
+tokens, projects the reference bank's tokens once per sample, repeats the bank's K/V for every frame of the
+sample and concatenates them to the frame's own (copies), and passes a boolean mask built from
+``reference_keep`` (every branch keeps the bank in the engine's default, guidance-free path) to
+``scaled_dot_product_attention``. At SD1.5's transformer levels at 512x512 (latents 64x64 / 32x32 / 16x16 /
+8x8, 320 / 640 / 1280 / 1280 channels, 8 heads, bank as long as the frame's tokens), clips of 12 frames,
+batch 1 and 2, fp16 on CUDA, projections included in every variant:
 
-- ``model``: the module as the backbone calls it (mask from an all-True ``reference_keep``);
-- ``no_mask``: the same module with ``reference_keep=None`` (no mask: SDPA may pick its flash kernel);
+- ``model``: that PyTorch path (mask from an all-True ``reference_keep``);
+- ``kernel``: the Triton kernel (``reference_attention_triton``: the bank read in place, ``reference_keep``
+  read on the device), what the model runs on CUDA;
+- ``no_mask``: the PyTorch path with ``reference_keep=None`` (no mask: SDPA may pick its flash kernel);
 - ``cached_bank``: no mask and the bank's K/V projected once per session (passed in), the projection
   left out of every step;
-- ``copies``: the repeat and concatenation alone (what a kernel reading the bank in place would not move).
+- ``copies``: the repeat and concatenation alone (what the kernel does not move).
 
-The ratios ``model / no_mask``, ``model / cached_bank`` and ``copies / model`` are the measured case for or
-against dropping the mask, caching the bank's projections and writing the kernel.
+The ratios ``model / kernel``, ``model / no_mask``, ``model / cached_bank`` and ``copies / model`` are the
+measured case for keeping the kernel as the CUDA default, dropping the mask and caching the bank's projections.
 
     python -m bench.bench_reference_attention [--out-dir DIR] [--repeats 20] [--batches 1,2]
     python -m bench.bench_reference_attention --device cpu --smoke --out-dir /tmp/r   (the test suite's run)
@@ -30,19 +33,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench.cli import int_tuple, results_dir, write_atomic
 from bench.environment import describe
 from bench.timing import time_call
 from engine.models.blocks import Attention
+from kernels import reference_attention as ra
+from kernels.dispatch import interpreter_enabled
 
 LEVELS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
 """(latent side, channels) of SD1.5's transformer levels at 512x512."""
 SMOKE_LEVELS = ((8, 64), (4, 64))
+SMOKE_FRAMES = 2
+"""Frames per clip in the smoke run (the kernel runs there under Triton's interpreter, one program at a time)."""
 CLIP_FRAMES = 12
 HEADS = 8
-VARIANTS = ("model", "no_mask", "cached_bank", "copies")
+VARIANTS = ("model", "kernel", "no_mask", "cached_bank", "copies")
 
 
 @dataclass(frozen=True)
@@ -58,40 +64,55 @@ class Case:
         return f"b={self.batch} f={self.frames} {self.size}x{self.size} c={self.channels}"
 
 
-def cached_bank_attention(module: Attention, x: torch.Tensor, bank_k: torch.Tensor, bank_v: torch.Tensor) -> torch.Tensor:
-    """The module's attention with the bank's K/V given (projected once per session), no mask."""
-    frames = x.shape[0] // bank_k.shape[0]
+def attend(module: Attention, x: torch.Tensor, bank_k: torch.Tensor, bank_v: torch.Tensor,
+           keep: torch.Tensor | None, implementation) -> torch.Tensor:
+    """The module's attention over [own ; bank] with the bank's K/V given and one implementation of
+    :mod:`kernels.reference_attention`."""
     q, k, v = module.to_q(x), module.to_k(x), module.to_v(x)
-    k = torch.cat([k, bank_k.repeat_interleave(frames, dim=0)], dim=1)
-    v = torch.cat([v, bank_v.repeat_interleave(frames, dim=0)], dim=1)
-    out = F.scaled_dot_product_attention(module._split_heads(q), module._split_heads(k), module._split_heads(v))
-    return module.to_out[0](out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+    return module.to_out[0](implementation(q, k, v, bank_k, bank_v, keep, module.heads))
+
+
+def kernel_unavailable(device: torch.device) -> str | None:
+    """Why the Triton variant cannot run on ``device``, or None."""
+    if ra.triton is None:
+        return "triton is not installed"
+    if device.type != "cuda" and not interpreter_enabled():
+        return "the Triton kernel needs CUDA (or TRITON_INTERPRET=1 on the CPU)"
+    return None
 
 
 def measure(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int) -> dict:
-    """One row: median ms of each variant (:data:`VARIANTS`) over fresh inputs, the ratios, and the largest
-    difference of the variants' outputs from the model's (they compute the same attention)."""
+    """One row: median ms of each variant (:data:`VARIANTS`, less ``kernel`` where it cannot run) over fresh
+    inputs, the ratios, and the largest difference of the variants' outputs from the model's."""
     with torch.device(device):
         module = Attention(case.channels, HEADS, case.channels // HEADS).to(dtype).eval()
         x = torch.randn(case.batch * case.frames, case.size * case.size, case.channels, dtype=dtype)
         bank = torch.randn(case.batch, case.size * case.size, case.channels, dtype=dtype)
         keep = torch.ones(case.batch, dtype=torch.bool)
+    reference, triton = ra.reference_attention_reference, ra.reference_attention_triton
     with torch.inference_mode():
         own_k, own_v, bank_k, bank_v = module.to_k(x), module.to_v(x), module.to_k(bank), module.to_v(bank)
         timed = {
-            "model": lambda: module(x, reference=bank, reference_keep=keep),
-            "no_mask": lambda: module(x, reference=bank),
-            "cached_bank": lambda: cached_bank_attention(module, x, bank_k, bank_v),
+            "model": lambda: attend(module, x, module.to_k(bank), module.to_v(bank), keep, reference),
+            "kernel": lambda: attend(module, x, module.to_k(bank), module.to_v(bank), keep, triton),
+            "no_mask": lambda: attend(module, x, module.to_k(bank), module.to_v(bank), None, reference),
+            "cached_bank": lambda: attend(module, x, bank_k, bank_v, None, reference),
             "copies": lambda: (torch.cat([own_k, bank_k.repeat_interleave(case.frames, dim=0)], dim=1),
                                torch.cat([own_v, bank_v.repeat_interleave(case.frames, dim=0)], dim=1)),
         }
+        if kernel_unavailable(device):
+            del timed["kernel"]
         ms = {name: time_call(fn, device, warmup, repeats).median * 1000 for name, fn in timed.items()}
-        reference = timed["model"]().float()
-        difference = max(float((timed[name]().float() - reference).abs().max()) for name in ("no_mask", "cached_bank"))
-    return {"shape": case.describe(), "batch": case.batch, "size": case.size, "channels": case.channels,
-            "frames": case.frames, "ms": ms, "model_over_no_mask": ms["model"] / ms["no_mask"],
-            "model_over_cached_bank": ms["model"] / ms["cached_bank"], "copies_share": ms["copies"] / ms["model"],
-            "max_abs_diff": difference}
+        expected = timed["model"]().float()
+        compared = [name for name in ("kernel", "no_mask", "cached_bank") if name in timed]
+        difference = max(float((timed[name]().float() - expected).abs().max()) for name in compared)
+    row = {"shape": case.describe(), "batch": case.batch, "size": case.size, "channels": case.channels,
+           "frames": case.frames, "ms": ms, "model_over_no_mask": ms["model"] / ms["no_mask"],
+           "model_over_cached_bank": ms["model"] / ms["cached_bank"], "copies_share": ms["copies"] / ms["model"],
+           "max_abs_diff": difference}
+    if "kernel" in ms:
+        row["model_over_kernel"] = ms["model"] / ms["kernel"]
+    return row
 
 
 def markdown(results: dict) -> str:
@@ -100,13 +121,17 @@ def markdown(results: dict) -> str:
     lines = [f"# Reference attention on {env['device']}" + (" (smoke run, not a measurement)" if results["smoke"] else ""),
              "", f"torch {env['torch']}, {results['dtype']}, median of {results['repeats']} calls after "
              f"{results['warmup']}, {env['date']}. ms per call of one transformer block's self-attention with the "
-             "reference bank (projections included); see bench/bench_reference_attention.py for the variants.", "",
-             "| shape | model ms | no mask ms | cached bank ms | copies ms | model / no mask | model / cached bank "
-             "| copies / model | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+             "reference bank (projections included); see bench/bench_reference_attention.py for the variants.", ""]
+    if results.get("kernel_unavailable"):
+        lines += [f"Kernel not measured: {results['kernel_unavailable']}.", ""]
+    lines += ["| shape | model ms | kernel ms | no mask ms | cached bank ms | copies ms | model / kernel | model / no mask "
+              "| model / cached bank | copies / model | max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         ms = r["ms"]
-        lines.append(f"| {r['shape']} | {ms['model']:.3f} | {ms['no_mask']:.3f} | {ms['cached_bank']:.3f} | "
-                     f"{ms['copies']:.3f} | {r['model_over_no_mask']:.2f}x | {r['model_over_cached_bank']:.2f}x | "
+        kernel = f"{ms['kernel']:.3f}" if "kernel" in ms else "-"
+        speedup = f"{r['model_over_kernel']:.2f}x" if "kernel" in ms else "-"
+        lines.append(f"| {r['shape']} | {ms['model']:.3f} | {kernel} | {ms['no_mask']:.3f} | {ms['cached_bank']:.3f} | "
+                     f"{ms['copies']:.3f} | {speedup} | {r['model_over_no_mask']:.2f}x | {r['model_over_cached_bank']:.2f}x | "
                      f"{100 * r['copies_share']:.1f}% | {r['max_abs_diff']:.2e} |")
     return "\n".join(lines) + "\n"
 
@@ -136,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch in args.batches:
         for size, channels in SMOKE_LEVELS if args.smoke else LEVELS:
-            case = Case(batch, size, channels)
+            case = Case(batch, size, channels, SMOKE_FRAMES if args.smoke else CLIP_FRAMES)
             print(f"bench_reference_attention: {case.describe()}", file=sys.stderr, flush=True)
             rows.append(measure(case, device, dtype, warmup, repeats))
-    results = {"schema": "bench.reference_attention/1", "smoke": args.smoke, "environment": describe(device),
-               "dtype": str(dtype).removeprefix("torch."), "warmup": warmup, "repeats": repeats, "rows": rows}
+    results = {"schema": "bench.reference_attention/2", "smoke": args.smoke, "environment": describe(device),
+               "dtype": str(dtype).removeprefix("torch."), "warmup": warmup, "repeats": repeats,
+               "kernel_unavailable": kernel_unavailable(device), "rows": rows}
     out_dir = results_dir(args.out_dir, args.smoke, device)
     json_path, md_path = out_dir / "reference-attention.json", out_dir / "reference-attention.md"
     write_atomic(json_path, json.dumps(results, indent=1) + "\n")

@@ -20,10 +20,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from kernels import group_norm, temporal_attention
+import torch
+
+from kernels import group_norm, reference_attention, temporal_attention
 from kernels.dispatch import check_triton_mode, interpreter_enabled
 
 DEFAULT_ARCHS = (80, 90)
@@ -31,7 +33,8 @@ DEFAULT_ARCHS = (80, 90)
 
 @dataclass
 class KernelCase:
-    """One launch configuration of a kernel: pointer element type, fp32 scalars, constexprs, warps."""
+    """One launch configuration of a kernel: pointer element type (``other_pointers`` names the pointers of
+    another type), fp32 scalars, constexprs, warps."""
 
     name: str
     fn: Callable
@@ -39,6 +42,7 @@ class KernelCase:
     float_args: frozenset[str]
     constexprs: dict
     num_warps: int
+    other_pointers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class CompileResult:
     ok: bool
     registers: int | None = None
     local_bytes: int | None = None
+    stack_bytes: int | None = None
     error: str | None = None
 
 
@@ -65,6 +70,22 @@ def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelC
         float_args=frozenset({"qk_scale"}),
         constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=precision),
         num_warps=num_warps,
+    )
+
+
+def reference_attention_case(head_dim: int, pointer_type: str, keep: bool) -> KernelCase:
+    """The reference-attention launch the wrapper makes for this head dim, element type and keep flags."""
+    dtype = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}[pointer_type]
+    block_m, block_n, block_d, num_warps = reference_attention.attention_config(head_dim, dtype)
+    return KernelCase(
+        name=f"reference_attention d={head_dim} {pointer_type[1:]}{' keep' if keep else ''}",
+        fn=reference_attention._reference_attention_kernel,
+        pointer_type=pointer_type,
+        float_args=frozenset({"qk_scale"}),
+        constexprs=dict(HAS_KEEP=keep, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+                        DOT_PRECISION="ieee" if pointer_type == "*fp32" else "tf32", DOT_FP32=False),
+        num_warps=num_warps,
+        other_pointers={"keep_ptr": "*i8"},
     )
 
 
@@ -89,24 +110,33 @@ def default_cases() -> list[KernelCase]:
         attention_case(48, 160, "*fp16"),
         attention_case(100, 40, "*fp16"),
         attention_case(28, 160, "*fp32"),
+        reference_attention_case(40, "*fp16", keep=True),
+        reference_attention_case(80, "*fp16", keep=False),
+        reference_attention_case(160, "*fp16", keep=True),
+        reference_attention_case(80, "*bf16", keep=True),
+        reference_attention_case(40, "*fp32", keep=True),
+        reference_attention_case(160, "*fp32", keep=False),
         group_norm_case(10 * 64 * 64, "*fp16", affine=True, silu=True),
         group_norm_case(40 * 8 * 8, "*bf16", affine=True, silu=False),
         group_norm_case(30, "*fp32", affine=False, silu=True),
     ]
 
 
-def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
+def _resource_usage(cubin: bytes) -> tuple[int | None, int | None, int | None]:
+    """Registers, local and stack bytes per thread of the cubin's kernel (None where cuobjdump is missing);
+    spilled registers land in the stack frame."""
     import triton
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
-        return None, None
+        return None, None, None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
         report = subprocess.run([tool, "--dump-resource-usage", handle.name], capture_output=True, text=True).stdout
-    registers, local = re.search(r"REG:(\d+)", report), re.search(r"LOCAL:(\d+)", report)
-    return (int(registers.group(1)) if registers else None, int(local.group(1)) if local else None)
+    found = [re.search(rf"{key}:(\d+)", report) for key in ("REG", "LOCAL", "STACK")]
+    registers, local, stack = (int(match.group(1)) if match else None for match in found)
+    return registers, local, stack
 
 
 def compile_case(case: KernelCase, arch: int) -> CompileResult:
@@ -123,7 +153,7 @@ def compile_case(case: KernelCase, arch: int) -> CompileResult:
         if name in case.constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = case.pointer_type
+            signature[name] = case.other_pointers.get(name, case.pointer_type)
         else:
             signature[name] = "fp32" if name in case.float_args else "i32"
     config = dict(case.constexprs, num_warps=case.num_warps)
@@ -136,8 +166,8 @@ def compile_case(case: KernelCase, arch: int) -> CompileResult:
     except Exception as exc:  # noqa: BLE001 - any compiler failure is the result being reported
         message = " ".join(str(exc).split())
         return CompileResult(case.name, arch, config, ok=False, error=f"{type(exc).__name__}: {message}")
-    registers, local = _resource_usage(compiled.asm["cubin"])
-    return CompileResult(case.name, arch, config, ok=True, registers=registers, local_bytes=local)
+    registers, local, stack = _resource_usage(compiled.asm["cubin"])
+    return CompileResult(case.name, arch, config, ok=True, registers=registers, local_bytes=local, stack_bytes=stack)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(r) for r in results]))
     else:
         for r in results:
-            usage = f"{r.registers} registers, {r.local_bytes} B local" if r.ok else r.error
+            usage = f"{r.registers} registers, {r.local_bytes} B local, {r.stack_bytes} B stack" if r.ok else r.error
             print(f"sm_{r.arch}  {'ok  ' if r.ok else 'FAIL'}  {r.name}  {usage}")
     return 0 if all(r.ok for r in results) else 1
 

@@ -125,12 +125,16 @@ def forced(mode: str | None) -> Iterator[Backend]:
         reset_backend()
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether an op on ``tensor`` should run its Triton kernel.
+def use_triton(tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether an op on ``tensor`` (and the ``others`` it reads: weights, keys, ...) should run its Triton kernel.
 
-    True when the backend is Triton and the tensor is on CUDA, or on the CPU with the interpreter on.
+    True when the backend is Triton and the tensor is on CUDA, or on the CPU with the interpreter on, and
+    autograd does not need the op: the kernels have no backward, so while grad mode is on and any of the
+    tensors requires grad (training) the op runs its PyTorch reference.
     """
     if active_backend() != "triton":
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (tensor, *others)):
         return False
     return tensor.is_cuda or (tensor.device.type == "cpu" and interpreter_enabled())
 

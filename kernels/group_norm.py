@@ -193,6 +193,6 @@ def group_norm(
     Returns:
         A tensor shaped and typed like ``x``.
     """
-    if use_triton(x) and x.dtype in SUPPORTED_DTYPES:
+    if use_triton(x, weight, bias) and x.dtype in SUPPORTED_DTYPES:
         return group_norm_triton(x, num_groups, weight, bias, eps, silu)
     return group_norm_reference(x, num_groups, weight, bias, eps, silu)

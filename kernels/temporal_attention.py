@@ -227,6 +227,6 @@ def temporal_attention(
     Returns:
         ``[(b*f), h*w, heads*head_dim]`` in ``q``'s dtype.
     """
-    if use_triton(q) and q.dtype in SUPPORTED_DTYPES and num_frames <= MAX_FRAMES:
+    if use_triton(q, k, v) and q.dtype in SUPPORTED_DTYPES and num_frames <= MAX_FRAMES:
         return temporal_attention_triton(q, k, v, num_frames, heads)
     return temporal_attention_reference(q, k, v, num_frames, heads)

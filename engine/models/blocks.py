@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.group_norm import group_norm
+from kernels.reference_attention import reference_attention
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
@@ -94,7 +95,8 @@ class Attention(nn.Module):
     values from ``context`` ``[N, S, context_dim]`` when given (cross-attention), else from ``x``.
     ``reference`` ``[B, R, query_dim]`` (with ``N = B * frames``) appends R reference tokens to the
     keys/values of every frame of its sample; their projections are computed once per sample,
-    not once per frame. ``reference_keep`` ``[B]`` bool masks them out for the samples marked False.
+    not once per frame. ``reference_keep`` ``[B]`` bool masks them out for the samples marked False. That path
+    runs through :mod:`kernels.reference_attention` (Triton on CUDA, PyTorch's SDPA elsewhere).
     """
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
@@ -114,17 +116,10 @@ class Attention(nn.Module):
                 reference: torch.Tensor | None = None, reference_keep: torch.Tensor | None = None) -> torch.Tensor:
         source = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(source), self.to_v(source)
-        mask = None
         if reference is not None:
-            frames = x.shape[0] // reference.shape[0]
-            k = torch.cat([k, self.to_k(reference).repeat_interleave(frames, dim=0)], dim=1)
-            v = torch.cat([v, self.to_v(reference).repeat_interleave(frames, dim=0)], dim=1)
-            if reference_keep is not None:
-                own = torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
-                ref = reference_keep.to(x.device).repeat_interleave(frames)[:, None].expand(-1, reference.shape[1])
-                mask = torch.cat([own, ref], dim=1)[:, None, None, :]
-        out = F.scaled_dot_product_attention(self._split_heads(q), self._split_heads(k), self._split_heads(v),
-                                             attn_mask=mask)
+            out = reference_attention(q, k, v, self.to_k(reference), self.to_v(reference), reference_keep, self.heads)
+            return self.to_out[0](out)
+        out = F.scaled_dot_product_attention(self._split_heads(q), self._split_heads(k), self._split_heads(v))
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out[0](out)
 

@@ -18,13 +18,18 @@ def test_cases_cover_sd15_shapes_for_both_batches():
     cases = bk.cases()
     assert len(cases) == len(bk.OPS) * 2 * 4
     assert {(c.size, c.channels) for c in cases} == {(64, 320), (32, 640), (16, 1280), (8, 1280)}
-    assert {c.batch for c in cases} == {1, 2} and {c.frames for c in cases} == {16}
+    assert {c.batch for c in cases} == {1, 2}
+    assert {c.frames for c in cases if c.op != "reference_attention"} == {16}
+    assert {(c.frames, c.describe()) for c in cases if c.op == "reference_attention" and c.size == 8 and c.batch == 1} == {
+        (12, "b=1 f=12 8x8 c=1280")}
 
 
 def test_bytes_and_bandwidth():
     attention = bk.Case("temporal_attention", batch=2, size=8, channels=1280)
     assert attention.rows == 32
     assert attention.bytes_moved() == 4 * 32 * 1280 * 64 * 2
+    reference = bk.Case("reference_attention", batch=2, size=8, channels=1280, frames=12)
+    assert reference.bytes_moved() == (4 * 24 + 2 * 2) * 1280 * 64 * 2
     norm = bk.Case("group_norm_silu", batch=1, size=64, channels=320)
     assert norm.bytes_moved() == (2 * 16 * 320 * 64 * 64 + 2 * 320) * 2
     assert bk.bandwidth_gbs(2_000_000_000, 1000.0) == pytest.approx(2.0)

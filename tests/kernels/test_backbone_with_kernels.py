@@ -24,7 +24,10 @@ def kernels_mode(monkeypatch):
 @pytest.mark.skipif(not (torch.cuda.is_available() or interpreter_enabled()),
                     reason="needs CUDA or Triton's interpreter (TRITON_INTERPRET=1)")
 def test_tiny_backbone_kernels_on_matches_off(kernels_mode):
-    """fp32 tolerance 1e-4: both paths compute attention and norms in fp32; only the summation order differs."""
+    """fp32 tolerance 1e-4: both paths compute attention and norms in fp32; only the summation order differs.
+    ``reference_keep`` is given, as the engine's denoiser always gives it (the kernel reads it on the device;
+    clips that drop the bank are covered by tests/kernels/test_reference_attention_kernel.py, a second clip
+    here would double the interpreter's 45 s)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = random_model(preset("tiny"), seed=0)
     randomize_(model.backbone, std=0.05, seed=1)
@@ -32,12 +35,32 @@ def test_tiny_backbone_kernels_on_matches_off(kernels_mode):
     gen = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, 3, 8, 8, generator=gen).to(device)
     audio = torch.randn(1, 3, 4, 64, generator=gen).to(device)
+    keep = torch.tensor([True], device=device)
     with torch.no_grad():
         bank = model.reference_net(torch.randn(1, 4, 8, 8, generator=gen).to(device))
         motion = model.reference_net(torch.randn(2, 4, 8, 8, generator=gen).to(device)).motion_features(1)
         kernels_mode("torch")
-        off = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion)
+        off = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion, reference_keep=keep)
         kernels_mode("triton")
-        on = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion)
+        on = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion, reference_keep=keep)
     assert (on - off).abs().max().item() <= 1e-4
     assert (on - off).abs().max().item() > 0, "the Triton path did not run"
+
+
+def test_tiny_backbone_trains_with_kernels_forced(kernels_mode):
+    """With grad on, every kernel op takes its PyTorch reference (the kernels have no backward): the same
+    gradients as with the kernels off, bit for bit."""
+    model = random_model(preset("tiny"), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 3, 8, 8, generator=gen)
+    audio = torch.randn(1, 3, 4, 64, generator=gen)
+    with torch.no_grad():
+        bank = model.reference_net(torch.randn(1, 4, 8, 8, generator=gen))
+    grads = {}
+    for mode in ("torch", "triton"):
+        kernels_mode(mode)
+        model.zero_grad()
+        model.backbone(sample, torch.tensor([300]), audio, bank.tokens).square().mean().backward()
+        grads[mode] = [p.grad.clone() for p in model.backbone.parameters() if p.grad is not None]
+    assert len(grads["triton"]) == len(grads["torch"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(grads["torch"], grads["triton"]))

@@ -9,6 +9,7 @@ import torch
 
 from kernels import dispatch
 from kernels import group_norm as gn
+from kernels import reference_attention as ra
 from kernels import temporal_attention as ta
 
 
@@ -80,7 +81,7 @@ def test_choice_is_logged_once_and_cached(monkeypatch, caplog):
 )
 def test_use_triton_depends_on_backend_and_tensor_device(monkeypatch, mode, interpret, on_cuda, expected):
     set_machine(monkeypatch, mode, cuda=True, interpret=interpret)
-    tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda")) if on_cuda else torch.empty(0)
+    tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda"), requires_grad=False) if on_cuda else torch.empty(0)
     assert dispatch.use_triton(tensor) is expected
 
 
@@ -88,13 +89,33 @@ def test_use_triton_depends_on_backend_and_tensor_device(monkeypatch, mode, inte
 def test_wrappers_route_by_backend(monkeypatch, mode, expected):
     set_machine(monkeypatch, mode, cuda=False, interpret=True)
     calls = []
-    for module, name in ((ta, "temporal_attention"), (gn, "group_norm")):
+    for module, name in ((ta, "temporal_attention"), (gn, "group_norm"), (ra, "reference_attention")):
         for impl in ("reference", "triton"):
             monkeypatch.setattr(module, f"{name}_{impl}", lambda *args, _n=f"{name}_{impl}", **kw: calls.append(_n))
     x = torch.zeros(4, 6, 32)
     ta.temporal_attention(x, x, x, 2, 2)
     gn.group_norm(x, 8)
-    assert calls == [f"temporal_attention_{expected}", f"group_norm_{expected}"]
+    ra.reference_attention(x, x, x, x[:2], x[:2], None, 2)
+    assert calls == [f"temporal_attention_{expected}", f"group_norm_{expected}", f"reference_attention_{expected}"]
+
+
+def test_ops_that_autograd_needs_run_the_reference(monkeypatch):
+    """The kernels have no backward: with grad on and a trainable input (or weight) the reference runs, so
+    training on CUDA gets gradients; under no_grad the same call runs the kernel."""
+    set_machine(monkeypatch, "triton", cuda=False, interpret=True)
+    x, weight = torch.zeros(4, 6, 32), torch.ones(6, requires_grad=True)
+    assert dispatch.use_triton(x) and dispatch.use_triton(x, None)
+    assert not dispatch.use_triton(x, weight)
+    assert not dispatch.use_triton(x.requires_grad_())
+    with torch.no_grad():
+        assert dispatch.use_triton(x, weight)
+    calls = []
+    for impl in ("reference", "triton"):
+        monkeypatch.setattr(gn, f"group_norm_{impl}", lambda *args, _n=impl, **kw: calls.append(_n))
+    gn.group_norm(x, 2, weight)
+    with torch.inference_mode():
+        gn.group_norm(torch.zeros(4, 6, 32), 2, weight)
+    assert calls == ["reference", "triton"]
 
 
 def test_triton_jit_follows_the_mode_triton_was_imported_in(monkeypatch):

@@ -119,7 +119,7 @@ def test_rejects_bad_shapes():
 
 @requires_triton
 def test_too_many_frames_falls_back_to_reference(monkeypatch):
-    monkeypatch.setattr(ta, "use_triton", lambda tensor: True)
+    monkeypatch.setattr(ta, "use_triton", lambda *tensors: True)
     q, k, v = make_qkv(1, ta.MAX_FRAMES + 1, 2, 1, 16, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="MAX_FRAMES"):
         ta.temporal_attention_triton(q, k, v, ta.MAX_FRAMES + 1, 1)
