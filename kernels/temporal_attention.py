@@ -163,9 +163,12 @@ def attention_grid(batch: int, positions: int, heads: int) -> tuple[int, int, in
 
 def attention_config(num_frames: int, head_dim: int) -> tuple[int, int, int]:
     """``(BLOCK_F, BLOCK_D, num_warps)``: the padded sequence block and head-dimension chunk (each >= 16
-    so that ``tl.dot`` compiles for NVIDIA GPUs) and the warps per program."""
+    so that ``tl.dot`` compiles for NVIDIA GPUs) and the warps per program. Sequences over 64 frames walk
+    the head dimension in chunks of 16: with chunks of 64 their ``[128, 128]`` scores spill registers on
+    sm_90 (392 B of stack at 100 frames, ``python -m kernels.aot_compile``)."""
     block_f = max(_MIN_DOT, triton.next_power_of_2(num_frames))
-    block_d = max(_MIN_DOT, min(_MAX_HEAD_BLOCK, triton.next_power_of_2(head_dim)))
+    widest = _MIN_DOT if block_f > 64 else _MAX_HEAD_BLOCK
+    block_d = max(_MIN_DOT, min(widest, triton.next_power_of_2(head_dim)))
     return block_f, block_d, 4 if block_f <= 32 else 8
 
 

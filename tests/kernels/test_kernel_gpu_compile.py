@@ -45,10 +45,10 @@ def test_every_launch_configuration_compiles_to_a_cubin(results):
     assert len(results) == 2 * len(aot_compile.default_cases()) + 1
 
 
-def test_reference_attention_keeps_its_tiles_in_registers(results):
-    """Its block table was chosen so that no configuration spills (stack frame 0) on sm_80 or sm_90."""
-    cases = {key: r for key, r in results.items() if key[0].startswith("reference_attention")}
-    assert len(cases) == 2 * sum(c.name.startswith("reference_attention") for c in aot_compile.default_cases()) > 0
+def test_no_launch_configuration_spills_registers(results):
+    """The block tables were chosen so that nothing spills (stack frame 0) on sm_80 or sm_90: the reference-
+    attention table by compiling each, the temporal kernel's head chunk narrowed past 64 frames."""
+    cases = {key: r for key, r in results.items() if key[0] != "dot tile 8"}
     if any(r["stack_bytes"] is None for r in cases.values()):
         pytest.skip("cuobjdump is not in the triton wheel; resource usage unknown")
     spilled = [f"sm_{arch} {name}: {r['registers']} registers, {r['stack_bytes']} B stack"

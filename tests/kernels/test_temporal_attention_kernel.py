@@ -102,7 +102,7 @@ def test_grid_keeps_big_dimension_off_the_limited_axes():
 
 
 @requires_triton
-@pytest.mark.parametrize("frames, head_dim, block_f, block_d", [(8, 40, 16, 64), (18, 80, 32, 64), (48, 160, 64, 64), (3, 8, 16, 16)])
+@pytest.mark.parametrize("frames, head_dim, block_f, block_d", [(8, 40, 16, 64), (18, 80, 32, 64), (48, 160, 64, 64), (3, 8, 16, 16), (100, 40, 128, 16)])
 def test_blocks_are_padded_to_dot_tiles(frames, head_dim, block_f, block_d):
     assert ta.attention_config(frames, head_dim)[:2] == (block_f, block_d)
 
