@@ -13,6 +13,10 @@ branches), fp16.
   bank (as many tokens), on the 12 clip frames (motion frames do not enter it); 8 heads. (a) is the
   model's PyTorch path (``reference_attention_reference``: the bank's K/V repeated per frame and
   concatenated, a mask from ``reference_keep``, SDPA, heads transposed back).
+- LayerNorm, which has no kernel (this row is the measured decision): ``F.layer_norm`` on the transformer
+  blocks' tokens ``[b*F, h*w, C]`` (a) against ``torch.compile`` of it (b), Inductor's generated Triton
+  kernel. Both read and write each element once; a hand-written Triton LayerNorm would pay only where (b)
+  clearly beats (a), and the summary says whether it does.
 
 Each timing: warm-up calls (the first compiles), then CUDA events around every repeat; the median.
 Achieved bandwidth: the bytes an op must move at least (each input read once, the output written once)
@@ -52,7 +56,11 @@ RESOLUTIONS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
 CLIP_FRAMES, MOTION_FRAMES = 12, 4
 HEADS = 8
 GROUPS = 32
-OPS = ("temporal_attention", "group_norm_silu", "group_norm", "reference_attention")
+OPS = ("temporal_attention", "group_norm_silu", "group_norm", "reference_attention", "layer_norm")
+NO_KERNEL = ("layer_norm",)
+"""Ops measured without a kernel of ours: eager against torch.compile only."""
+LAYER_NORM_PAYS = 1.2
+"""(a) / (b) speed-up of torch.compile's LayerNorm over eager at which a Triton LayerNorm would pay."""
 GOALS = {"temporal_attention": 2.0, "group_norm_silu": 3.0}
 """Speed-up over eager PyTorch (a) each kernel aims for at these shapes."""
 
@@ -85,8 +93,8 @@ class Case:
 
     def bytes_moved(self) -> int:
         """Bytes the op must move at least: attention reads q, k, v and writes the output (4 tensors), reference
-        attention also reads the bank's K and V once per clip; GroupNorm reads x and its per-channel weight and
-        bias, and writes the output."""
+        attention also reads the bank's K and V once per clip; GroupNorm and LayerNorm read x and their
+        per-channel weight and bias, and write the output."""
         if self.op == "temporal_attention":
             return 4 * self.elements * self.element_bytes
         if self.op == "reference_attention":
@@ -142,6 +150,11 @@ def eager_group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return F.silu(y) if silu else y
 
 
+def eager_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.layer_norm`` over the last dimension (the channels of ``[rows, tokens, C]``)."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias)
+
+
 def time_cuda(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     """Median milliseconds of ``fn`` over ``repeats`` calls, each timed by CUDA events, after ``warmup`` calls."""
     for _ in range(warmup):
@@ -168,8 +181,13 @@ def time_or_error(fn: Callable[[], object], warmup: int, repeats: int) -> float 
         return f"error: {first}"
 
 
-def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
-    """(kernel, eager, compiled) closures over fresh CUDA inputs for ``case``."""
+def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor] | None, Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """(kernel, eager, compiled) closures over fresh CUDA inputs for ``case`` (kernel None for :data:`NO_KERNEL`)."""
+    if case.op == "layer_norm":
+        x = torch.randn(case.rows, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
+        weight, bias = (torch.randn(case.channels, device="cuda", dtype=case.dtype) for _ in range(2))
+        compiled = torch.compile(eager_layer_norm, dynamic=False)
+        return None, lambda: eager_layer_norm(x, weight, bias), lambda: compiled(x, weight, bias)
     if case.op == "reference_attention":
         q, k, v = (torch.randn(case.rows, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
                    for _ in range(3))
@@ -199,13 +217,15 @@ def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.
 
 def measure(case: Case, warmup: int, repeats: int, compile_baseline: bool = True) -> dict:
     """One result row for ``case``: times (ms), bandwidths (GB/s), speed-ups and the kernel's max abs
-    difference from eager (an error string where eager fails)."""
+    difference from eager (an error string where eager fails; None for an op without a kernel)."""
     kernel, eager, compiled = _inputs(case)
-    kernel_ms = time_cuda(kernel, warmup, repeats)
+    kernel_ms = time_cuda(kernel, warmup, repeats) if kernel is not None else None
     eager_ms = time_or_error(eager, warmup, repeats)
-    compiled_ms = time_or_error(compiled, warmup, repeats) if compile_baseline else None
+    compiled_ms = time_or_error(compiled, warmup, repeats) if compile_baseline or kernel is None else None
+    difference: float | str | None = None
     try:
-        difference: float | str = (kernel().float() - eager().float()).abs().max().item()
+        if kernel is not None:
+            difference = (kernel().float() - eager().float()).abs().max().item()
     except Exception as exc:  # the eager baseline cannot run at this shape
         difference = f"error: {str(exc).strip().splitlines()[0]}"
     moved = case.bytes_moved()
@@ -280,6 +300,21 @@ def goal_summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def layer_norm_decision(rows: list[dict]) -> list[str]:
+    """Whether a Triton LayerNorm would pay: torch.compile's (Inductor's Triton kernel) speed-up over eager
+    ``F.layer_norm`` at the measured shapes, against :data:`LAYER_NORM_PAYS`."""
+    ratios = [speedup(r["eager_ms"], r["compiled_ms"]) for r in rows if r["op"] == "layer_norm"]
+    ratios = [ratio for ratio in ratios if ratio is not None]
+    if not ratios:
+        return []
+    eager = [r["eager_gbs"] for r in rows if r["op"] == "layer_norm" and r["eager_gbs"] is not None]
+    pays = max(ratios) >= LAYER_NORM_PAYS
+    verdict = (f"a Triton LayerNorm would pay (torch.compile reaches {LAYER_NORM_PAYS:g}x at some shapes)" if pays else
+               f"no Triton LayerNorm: torch.compile's does not reach {LAYER_NORM_PAYS:g}x over eager at any shape")
+    return [f"layer_norm: (a) eager / (b) torch.compile {min(ratios):.2f}x to {max(ratios):.2f}x, eager "
+            f"{min(eager):.0f}-{max(eager):.0f} GB/s; {verdict}"]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, help="where kernels.json and kernels.md go "
@@ -288,7 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls; the median is reported (default 50)")
     parser.add_argument("--ops", choices=("all",) + OPS, default="all", help="which kernels to time")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (b)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile baseline (b) (not for layer_norm, which is measured against it)")
     return parser.parse_args(argv)
 
 
@@ -319,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_results(out_dir: Path, rows: list[dict], device: str, args: argparse.Namespace, complete: bool) -> str:
     """kernels.json and kernels.md for the rows measured so far (rewritten after every case, so that a run
     stopped early keeps what it measured; ``complete`` says whether every case ran); returns the page."""
-    summary = goal_summary(rows)
+    summary = goal_summary(rows) + layer_norm_decision(rows)
     table = markdown_table(rows, device) + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n"
     if not complete:
         table += f"\n(partial: {len(rows)} of the run's cases measured)\n"

@@ -38,10 +38,10 @@ def test_bytes_and_bandwidth():
     assert bk.speedup("error: invalid configuration argument", 1.5) is None
 
 
-def _row(op: str, eager: float | str, kernel: float = 1.0) -> dict:
+def _row(op: str, eager: float | str, kernel: float | None = 1.0) -> dict:
     case = bk.Case(op, 1, 64, 320)
     return {"op": op, "shape": case.describe(), "dtype": "float16", "kernel_ms": kernel, "eager_ms": eager,
-            "compiled_ms": None, "kernel_gbs": 100.0, "eager_gbs": None, "compiled_gbs": None,
+            "compiled_ms": None, "kernel_gbs": None if kernel is None else 100.0, "eager_gbs": None, "compiled_gbs": None,
             "eager_over_kernel": bk.speedup(eager, kernel), "compiled_over_kernel": None, "max_abs_diff": 1e-3}
 
 
@@ -57,6 +57,22 @@ def test_table_and_goal_summary():
     assert summary[0].startswith("temporal_attention: speed-up over eager 2.50x") and "goal 2x met" in summary[0]
     assert "eager failed at b=1 f=12+4 64x64 c=320" in summary[0]
     assert "goal 3x not met (short by 1.50x" in summary[1]
+
+
+def test_layer_norm_rows_have_no_kernel_and_give_the_decision():
+    def row(eager: float, compiled: float) -> dict:
+        case = bk.Case("layer_norm", 1, 64, 320)
+        return {**_row("layer_norm", eager, kernel=None), "shape": case.describe(), "compiled_ms": compiled,
+                "eager_gbs": bk.bandwidth_gbs(case.bytes_moved(), eager), "max_abs_diff": None}
+
+    assert bk.Case("layer_norm", 1, 64, 320).bytes_moved() == (2 * 16 * 320 * 64 * 64 + 2 * 320) * 2
+    close = [row(1.0, 0.95), row(0.5, 0.48)]
+    decision = bk.layer_norm_decision(close)
+    assert decision[0].startswith("layer_norm: (a) eager / (b) torch.compile 1.04x to 1.05x") and "no Triton LayerNorm" in decision[0]
+    assert "would pay" in bk.layer_norm_decision(close + [row(1.0, 0.5)])[0]
+    assert bk.layer_norm_decision([_row("group_norm", 1.0)]) == []
+    table = bk.markdown_table(close, "Test GPU").splitlines()
+    assert table[-1].startswith("| layer_norm | b=1 f=12+4 64x64 c=320 | float16 | - | 0.500 | 0.480 | - |")
 
 
 def test_no_gpu_says_so_and_exits_zero(monkeypatch, capsys):
