@@ -109,9 +109,10 @@ class Case:
 
 
 def cases(batches: tuple[int, ...] = (1, 2), ops: tuple[str, ...] = OPS) -> list[Case]:
-    """Every op at every SD1.5 resolution for every batch (reference attention on the clip frames alone)."""
+    """Every op at every SD1.5 resolution for every batch (reference attention on the clip frames alone), batch
+    by batch and shape by shape with every op at each, so that a run cut short has measured every op."""
     return [Case(op, batch, size, channels, frames=CLIP_FRAMES if op == "reference_attention" else CLIP_FRAMES + MOTION_FRAMES)
-            for op in ops for batch in batches for size, channels in RESOLUTIONS]
+            for batch in batches for size, channels in RESOLUTIONS for op in ops]
 
 
 def bandwidth_gbs(bytes_moved: int, ms: float | None) -> float | None:

@@ -19,6 +19,7 @@ def test_cases_cover_sd15_shapes_for_both_batches():
     assert len(cases) == len(bk.OPS) * 2 * 4
     assert {(c.size, c.channels) for c in cases} == {(64, 320), (32, 640), (16, 1280), (8, 1280)}
     assert {c.batch for c in cases} == {1, 2}
+    assert [c.op for c in cases[:len(bk.OPS)]] == list(bk.OPS) and cases[0].batch == 1 and cases[-1].batch == 2
     assert {c.frames for c in cases if c.op != "reference_attention"} == {16}
     assert {(c.frames, c.describe()) for c in cases if c.op == "reference_attention" and c.size == 8 and c.batch == 1} == {
         (12, "b=1 f=12 8x8 c=1280")}
