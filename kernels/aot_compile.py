@@ -3,7 +3,10 @@
 Triton's interpreter (how the kernels are tested on a CPU) accepts code that no NVIDIA GPU compiles,
 ``tl.dot`` tiles under 16 for one. Compiling each kernel's launch configurations to a cubin with the
 ``ptxas`` bundled in the triton wheel catches that anywhere, and ``cuobjdump`` (bundled too) reports
-the registers and local-memory spills of each, which bound occupancy.
+the registers and spills of each, which bound occupancy. The attention cases carry the integer arguments
+of an SD1.5 launch and are specialised as Triton's launcher would (1 becomes a constant, multiples of 16 are
+marked so, pointers 16-byte aligned), so the counts of vector and scalar global loads in their PTX say
+whether the real launch reads its tiles with vector loads.
 
     python -m kernels.aot_compile [--arch 80 90] [--json]
 
@@ -29,12 +32,14 @@ from kernels import group_norm, reference_attention, temporal_attention
 from kernels.dispatch import check_triton_mode, interpreter_enabled
 
 DEFAULT_ARCHS = (80, 90)
+POINTER_DTYPES = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}
 
 
 @dataclass
 class KernelCase:
     """One launch configuration of a kernel: pointer element type (``other_pointers`` names the pointers of
-    another type), fp32 scalars, constexprs, warps."""
+    another type), fp32 scalars, constexprs, warps, and the integer arguments of a real launch
+    (``int_args``: empty compiles without the launcher's specialisation)."""
 
     name: str
     fn: Callable
@@ -43,11 +48,13 @@ class KernelCase:
     constexprs: dict
     num_warps: int
     other_pointers: dict[str, str] = field(default_factory=dict)
+    int_args: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class CompileResult:
-    """Outcome of compiling one case for one architecture; registers and spills when cuobjdump ran."""
+    """Outcome of compiling one case for one architecture; registers and spills when cuobjdump ran; global
+    loads in the PTX (vector: ``ld.global.v2``/``.v4``)."""
 
     name: str
     arch: int
@@ -56,42 +63,61 @@ class CompileResult:
     registers: int | None = None
     local_bytes: int | None = None
     stack_bytes: int | None = None
+    vector_loads: int | None = None
+    scalar_loads: int | None = None
     error: str | None = None
 
 
+SD15_TOKENS = {40: 64 * 64, 80: 32 * 32, 160: 16 * 16}
+"""Tokens per frame at the SD1.5 level (512x512) whose 8 heads have this head dim; 8x8 for others."""
+SD15_HEADS = 8
+
+
 def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelCase:
-    """The temporal-attention launch the wrapper makes for these frames, head dim and element type."""
-    block_f, block_d, num_warps = temporal_attention.attention_config(num_frames, head_dim)
+    """The temporal-attention launch the wrapper makes for these frames, head dim and element type, on
+    contiguous projections at the SD1.5 level of that head dim."""
+    block_f, block_d, num_warps = temporal_attention.attention_config(num_frames, head_dim, POINTER_DTYPES[pointer_type])
     precision = "ieee" if pointer_type == "*fp32" else "tf32"
+    positions, channels = SD15_TOKENS.get(head_dim, 64), SD15_HEADS * head_dim
+    strides = {}
+    for tensor in "qkvo":
+        strides.update({f"stride_{tensor}r": positions * channels, f"stride_{tensor}p": channels, f"stride_{tensor}c": 1})
     return KernelCase(
         name=f"temporal_attention f={num_frames} d={head_dim} {pointer_type[1:]}",
         fn=temporal_attention._temporal_attention_kernel,
         pointer_type=pointer_type,
         float_args=frozenset({"qk_scale"}),
-        constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=precision),
+        constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=precision, HEAD_DIM=head_dim),
         num_warps=num_warps,
+        int_args=dict(positions=positions, num_frames=num_frames, **strides),
     )
 
 
 def reference_attention_case(head_dim: int, pointer_type: str, keep: bool) -> KernelCase:
     """The reference-attention launch the wrapper makes for this head dim, element type and keep flags."""
-    dtype = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}[pointer_type]
-    block_m, block_n, block_d, num_warps = reference_attention.attention_config(head_dim, dtype)
+    block_m, block_n, block_d, num_warps = reference_attention.attention_config(head_dim, POINTER_DTYPES[pointer_type])
+    tokens, channels = SD15_TOKENS.get(head_dim, 64), SD15_HEADS * head_dim
+    strides = {}
+    for tensor in ("q", "k", "v", "bk", "bv", "o"):
+        strides.update({f"stride_{tensor}r": tokens * channels, f"stride_{tensor}l": channels, f"stride_{tensor}c": 1})
     return KernelCase(
         name=f"reference_attention d={head_dim} {pointer_type[1:]}{' keep' if keep else ''}",
         fn=reference_attention._reference_attention_kernel,
         pointer_type=pointer_type,
         float_args=frozenset({"qk_scale"}),
         constexprs=dict(HAS_KEEP=keep, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                        DOT_PRECISION="ieee" if pointer_type == "*fp32" else "tf32", DOT_FP32=False),
+                        DOT_PRECISION="ieee" if pointer_type == "*fp32" else "tf32", DOT_FP32=False,
+                        HEAD_DIM=head_dim),
         num_warps=num_warps,
         other_pointers={"keep_ptr": "*i8"},
+        int_args=dict(length=tokens, bank_length=tokens, num_frames=12, query_tiles=-(-tokens // block_m), **strides),
     )
 
 
 def group_norm_case(group_size: int, pointer_type: str, affine: bool, silu: bool) -> KernelCase:
     """The GroupNorm launch the wrapper makes for this group size, element type, affine and SiLU."""
     block, num_warps = group_norm.group_norm_config(group_size)
+    spatial = next((side * side for side in (64, 32, 16, 8) if group_size % (side * side) == 0), 1)
     return KernelCase(
         name=f"group_norm group={group_size} {pointer_type[1:]}{' silu' if silu else ''}",
         fn=group_norm._group_norm_kernel,
@@ -99,6 +125,7 @@ def group_norm_case(group_size: int, pointer_type: str, affine: bool, silu: bool
         float_args=frozenset({"eps"}),
         constexprs=dict(HAS_WEIGHT=affine, HAS_BIAS=affine, APPLY_SILU=silu, BLOCK=block),
         num_warps=num_warps,
+        int_args=dict(num_groups=32, spatial=spatial, channels_per_group=group_size // spatial, group_size=group_size),
     )
 
 
@@ -139,6 +166,17 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None, int | None]:
     return registers, local, stack
 
 
+def _global_loads(ptx: str) -> tuple[int, int]:
+    """(vector, scalar) global-load instructions in ``ptx``: ``ld.global.v2/.v4`` and asynchronous copies of
+    8 or 16 bytes into shared memory (``cp.async``, how the compiler pipelines tiles) against 1-4 byte ones."""
+    vector = scalar = 0
+    for load in re.finditer(r"ld\.global\S*", ptx):
+        vector, scalar = (vector + 1, scalar) if re.search(r"\.v[248]\b", load.group()) else (vector, scalar + 1)
+    for copy in re.finditer(r"cp\.async\.c[ag]\.shared\.global\S*\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-fA-F]+|\d+)", ptx):
+        vector, scalar = (vector + 1, scalar) if int(copy.group(1), 0) >= 8 else (vector, scalar + 1)
+    return vector, scalar
+
+
 def compile_case(case: KernelCase, arch: int) -> CompileResult:
     """Compile ``case`` for ``sm_<arch>`` down to a cubin; the error's first line when it fails."""
     import triton
@@ -148,18 +186,27 @@ def compile_case(case: KernelCase, arch: int) -> CompileResult:
 
     check_triton_mode(interpret=False)
     kernel = JITFunction(case.fn)
-    signature = {}
-    for name in kernel.arg_names:
+    signature, constexprs, attrs = {}, dict(case.constexprs), {}
+    for index, name in enumerate(kernel.arg_names):
+        value = case.int_args.get(name)
         if name in case.constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
             signature[name] = case.other_pointers.get(name, case.pointer_type)
+            if case.int_args:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in case.float_args:
+            signature[name] = "fp32"
+        elif value == 1:
+            signature[name], constexprs[name] = "constexpr", 1
         else:
-            signature[name] = "fp32" if name in case.float_args else "i32"
+            signature[name] = "i32"
+            if value is not None and value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
     config = dict(case.constexprs, num_warps=case.num_warps)
     try:
         compiled = triton.compile(
-            ASTSource(kernel, signature, case.constexprs),
+            ASTSource(kernel, signature, constexprs, attrs),
             target=GPUTarget("cuda", arch, 32),
             options=dict(num_warps=case.num_warps),
         )
@@ -167,7 +214,9 @@ def compile_case(case: KernelCase, arch: int) -> CompileResult:
         message = " ".join(str(exc).split())
         return CompileResult(case.name, arch, config, ok=False, error=f"{type(exc).__name__}: {message}")
     registers, local, stack = _resource_usage(compiled.asm["cubin"])
-    return CompileResult(case.name, arch, config, ok=True, registers=registers, local_bytes=local, stack_bytes=stack)
+    vector, scalar = _global_loads(compiled.asm["ptx"])
+    return CompileResult(case.name, arch, config, ok=True, registers=registers, local_bytes=local, stack_bytes=stack,
+                         vector_loads=vector, scalar_loads=scalar)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(r) for r in results]))
     else:
         for r in results:
-            usage = f"{r.registers} registers, {r.local_bytes} B local, {r.stack_bytes} B stack" if r.ok else r.error
+            usage = (f"{r.registers} registers, {r.stack_bytes} B stack, global loads {r.vector_loads} vector "
+                     f"{r.scalar_loads} scalar" if r.ok else r.error)
             print(f"sm_{r.arch}  {'ok  ' if r.ok else 'FAIL'}  {r.name}  {usage}")
     return 0 if all(r.ok for r in results) else 1
 

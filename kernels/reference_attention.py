@@ -104,7 +104,6 @@ def _reference_attention_kernel(
     bank_length,
     num_frames,
     query_tiles,
-    head_dim,
     stride_qr,
     stride_ql,
     stride_qc,
@@ -130,14 +129,18 @@ def _reference_attention_kernel(
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one frame row (grid axis 0: row x query tile), one head (axis 1).
 
     Key blocks ``0 .. own_blocks - 1`` are the frame's own tokens, the next ``cdiv(kept, BLOCK_N)`` the bank of
     its sample (``kept`` = the bank's length, 0 when ``keep`` is False); a block never straddles the two, so
-    each block reads one tensor, its base pointer and strides chosen per block. Scores are scaled by ``qk_scale = log2(e) / sqrt(head_dim)``
-    for ``exp2``; the running max, sum and output accumulate in fp32. ``DOT_FP32`` casts the ``tl.dot``
-    operands to fp32 (see :func:`reference_attention_triton`).
+    each block reads one tensor, its base pointer and strides chosen per block. Scores are scaled by
+    ``qk_scale = log2(e) / sqrt(HEAD_DIM)`` for ``exp2``; the running max, sum and output accumulate in fp32.
+    ``DOT_FP32`` casts the ``tl.dot`` operands to fp32 (see :func:`reference_attention_triton`). ``HEAD_DIM`` is
+    a compile-time constant so that the compiler knows each head's channels start 16-byte aligned (40
+    channels of fp16 are 80 bytes, which Triton's launch-time divisibility-by-16 hint cannot say): with it
+    passed at run time the 64x64 level's loads (head dim 40) were scalar.
     """
     program = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -146,15 +149,15 @@ def _reference_attention_kernel(
     queries = (program % query_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
     query_mask = queries < length
     dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < head_dim
-    q = tl.load(q_ptr + row * stride_qr + queries[:, None] * stride_ql + (head * head_dim + dims)[None, :] * stride_qc,
+    dim_mask = dims < HEAD_DIM
+    q = tl.load(q_ptr + row * stride_qr + queries[:, None] * stride_ql + (head * HEAD_DIM + dims)[None, :] * stride_qc,
                 mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
     if DOT_FP32:
         q = q.to(tl.float32)
-    k_row = k_ptr + row * stride_kr + head * head_dim * stride_kc
-    v_row = v_ptr + row * stride_vr + head * head_dim * stride_vc
-    bank_k_row = bank_k_ptr + sample * stride_bkr + head * head_dim * stride_bkc
-    bank_v_row = bank_v_ptr + sample * stride_bvr + head * head_dim * stride_bvc
+    k_row = k_ptr + row * stride_kr + head * HEAD_DIM * stride_kc
+    v_row = v_ptr + row * stride_vr + head * HEAD_DIM * stride_vc
+    bank_k_row = bank_k_ptr + sample * stride_bkr + head * HEAD_DIM * stride_bkc
+    bank_v_row = bank_v_ptr + sample * stride_bvr + head * HEAD_DIM * stride_bvc
 
     kept_length = bank_length
     if HAS_KEEP:
@@ -189,7 +192,7 @@ def _reference_attention_kernel(
         running_max = block_max
 
     out = acc / running_sum[:, None]
-    tl.store(o_ptr + row * stride_or + queries[:, None] * stride_ol + (head * head_dim + dims)[None, :] * stride_oc,
+    tl.store(o_ptr + row * stride_or + queries[:, None] * stride_ol + (head * HEAD_DIM + dims)[None, :] * stride_oc,
              out.to(o_ptr.dtype.element_ty), mask=query_mask[:, None] & dim_mask[None, :])
 
 
@@ -199,14 +202,15 @@ def attention_grid(rows: int, length: int, heads: int, block_m: int) -> tuple[in
 
 
 _CONFIGS = {
-    # (padded head dim, fp32 inputs): (BLOCK_M, BLOCK_N, num_warps), the largest tiles that compile for sm_90
-    # without spilling (`python -m kernels.aot_compile`): fp16/bf16 use the tensor cores, fp32 the FMA units.
+    # (padded head dim, fp32 inputs): (BLOCK_M, BLOCK_N, num_warps), large tiles that compile for sm_80 and sm_90,
+    # specialised as launched at SD1.5's shapes, without spilling (`python -m kernels.aot_compile`); fp16/bf16
+    # use the tensor cores, fp32 the FMA units. Not tuned on a GPU yet.
     (64, False): (128, 64, 8),
-    (128, False): (64, 64, 8),
-    (256, False): (64, 32, 8),
+    (128, False): (128, 64, 8),
+    (256, False): (64, 64, 8),
     (64, True): (64, 32, 8),
-    (128, True): (32, 32, 8),
-    (256, True): (16, 16, 4),
+    (128, True): (64, 32, 8),
+    (256, True): (32, 32, 8),
 }
 
 
@@ -261,7 +265,6 @@ def reference_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         bank_k.shape[1],
         rows // bank_k.shape[0],
         triton.cdiv(length, block_m),
-        head_dim,
         *q.stride(),
         *k.stride(),
         *v.stride(),
@@ -275,6 +278,7 @@ def reference_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         BLOCK_D=block_d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_FP32=q.dtype == torch.bfloat16 and not q.is_cuda,
+        HEAD_DIM=head_dim,
         num_warps=num_warps,
     )
     return out

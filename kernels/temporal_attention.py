@@ -88,7 +88,6 @@ def _temporal_attention_kernel(
     o_ptr,
     positions,
     num_frames,
-    head_dim,
     stride_qr,
     stride_qp,
     stride_qc,
@@ -105,13 +104,16 @@ def _temporal_attention_kernel(
     BLOCK_F: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     """One program: one (batch item, spatial position) on grid axis 0, one head on axis 1.
 
     The whole frame sequence sits in one ``BLOCK_F`` block (>= 16, masked beyond ``num_frames``); the
-    head dimension is walked in ``BLOCK_D`` chunks (masked beyond ``head_dim``), first to accumulate
+    head dimension is walked in ``BLOCK_D`` chunks (masked beyond ``HEAD_DIM``), first to accumulate
     the ``[BLOCK_F, BLOCK_F]`` scores, then to write ``P V`` chunk by chunk. ``qk_scale`` is
-    ``log2(e) / sqrt(head_dim)`` so that the softmax runs on ``exp2``.
+    ``log2(e) / sqrt(HEAD_DIM)`` so that the softmax runs on ``exp2``. ``HEAD_DIM`` is a compile-time
+    constant so that the compiler knows each head's channels start aligned (see the reference-attention
+    kernel) and unrolls the chunk loops.
     """
     item = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -121,16 +123,16 @@ def _temporal_attention_kernel(
     frames = tl.arange(0, BLOCK_F)
     frame_mask = frames < num_frames
     rows = batch * num_frames + frames
-    channel0 = head * head_dim
+    channel0 = head * HEAD_DIM
     q_rows = q_ptr + rows * stride_qr + position * stride_qp + channel0 * stride_qc
     k_rows = k_ptr + rows * stride_kr + position * stride_kp + channel0 * stride_kc
     v_rows = v_ptr + rows * stride_vr + position * stride_vp + channel0 * stride_vc
     o_rows = o_ptr + rows * stride_or + position * stride_op + channel0 * stride_oc
 
     scores = tl.zeros((BLOCK_F, BLOCK_F), dtype=tl.float32)
-    for d0 in range(0, head_dim, BLOCK_D):
+    for d0 in range(0, HEAD_DIM, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D)
-        dim_mask = dims < head_dim
+        dim_mask = dims < HEAD_DIM
         q = tl.load(
             q_rows[:, None] + dims[None, :] * stride_qc,
             mask=frame_mask[:, None] & dim_mask[None, :],
@@ -148,9 +150,9 @@ def _temporal_attention_kernel(
     probs = tl.exp2(scores - row_max[:, None])
     probs = probs / tl.sum(probs, axis=1)[:, None]
 
-    for d0 in range(0, head_dim, BLOCK_D):
+    for d0 in range(0, HEAD_DIM, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D)
-        mask = frame_mask[:, None] & (dims < head_dim)[None, :]
+        mask = frame_mask[:, None] & (dims < HEAD_DIM)[None, :]
         v = tl.load(v_rows[:, None] + dims[None, :] * stride_vc, mask=mask, other=0.0).to(tl.float32)
         out = tl.dot(probs, v, input_precision=DOT_PRECISION)
         tl.store(o_rows[:, None] + dims[None, :] * stride_oc, out.to(o_ptr.dtype.element_ty), mask=mask)
@@ -161,15 +163,17 @@ def attention_grid(batch: int, positions: int, heads: int) -> tuple[int, int, in
     return (batch * positions, heads, 1)
 
 
-def attention_config(num_frames: int, head_dim: int) -> tuple[int, int, int]:
+def attention_config(num_frames: int, head_dim: int, dtype: torch.dtype = torch.float16) -> tuple[int, int, int]:
     """``(BLOCK_F, BLOCK_D, num_warps)``: the padded sequence block and head-dimension chunk (each >= 16
     so that ``tl.dot`` compiles for NVIDIA GPUs) and the warps per program. Sequences over 64 frames walk
-    the head dimension in chunks of 16: with chunks of 64 their ``[128, 128]`` scores spill registers on
-    sm_90 (392 B of stack at 100 frames, ``python -m kernels.aot_compile``)."""
+    the head dimension in chunks of 16 (with chunks of 64 their ``[128, 128]`` scores spill registers on
+    sm_90), and fp32 takes 8 warps from 32 frames (with 4 it spills at head dim 80 and 160); checked by
+    ``python -m kernels.aot_compile``."""
     block_f = max(_MIN_DOT, triton.next_power_of_2(num_frames))
     widest = _MIN_DOT if block_f > 64 else _MAX_HEAD_BLOCK
     block_d = max(_MIN_DOT, min(widest, triton.next_power_of_2(head_dim)))
-    return block_f, block_d, 4 if block_f <= 32 else 8
+    small = block_f <= (16 if dtype == torch.float32 else 32)
+    return block_f, block_d, 4 if small else 8
 
 
 def temporal_attention_triton(
@@ -194,7 +198,7 @@ def temporal_attention_triton(
     if out.numel() == 0:
         return out
     batch, head_dim = rows // num_frames, channels // heads
-    block_f, block_d, num_warps = attention_config(num_frames, head_dim)
+    block_f, block_d, num_warps = attention_config(num_frames, head_dim, q.dtype)
     kernel = triton_jit(_temporal_attention_kernel)
     kernel[attention_grid(batch, positions, heads)](
         q,
@@ -203,7 +207,6 @@ def temporal_attention_triton(
         out,
         positions,
         num_frames,
-        head_dim,
         *q.stride(),
         *k.stride(),
         *v.stride(),
@@ -212,6 +215,7 @@ def temporal_attention_triton(
         BLOCK_F=block_f,
         BLOCK_D=block_d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        HEAD_DIM=head_dim,
         num_warps=num_warps,
     )
     return out

@@ -46,14 +46,29 @@ def test_every_launch_configuration_compiles_to_a_cubin(results):
 
 
 def test_no_launch_configuration_spills_registers(results):
-    """The block tables were chosen so that nothing spills (stack frame 0) on sm_80 or sm_90: the reference-
-    attention table by compiling each, the temporal kernel's head chunk narrowed past 64 frames."""
+    """The block tables were chosen so that nothing spills (stack frame 0) on sm_80 or sm_90 as launched: the
+    reference-attention table by compiling each, the temporal kernel's head chunk narrowed past 64 frames and
+    its fp32 warps doubled from 32 frames."""
     cases = {key: r for key, r in results.items() if key[0] != "dot tile 8"}
     if any(r["stack_bytes"] is None for r in cases.values()):
         pytest.skip("cuobjdump is not in the triton wheel; resource usage unknown")
     spilled = [f"sm_{arch} {name}: {r['registers']} registers, {r['stack_bytes']} B stack"
                for (name, arch), r in cases.items() if r["stack_bytes"]]
     assert not spilled, "\n".join(spilled)
+
+
+def test_tiles_are_read_with_vector_loads_at_sd15_launches(results):
+    """Specialised as launched on SD1.5's contiguous projections, the attention kernels read every tile with
+    16-byte loads (scalar: at most the one keep flag), and GroupNorm its input: with the head dim passed at
+    run time the 64x64 level's head dim 40 (80 bytes per head in fp16) made every attention load scalar."""
+    attention = {key: r for key, r in results.items()
+                 if key[0].startswith(("temporal_attention", "reference_attention"))}
+    assert attention
+    scalar = [f"sm_{arch} {name}: {r['vector_loads']} vector, {r['scalar_loads']} scalar"
+              for (name, arch), r in attention.items() if not r["vector_loads"] or r["scalar_loads"] > 1]
+    assert not scalar, "\n".join(scalar)
+    norms = [r for (name, _), r in results.items() if name.startswith("group_norm group=40960")]
+    assert norms and all(r["vector_loads"] >= 2 for r in norms)
 
 
 def test_dot_tiles_under_16_fail_to_compile(results):
