@@ -109,7 +109,7 @@ def reference_attention_case(head_dim: int, pointer_type: str, keep: bool) -> Ke
                         DOT_PRECISION="ieee" if pointer_type == "*fp32" else "tf32", DOT_FP32=False,
                         HEAD_DIM=head_dim),
         num_warps=num_warps,
-        other_pointers={"keep_ptr": "*i8"},
+        other_pointers={"keep_ptr": "*i1"},
         int_args=dict(length=tokens, bank_length=tokens, num_frames=12, query_tiles=-(-tokens // block_m), **strides),
     )
 

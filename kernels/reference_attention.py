@@ -54,8 +54,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bank_k: tor
         raise ValueError(f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}, bank {bank_k.dtype}, {bank_v.dtype}")
     if any(t.device != q.device for t in (k, v, bank_k, bank_v)):
         raise ValueError("q, k, v and the bank are not on one device")
-    if keep is not None and tuple(keep.shape) != (bank_k.shape[0],):
-        raise ValueError(f"reference_keep must be [{bank_k.shape[0]}] (one flag per sample), got {tuple(keep.shape)}")
+    if keep is not None and (tuple(keep.shape) != (bank_k.shape[0],) or keep.dtype != torch.bool):
+        raise ValueError(f"reference_keep must be [{bank_k.shape[0]}] bool (one flag per sample), "
+                         f"got {tuple(keep.shape)} {keep.dtype}")
     if heads < 1 or q.shape[2] % heads:
         raise ValueError(f"channels {q.shape[2]} are not a multiple of heads={heads}")
 
@@ -234,9 +235,9 @@ def reference_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     bf16 on the CPU (Triton's interpreter) multiplies in fp32: the interpreter of Triton 3.7 computes ``tl.dot``
     of bf16 operands wrongly (a 16x16 product off by 1e10); on CUDA bf16 stays bf16 for the tensor cores.
 
-    Any strides are accepted for the inputs (nothing is copied but ``keep``, as int8 on ``q``'s device); the
-    output is a new contiguous ``[(b*f), L, heads*head_dim]`` tensor. Runs on CUDA tensors, or on CPU tensors
-    under ``TRITON_INTERPRET=1``; fp32, fp16 and bf16; ``head_dim <= MAX_HEAD_DIM``.
+    Any strides are accepted for the inputs (nothing is copied; ``keep`` is moved to ``q``'s device if it is
+    elsewhere); the output is a new contiguous ``[(b*f), L, heads*head_dim]`` tensor. Runs on CUDA tensors,
+    or on CPU tensors under ``TRITON_INTERPRET=1``; fp32, fp16 and bf16; ``head_dim <= MAX_HEAD_DIM``.
     """
     if triton is None:
         raise RuntimeError("reference_attention_triton needs the triton package")
@@ -251,7 +252,7 @@ def reference_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if out.numel() == 0:
         return out
     block_m, block_n, block_d, num_warps = attention_config(head_dim, q.dtype)
-    keep_flags = q if keep is None else keep.to(device=q.device, dtype=torch.int8)
+    keep_flags = q if keep is None else keep.to(q.device)
     kernel = triton_jit(_reference_attention_kernel)
     kernel[attention_grid(rows, length, heads, block_m)](
         q,

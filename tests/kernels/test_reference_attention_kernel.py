@@ -130,6 +130,8 @@ def test_rejects_bad_shapes():
         ra.reference_attention_reference(q[:5], k[:5], v[:5], bank_k, bank_v, None, 2)
     with pytest.raises(ValueError, match="one flag per sample"):
         ra.reference_attention_reference(q, k, v, bank_k, bank_v, torch.tensor([True]), 2)
+    with pytest.raises(ValueError, match="bool"):
+        ra.reference_attention_reference(q, k, v, bank_k, bank_v, torch.tensor([1, 0]), 2)
     with pytest.raises(ValueError, match="bank_k, bank_v"):
         ra.reference_attention_reference(q, k, v, bank_k, bank_v[:, :, :8], None, 2)
     with pytest.raises(ValueError, match="heads"):
