@@ -73,15 +73,23 @@ SD15_TOKENS = {40: 64 * 64, 80: 32 * 32, 160: 16 * 16}
 SD15_HEADS = 8
 
 
+def _contiguous_strides(tensors, token_axis: str, tokens: int, channels: int) -> dict[str, int]:
+    """The stride arguments (``stride_<tensor>r``, ``stride_<tensor><token_axis>``, ``stride_<tensor>c``) of
+    contiguous ``[rows, tokens, channels]`` tensors."""
+    strides = {}
+    for tensor in tensors:
+        strides.update({f"stride_{tensor}r": tokens * channels, f"stride_{tensor}{token_axis}": channels,
+                        f"stride_{tensor}c": 1})
+    return strides
+
+
 def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelCase:
     """The temporal-attention launch the wrapper makes for these frames, head dim and element type, on
     contiguous projections at the SD1.5 level of that head dim."""
     block_f, block_d, num_warps = temporal_attention.attention_config(num_frames, head_dim, POINTER_DTYPES[pointer_type])
     precision = "ieee" if pointer_type == "*fp32" else "tf32"
     positions, channels = SD15_TOKENS.get(head_dim, 64), SD15_HEADS * head_dim
-    strides = {}
-    for tensor in "qkvo":
-        strides.update({f"stride_{tensor}r": positions * channels, f"stride_{tensor}p": channels, f"stride_{tensor}c": 1})
+    strides = _contiguous_strides("qkvo", "p", positions, channels)
     return KernelCase(
         name=f"temporal_attention f={num_frames} d={head_dim} {pointer_type[1:]}",
         fn=temporal_attention._temporal_attention_kernel,
@@ -97,9 +105,7 @@ def reference_attention_case(head_dim: int, pointer_type: str, keep: bool) -> Ke
     """The reference-attention launch the wrapper makes for this head dim, element type and keep flags."""
     block_m, block_n, block_d, num_warps = reference_attention.attention_config(head_dim, POINTER_DTYPES[pointer_type])
     tokens, channels = SD15_TOKENS.get(head_dim, 64), SD15_HEADS * head_dim
-    strides = {}
-    for tensor in ("q", "k", "v", "bk", "bv", "o"):
-        strides.update({f"stride_{tensor}r": tokens * channels, f"stride_{tensor}l": channels, f"stride_{tensor}c": 1})
+    strides = _contiguous_strides(("q", "k", "v", "bk", "bv", "o"), "l", tokens, channels)
     return KernelCase(
         name=f"reference_attention d={head_dim} {pointer_type[1:]}{' keep' if keep else ''}",
         fn=reference_attention._reference_attention_kernel,
