@@ -130,8 +130,8 @@ class Variant:
             raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         self.name = name
         backend_name, self.kernel_mode = VARIANTS[name]
-        # ONNX Runtime would take every core by default: it gets torch's intra-op threads, so that the
-        # variants compete on equal terms.
+        # ONNX Runtime gets torch's intra-op threads (the backend's default, named here so that the
+        # results record it), so that the variants compete on equal terms.
         self.options = {"threads": torch.get_num_threads()} if backend_name == "onnxruntime" else {}
         started = time.perf_counter()
         with dispatch.forced(self.kernel_mode):

@@ -47,7 +47,9 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
         dtype: float32 (fp32 graphs) or float16 (fp16 graphs; the audio graph stays float32).
         cache_dir: where graphs are exported (default: :func:`export.engine_cache.default_cache_dir`).
         on_stale: ``"rebuild"`` or ``"refuse"`` a cached graph whose metadata does not match.
-        threads: intra-op threads (None: ONNX Runtime's default, all cores).
+        threads: intra-op threads (None: torch's, ``torch.get_num_threads()`` when the backend is made, so that
+            ONNX Runtime follows ``OMP_NUM_THREADS`` and a replica's CPU share as torch does; ONNX Runtime's
+            own default takes every core, beside torch's pool and every other session's).
     """
 
     name = "onnxruntime"
@@ -67,7 +69,7 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
             raise ValueError(f"the onnxruntime backend runs on cpu or cuda, not {self.device}")
         self.model = model.eval()
         self.cache = EngineCache(cache_dir)
-        self.on_stale, self.threads = on_stale, threads
+        self.on_stale, self.threads = on_stale, threads if threads is not None else torch.get_num_threads()
         self.face_locator = model.face_locator.to(self.device, torch.float32)
         self.speed_encoder = model.speed_encoder.to(self.device) if hasattr(model, "speed_encoder") else None
         self._networks: dict[tuple[str, int], Network] = {}
@@ -88,8 +90,7 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
             directory = cached_export(self.cache, network, self.precision, on_stale=self.on_stale)
             options = self.ort.SessionOptions()
             options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if self.threads:
-                options.intra_op_num_threads = self.threads
+            options.intra_op_num_threads = self.threads
             if self.cuda:
                 index = self.device.index if self.device.index is not None else torch.cuda.current_device()
                 cuda = {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)}

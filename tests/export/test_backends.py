@@ -42,6 +42,8 @@ def test_onnxruntime_clip_matches_torch(tiny_model: EmoteModel, onnx_cache: Engi
     assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
     built = sorted(p.name.split("-")[0] for p in (onnx_cache.root / "onnx").glob("*.json"))
     assert set(built) >= {"audio", "reference", "backbone", "vae_decoder", "vae_encoder"}
+    threads = {session.get_session_options().intra_op_num_threads for session in backend._sessions.values()}
+    assert threads == {torch.get_num_threads()}, "ONNX Runtime should follow torch's intra-op threads, not take every core"
 
 
 def test_the_default_model_runs_on_onnxruntime(tmp_path: Path, run_session) -> None:
