@@ -46,6 +46,41 @@ def test_onnxruntime_clip_matches_torch(tiny_model: EmoteModel, onnx_cache: Engi
     assert threads == {torch.get_num_threads()}, "ONNX Runtime should follow torch's intra-op threads, not take every core"
 
 
+def test_onnxruntime_keeps_its_optimised_cpu_graphs(tiny_model: EmoteModel, onnx_cache: EngineCache,
+                                                     exported: dict[str, Path], tmp_path: Path, run_session) -> None:
+    """The first session optimises each graph and saves it; the next loads it (same frames, bit for bit); a
+    damaged one is made again; a re-exported graph gets its own and the old one is removed."""
+    import shutil
+
+    shutil.copytree(onnx_cache.root / "onnx", tmp_path / "onnx")
+
+    def run() -> tuple[np.ndarray, dict[str, str]]:
+        backend = make_backend("onnxruntime", tiny_model, "cpu", torch.float32, cache_dir=tmp_path)
+        frames = run_session(backend, tiny_model, 0.5)
+        return frames, {name: session._model_path for (name, _), session in backend._sessions.items()}
+
+    want, paths = run()
+    assert all(path.endswith("model.onnx") for path in paths.values())
+    saved = {p.name.split("-")[0]: p for p in (tmp_path / "ort-optimized").iterdir()}
+    assert set(saved) == set(paths) and all((p / "graph.onnx").exists() for p in saved.values())
+
+    got, paths = run()
+    assert np.array_equal(got, want)
+    assert all(Path(path) == saved[name] / "graph.onnx" for name, path in paths.items())
+
+    (saved["backbone"] / "graph.onnx").write_bytes(b"not a graph")
+    got, paths = run()
+    assert np.array_equal(got, want) and paths["backbone"].endswith("model.onnx")
+    assert (saved["backbone"] / "graph.onnx").stat().st_size > 100
+
+    graph = exported["backbone"].name
+    (tmp_path / "onnx" / f"{graph}.json").unlink()
+    got, _ = run()
+    assert np.array_equal(got, want)
+    backbones = [p for p in (tmp_path / "ort-optimized").iterdir() if p.name.startswith(graph)]
+    assert len(backbones) == 1 and backbones[0] != saved["backbone"]
+
+
 def test_the_default_model_runs_on_onnxruntime(tmp_path: Path, run_session) -> None:
     """talking64: a VAE without weights (the pixel codec), the speed encoder and the face locator exported too."""
     model = load_model(model_directory(DEFAULT_MODEL))
