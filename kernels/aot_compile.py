@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from kernels import group_norm, reference_attention, temporal_attention
-from kernels.dispatch import check_triton_mode, interpreter_enabled
+from kernels.dispatch import check_triton_mode, dot_precision, interpreter_enabled
 
 DEFAULT_ARCHS = (80, 90)
 POINTER_DTYPES = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}
@@ -54,7 +54,7 @@ class KernelCase:
 @dataclass
 class CompileResult:
     """Outcome of compiling one case for one architecture; registers and spills when cuobjdump ran; global
-    loads in the PTX (vector: ``ld.global.v2``/``.v4``)."""
+    loads in the PTX (vector: ``ld.global.v2``/``.v4`` and 8-16 byte ``cp.async``)."""
 
     name: str
     arch: int
@@ -86,8 +86,8 @@ def _contiguous_strides(tensors, token_axis: str, tokens: int, channels: int) ->
 def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelCase:
     """The temporal-attention launch the wrapper makes for these frames, head dim and element type, on
     contiguous projections at the SD1.5 level of that head dim."""
-    block_f, block_d, num_warps = temporal_attention.attention_config(num_frames, head_dim, POINTER_DTYPES[pointer_type])
-    precision = "ieee" if pointer_type == "*fp32" else "tf32"
+    dtype = POINTER_DTYPES[pointer_type]
+    block_f, block_d, num_warps = temporal_attention.attention_config(num_frames, head_dim, dtype)
     positions, channels = SD15_TOKENS.get(head_dim, 64), SD15_HEADS * head_dim
     strides = _contiguous_strides("qkvo", "p", positions, channels)
     return KernelCase(
@@ -95,7 +95,7 @@ def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelC
         fn=temporal_attention._temporal_attention_kernel,
         pointer_type=pointer_type,
         float_args=frozenset({"qk_scale"}),
-        constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=precision, HEAD_DIM=head_dim),
+        constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=dot_precision(dtype), HEAD_DIM=head_dim),
         num_warps=num_warps,
         int_args=dict(positions=positions, num_frames=num_frames, **strides),
     )
@@ -103,7 +103,8 @@ def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelC
 
 def reference_attention_case(head_dim: int, pointer_type: str, keep: bool) -> KernelCase:
     """The reference-attention launch the wrapper makes for this head dim, element type and keep flags."""
-    block_m, block_n, block_d, num_warps = reference_attention.attention_config(head_dim, POINTER_DTYPES[pointer_type])
+    dtype = POINTER_DTYPES[pointer_type]
+    block_m, block_n, block_d, num_warps = reference_attention.attention_config(head_dim, dtype)
     tokens, channels = SD15_TOKENS.get(head_dim, 64), SD15_HEADS * head_dim
     strides = _contiguous_strides(("q", "k", "v", "bk", "bv", "o"), "l", tokens, channels)
     return KernelCase(
@@ -112,7 +113,7 @@ def reference_attention_case(head_dim: int, pointer_type: str, keep: bool) -> Ke
         pointer_type=pointer_type,
         float_args=frozenset({"qk_scale"}),
         constexprs=dict(HAS_KEEP=keep, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                        DOT_PRECISION="ieee" if pointer_type == "*fp32" else "tf32", DOT_FP32=False,
+                        DOT_PRECISION=dot_precision(dtype), DOT_FP32=False,
                         HEAD_DIM=head_dim),
         num_warps=num_warps,
         other_pointers={"keep_ptr": "*i1"},

@@ -139,6 +139,12 @@ def use_triton(tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return tensor.is_cuda or (tensor.device.type == "cpu" and interpreter_enabled())
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s ``input_precision`` for inputs of ``dtype``: exact fp32 products for fp32 (the reference's
+    accuracy), else the tensor cores' (for fp16/bf16 operands the setting is moot)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def check_triton_mode(interpret: bool) -> None:
     """Raise unless triton's own library was decorated in the mode asked for.
 

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import triton_jit, use_triton
+from kernels.dispatch import dot_precision, triton_jit, use_triton
 
 try:
     import triton
@@ -277,7 +277,7 @@ def reference_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=dot_precision(q.dtype),
         DOT_FP32=q.dtype == torch.bfloat16 and not q.is_cuda,
         HEAD_DIM=head_dim,
         num_warps=num_warps,

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import triton_jit, use_triton
+from kernels.dispatch import dot_precision, triton_jit, use_triton
 
 try:
     import triton
@@ -113,7 +113,7 @@ def _temporal_attention_kernel(
     the ``[BLOCK_F, BLOCK_F]`` scores, then to write ``P V`` chunk by chunk. ``qk_scale`` is
     ``log2(e) / sqrt(HEAD_DIM)`` so that the softmax runs on ``exp2``. ``HEAD_DIM`` is a compile-time
     constant so that the compiler knows each head's channels start aligned (see the reference-attention
-    kernel) and unrolls the chunk loops.
+    kernel).
     """
     item = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -214,7 +214,7 @@ def temporal_attention_triton(
         math.log2(math.e) / math.sqrt(head_dim),
         BLOCK_F=block_f,
         BLOCK_D=block_d,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=dot_precision(q.dtype),
         HEAD_DIM=head_dim,
         num_warps=num_warps,
     )

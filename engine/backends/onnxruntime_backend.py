@@ -16,6 +16,7 @@ The face locator, the speed encoder and the image projection (once per session, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -38,6 +39,17 @@ PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}
 OPTIMIZED_DIR = "ort-optimized"
 OPTIMIZED_GRAPH, OPTIMIZED_DATA = "graph.onnx", "graph.data"
 NUMPY_OF = {torch.float32: np.float32, torch.float16: np.float16, torch.bool: np.bool_}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_digest() -> str:
+    """A short digest of this CPU (architecture, name, instruction-set flags), read once per process."""
+    flags = ""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()} {platform.processor()} {flags}".encode()).hexdigest()[:10]
 
 
 def import_onnxruntime() -> Any:
@@ -118,14 +130,8 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
 
     def optimized_path(self, directory: Path) -> Path:
         """Where the optimised CPU graph of the exported graph at ``directory`` is kept (see the module's notes)."""
-        flags = ""
-        try:
-            flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-        except OSError:
-            pass
-        machine = hashlib.sha256(f"{platform.machine()} {platform.processor()} {flags}".encode()).hexdigest()[:10]
         graph = hashlib.sha256(metadata_path(directory).read_bytes()).hexdigest()[:10]
-        return directory.parent.parent / OPTIMIZED_DIR / f"{directory.name}-ort{self.ort.__version__}-{machine}-{graph}"
+        return directory.parent.parent / OPTIMIZED_DIR / f"{directory.name}-ort{self.ort.__version__}-{cpu_digest()}-{graph}"
 
     def _cpu_session(self, directory: Path) -> Any:
         """The CPU session of the graph at ``directory``: from its saved optimised graph when there is a good one,
