@@ -44,7 +44,7 @@ from engine.models.checkpoint import load_model, model_directory
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from engine.stream.session import GenerationOptions, Session
-from kernels import dispatch
+from emote_kernels import dispatch
 
 SCHEMA = "bench.backends/1"
 VARIANTS = {

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 
 from bench.cli import RESULTS, int_tuple, write_atomic
 from bench.environment import gpu_driver, slug
-from kernels import group_norm as gn
-from kernels import reference_attention as ra
-from kernels import temporal_attention as ta
+from emote_kernels import group_norm as gn
+from emote_kernels import reference_attention as ra
+from emote_kernels import temporal_attention as ta
 
 RESOLUTIONS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
 """(latent side, channels) of SD1.5's four UNet levels at 512x512."""

@@ -1,7 +1,7 @@
 """The reference-attention kernel against the PyTorch path it replaces, and the parts of that path a change
 could remove: the backbone's self-attention over [own tokens ; bank tokens].
 
-Without the kernel (``kernels.reference_attention.reference_attention_reference``) the block projects the frame's
+Without the kernel (``emote_kernels.reference_attention.reference_attention_reference``) the block projects the frame's
 tokens, projects the reference bank's tokens once per sample, repeats the bank's K/V for every frame of the
 sample and concatenates them to the frame's own (copies), and passes a boolean mask built from
 ``reference_keep`` (every branch keeps the bank in the engine's default, guidance-free path) to
@@ -38,8 +38,8 @@ from bench.cli import int_tuple, results_dir, write_atomic
 from bench.environment import describe
 from bench.timing import time_call
 from engine.models.blocks import Attention
-from kernels import reference_attention as ra
-from kernels.dispatch import interpreter_enabled
+from emote_kernels import reference_attention as ra
+from emote_kernels.dispatch import interpreter_enabled
 
 LEVELS = ((64, 320), (32, 640), (16, 1280), (8, 1280))
 """(latent side, channels) of SD1.5's transformer levels at 512x512."""
@@ -67,7 +67,7 @@ class Case:
 def attend(module: Attention, x: torch.Tensor, bank_k: torch.Tensor, bank_v: torch.Tensor,
            keep: torch.Tensor | None, implementation) -> torch.Tensor:
     """The module's attention over [own ; bank] with the bank's K/V given and one implementation of
-    :mod:`kernels.reference_attention`."""
+    :mod:`emote_kernels.reference_attention`."""
     q, k, v = module.to_q(x), module.to_k(x), module.to_v(x)
     return module.to_out[0](implementation(q, k, v, bank_k, bank_v, keep, module.heads))
 

@@ -58,6 +58,13 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     >>"$LOG" 2>&1 || { say "wheel install failed"; exit 2; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# The project is not installed on that machine; its Triton kernels import as `emote_kernels`, the name an
+# install maps the folder kernels/ to (the bare `kernels` is HuggingFace's package, which transformers
+# imports). A link in a folder put on PYTHONPATH gives the name, pointing at this working tree.
+EMOTE_PATH=${EMOTE_PATH:-/tmp/emote-path}
+mkdir -p "$EMOTE_PATH" && ln -sfn "$PWD/kernels" "$EMOTE_PATH/emote_kernels" \
+  || { say "could not link the kernels into $EMOTE_PATH"; exit 2; }
+export PYTHONPATH=$EMOTE_PATH${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$LOG" 2>&1
 $PY - >>"$LOG" 2>&1 <<'EOF'
 import importlib.metadata as m, torch

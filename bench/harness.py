@@ -48,7 +48,7 @@ from engine.faces import prepare_portrait
 from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
 from engine.stream.session import Session
-from kernels import dispatch
+from emote_kernels import dispatch
 
 SCHEMA = "emote-bench/1"
 DEMO_PORTRAIT = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo" / "portrait.png"

@@ -50,7 +50,7 @@ from engine.stream.runner import LagPolicy, LiveSession, run_stream
 from engine.stream.session import Session
 from engine.stream.sources import FileSource
 from engine.stream.stats import StreamStats
-from kernels import dispatch
+from emote_kernels import dispatch
 
 
 

@@ -39,7 +39,7 @@ from engine.models.checkpoint import CheckpointError, load_model, model_director
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, default_cache_dir
 from export.networks import NETWORK_NAMES, PRECISIONS, Network, StreamShapes, make_network
-from kernels import dispatch
+from emote_kernels import dispatch
 
 OPSET = 18
 EXPORTER = "torchscript"

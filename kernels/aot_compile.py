@@ -8,7 +8,7 @@ of an SD1.5 launch and are specialised as Triton's launcher would (1 becomes a c
 marked so, pointers 16-byte aligned), so the counts of vector and scalar global loads in their PTX say
 whether the real launch reads its tiles with vector loads.
 
-    python -m kernels.aot_compile [--arch 80 90] [--json]
+    python -m emote_kernels.aot_compile [--arch 80 90] [--json]
 
 Must run without ``TRITON_INTERPRET=1``: Triton decorates its own library functions for the interpreter
 when that is set at import, and those cannot be compiled afterwards.
@@ -28,8 +28,8 @@ from typing import Callable
 
 import torch
 
-from kernels import group_norm, reference_attention, temporal_attention
-from kernels.dispatch import check_triton_mode, dot_precision, interpreter_enabled
+from emote_kernels import group_norm, reference_attention, temporal_attention
+from emote_kernels.dispatch import check_triton_mode, dot_precision, interpreter_enabled
 
 DEFAULT_ARCHS = (80, 90)
 POINTER_DTYPES = {"*fp32": torch.float32, "*fp16": torch.float16, "*bf16": torch.bfloat16}

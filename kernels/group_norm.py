@@ -1,7 +1,7 @@
 """GroupNorm with optional fused SiLU, as used before every convolution of the UNet's resnets and
 before the motion modules.
 
-``group_norm`` dispatches (see :mod:`kernels.dispatch`); ``group_norm_reference`` (PyTorch's
+``group_norm`` dispatches (see :mod:`emote_kernels.dispatch`); ``group_norm_reference`` (PyTorch's
 ``group_norm`` followed by ``silu``) and ``group_norm_triton`` are the two implementations.
 """
 
@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import triton_jit, use_triton
+from emote_kernels.dispatch import triton_jit, use_triton
 
 try:
     import triton

@@ -13,7 +13,7 @@ the device as a per-sample loop length (no mask, no host sync, so it can be capt
 writes the output in that layout for ``to_out``: a flash-attention loop (online softmax in fp32) over the own
 tokens' blocks and then the bank's.
 
-``reference_attention`` dispatches (see :mod:`kernels.dispatch`); ``reference_attention_reference`` (the
+``reference_attention`` dispatches (see :mod:`emote_kernels.dispatch`); ``reference_attention_reference`` (the
 model's SDPA path, also what the ONNX export traces) and ``reference_attention_triton`` are the two
 implementations.
 """
@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import dot_precision, triton_jit, use_triton
+from emote_kernels.dispatch import dot_precision, triton_jit, use_triton
 
 try:
     import triton
@@ -204,7 +204,7 @@ def attention_grid(rows: int, length: int, heads: int, block_m: int) -> tuple[in
 
 _CONFIGS = {
     # (padded head dim, fp32 inputs): (BLOCK_M, BLOCK_N, num_warps), large tiles that compile for sm_80 and sm_90,
-    # specialised as launched at SD1.5's shapes, without spilling (`python -m kernels.aot_compile`); fp16/bf16
+    # specialised as launched at SD1.5's shapes, without spilling (`python -m emote_kernels.aot_compile`); fp16/bf16
     # use the tensor cores, fp32 the FMA units. Not tuned on a GPU yet.
     (64, False): (128, 64, 8),
     (128, False): (128, 64, 8),

@@ -9,7 +9,7 @@ and those transposes dominate. The Triton kernel here reads and writes the frame
 place through strides instead, so ``q``, ``k`` and ``v`` may also be views (e.g. chunks of one fused
 QKV projection).
 
-``temporal_attention`` dispatches (see :mod:`kernels.dispatch`); ``temporal_attention_reference`` and
+``temporal_attention`` dispatches (see :mod:`emote_kernels.dispatch`); ``temporal_attention_reference`` and
 ``temporal_attention_triton`` are the two implementations.
 """
 
@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import dot_precision, triton_jit, use_triton
+from emote_kernels.dispatch import dot_precision, triton_jit, use_triton
 
 try:
     import triton
@@ -168,7 +168,7 @@ def attention_config(num_frames: int, head_dim: int, dtype: torch.dtype = torch.
     so that ``tl.dot`` compiles for NVIDIA GPUs) and the warps per program. Sequences over 64 frames walk
     the head dimension in chunks of 16 (with chunks of 64 their ``[128, 128]`` scores spill registers on
     sm_90), and fp32 takes 8 warps from 32 frames (with 4 it spills at head dim 80 and 160); checked by
-    ``python -m kernels.aot_compile``."""
+    ``python -m emote_kernels.aot_compile``."""
     block_f = max(_MIN_DOT, triton.next_power_of_2(num_frames))
     widest = _MIN_DOT if block_f > 64 else _MAX_HEAD_BLOCK
     block_d = max(_MIN_DOT, min(widest, triton.next_power_of_2(head_dim)))

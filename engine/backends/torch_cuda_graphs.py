@@ -6,7 +6,7 @@ replayed after that: the launch overhead of a few thousand small kernels per bac
 away. Inputs are copied into the graph's static buffers, outputs cloned out of it. All graphs
 share one memory pool; that is safe because calls run one at a time on one stream and every
 output is cloned before the next replay. The custom kernels run as Triton on CUDA
-(``EMOTE_KERNELS=auto``, :mod:`kernels.dispatch`), so this is the "torch + Triton + CUDA graphs" path.
+(``EMOTE_KERNELS=auto``, :mod:`emote_kernels.dispatch`), so this is the "torch + Triton + CUDA graphs" path.
 
 The audio encoder (float64 normalisation, variable lengths), the VAE encoder, face locator and
 speed encoder (once per session) run eagerly.

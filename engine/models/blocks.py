@@ -1,6 +1,6 @@
 """UNet building blocks with diffusers parameter names.
 
-GroupNorm (+SiLU) runs through :mod:`kernels.group_norm` (Triton on CUDA, PyTorch elsewhere).
+GroupNorm (+SiLU) runs through :mod:`emote_kernels.group_norm` (Triton on CUDA, PyTorch elsewhere).
 Every module here keeps the attribute names of diffusers' ``UNet2DConditionModel`` pieces
 (``resnets.N.norm1``, ``attentions.N.transformer_blocks.0.attn1.to_q``, ...), so SD1.5 weights in
 diffusers format load without renaming. The spatial layout is always "frames stacked in the
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.group_norm import group_norm
-from kernels.reference_attention import reference_attention
+from emote_kernels.group_norm import group_norm
+from emote_kernels.reference_attention import reference_attention
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
@@ -96,7 +96,7 @@ class Attention(nn.Module):
     ``reference`` ``[B, R, query_dim]`` (with ``N = B * frames``) appends R reference tokens to the
     keys/values of every frame of its sample; their projections are computed once per sample,
     not once per frame. ``reference_keep`` ``[B]`` bool masks them out for the samples marked False. That path
-    runs through :mod:`kernels.reference_attention` (Triton on CUDA, PyTorch's SDPA elsewhere).
+    runs through :mod:`emote_kernels.reference_attention` (Triton on CUDA, PyTorch's SDPA elsewhere).
     """
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):

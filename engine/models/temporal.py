@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from engine.models.blocks import Attention, FeedForward, UNetContext
-from kernels.group_norm import group_norm
-from kernels.temporal_attention import temporal_attention
+from emote_kernels.group_norm import group_norm
+from emote_kernels.temporal_attention import temporal_attention
 
 
 class PositionalEncoding(nn.Module):

@@ -17,7 +17,7 @@ STEPS = ("kernel-tests", "kernel-bench", "reference-attention", "backends", "end
 def fake_python(tmp_path: Path) -> Path:
     """An executable that records its arguments and hangs when they name the module in $HANG_ON."""
     stub = tmp_path / "python3"
-    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n'
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\necho "$PYTHONPATH" >> "$CALLS.path"\n'
                     'case "$*" in *"$HANG_ON"*) [ -n "$HANG_ON" ] && sleep 60;; esac\nexit 0\n')
     stub.chmod(0o755)
     return stub
@@ -26,7 +26,7 @@ def fake_python(tmp_path: Path) -> Path:
 def test_every_step_runs_in_order_and_a_hung_step_is_cut_off(tmp_path):
     out, calls = tmp_path / "out", tmp_path / "calls.txt"
     env = {**os.environ, "PY": str(fake_python(tmp_path)), "OUT": str(out), "CALLS": str(calls),
-           "HANG_ON": "bench.backends", "GPU_CHECKS_SCALE": "0.02"}
+           "HANG_ON": "bench.backends", "GPU_CHECKS_SCALE": "0.02", "EMOTE_PATH": str(tmp_path / "path")}
     env.pop("PYTHONPATH", None)
     subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, check=True, timeout=60,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -44,3 +44,20 @@ def test_every_step_runs_in_order_and_a_hung_step_is_cut_off(tmp_path):
     with tarfile.open(out / "results.tgz") as packed:
         assert any(name.startswith("bench/results/amd-epyc/") for name in packed.getnames())
     assert not (out / "results.tgz.partial").exists()
+
+
+def test_every_step_finds_the_kernels_as_emote_kernels(tmp_path):
+    """The GPU machine runs the tree uninstalled: each step's PYTHONPATH leads to the working tree's
+    kernels/ under the name an install gives them."""
+    out, calls, linked = tmp_path / "out", tmp_path / "calls.txt", tmp_path / "path"
+    env = {**os.environ, "PY": str(fake_python(tmp_path)), "OUT": str(out), "CALLS": str(calls),
+           "HANG_ON": "", "GPU_CHECKS_SCALE": "0.02", "EMOTE_PATH": str(linked)}
+    env.pop("PYTHONPATH", None)
+    subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    paths = Path(f"{calls}.path").read_text().splitlines()
+    assert len(paths) >= len(STEPS)
+    assert all(p.split(":")[0] == str(linked) for p in paths)
+    assert (linked / "emote_kernels").resolve() == REPO / "kernels"
+    assert (linked / "emote_kernels" / "dispatch.py").is_file()

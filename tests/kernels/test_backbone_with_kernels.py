@@ -8,7 +8,7 @@ from support import randomize_
 
 from engine.config import preset
 from engine.models.checkpoint import random_model
-from kernels.dispatch import interpreter_enabled, reset_backend
+from emote_kernels.dispatch import interpreter_enabled, reset_backend
 
 
 @pytest.fixture

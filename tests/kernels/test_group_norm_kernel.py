@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import group_norm as gn
+from emote_kernels import group_norm as gn
 
 requires_triton = pytest.mark.skipif(gn.triton is None, reason="triton is not installed")
 

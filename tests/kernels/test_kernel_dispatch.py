@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kernels import dispatch
-from kernels import group_norm as gn
-from kernels import reference_attention as ra
-from kernels import temporal_attention as ta
+from emote_kernels import dispatch
+from emote_kernels import group_norm as gn
+from emote_kernels import reference_attention as ra
+from emote_kernels import temporal_attention as ta
 
 
 @pytest.fixture(autouse=True)

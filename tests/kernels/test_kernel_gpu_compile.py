@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import aot_compile
+from emote_kernels import aot_compile
 
 pytest.importorskip("triton")
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import json
 from dataclasses import asdict
-from kernels import aot_compile as aot
+from emote_kernels import aot_compile as aot
 bad = aot.attention_case(16, 40, "*fp16")
 bad.name, bad.constexprs = "dot tile 8", dict(bad.constexprs, BLOCK_F=8)
 results = [aot.compile_case(case, arch) for arch in (80, 90) for case in aot.default_cases()]

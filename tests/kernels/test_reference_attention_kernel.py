@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kernels import reference_attention as ra
+from emote_kernels import reference_attention as ra
 
 requires_triton = pytest.mark.skipif(ra.triton is None, reason="triton is not installed")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import temporal_attention as ta
+from emote_kernels import temporal_attention as ta
 
 requires_triton = pytest.mark.skipif(ta.triton is None, reason="triton is not installed")
 

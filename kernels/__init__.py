@@ -1,1 +1,0 @@
-"""Triton kernels, each beside a plain PyTorch reference of the same op; see kernels.dispatch."""
