@@ -12,7 +12,7 @@ import torch
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, StalePlanError, metadata_path
 from export.networks import StreamShapes, make_network
-from export.trt_build import plan_key
+from export.trt_build import BuildSettings, plan_key
 
 
 def base_key(**changes) -> CacheKey:
@@ -43,16 +43,16 @@ def test_changing_any_keyed_part_changes_the_path(tmp_path: Path, part: str) -> 
     assert cache.path(base_key(**CHANGES[part])) != cache.path(base_key())
 
 
-def test_plan_key_tracks_weights_size_profiles_precision_tensorrt_and_gpu(tiny_model: EmoteModel,
-                                                                        tmp_path: Path) -> None:
+def test_plan_key_tracks_weights_size_profiles_precision_builder_tensorrt_and_gpu(tiny_model: EmoteModel,
+                                                                                tmp_path: Path) -> None:
     """The real key of a backbone plan, computed without TensorRT, moves with each of its inputs."""
     cache = EngineCache(tmp_path)
     cfg = tiny_model.config
 
     def path(model: EmoteModel = tiny_model, shapes: StreamShapes | None = None, precision: str = "fp16",
-             trt: str = "10.3.0", gpu: str = "9.0") -> Path:
+             trt: str = "10.3.0", gpu: str = "9.0", workspace_gib: float | None = None, level: int = 3) -> Path:
         network = make_network("backbone", model, shapes or StreamShapes.for_model(cfg))
-        return cache.path(plan_key(network, precision, trt, gpu))
+        return cache.path(plan_key(network, BuildSettings(precision, workspace_gib, level), trt, gpu))
 
     reference = path()
     assert path() == reference
@@ -62,6 +62,8 @@ def test_plan_key_tracks_weights_size_profiles_precision_tensorrt_and_gpu(tiny_m
     assert path(precision="bf16") != reference
     assert path(trt="10.4.0") != reference
     assert path(gpu="8.9") != reference
+    assert path(workspace_gib=4.0) != reference and path(workspace_gib=4.0) != path(workspace_gib=8.0)
+    assert path(level=5) != reference
     changed = EmoteModel(cfg)
     changed.load_state_dict(tiny_model.state_dict())
     with torch.no_grad():
