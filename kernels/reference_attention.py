@@ -39,6 +39,13 @@ MAX_HEAD_DIM = 256
 """Largest head dimension the Triton kernel takes (the head sits whole in one block, padded to a power of 2)."""
 
 
+def repeat_rows(t: torch.Tensor, times: int) -> torch.Tensor:
+    """``t`` ``[b, ...]`` -> ``[b*times, ...]``, each row repeated ``times`` times in a row (``repeat_interleave`` on
+    dim 0), written as expand + flatten: exported to ONNX as Expand/Reshape, without the OneHot nodes
+    ``repeat_interleave`` brings (TensorRT does not document OneHot as computing shape tensors)."""
+    return t[:, None].expand(t.shape[0], times, *t.shape[1:]).flatten(0, 1)
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bank_k: torch.Tensor, bank_v: torch.Tensor,
                   keep: torch.Tensor | None, heads: int) -> None:
     if q.dim() != 3:
@@ -78,12 +85,12 @@ def reference_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     _check_inputs(q, k, v, bank_k, bank_v, keep, heads)
     rows, length, channels = q.shape
     frames = rows // bank_k.shape[0]
-    k = torch.cat([k, bank_k.repeat_interleave(frames, dim=0)], dim=1)
-    v = torch.cat([v, bank_v.repeat_interleave(frames, dim=0)], dim=1)
+    k = torch.cat([k, repeat_rows(bank_k, frames)], dim=1)
+    v = torch.cat([v, repeat_rows(bank_v, frames)], dim=1)
     mask = None
     if keep is not None:
         own = torch.ones(rows, length, dtype=torch.bool, device=q.device)
-        bank = keep.to(q.device).repeat_interleave(frames)[:, None].expand(-1, bank_k.shape[1])
+        bank = repeat_rows(keep.to(q.device), frames)[:, None].expand(-1, bank_k.shape[1])
         mask = torch.cat([own, bank], dim=1)[:, None, None, :]
 
     def split_heads(t: torch.Tensor) -> torch.Tensor:

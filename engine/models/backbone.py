@@ -82,7 +82,7 @@ class Backbone(UNet):
         audio = audio_tokens.flatten(0, 1) if audio_tokens is not None else None
         if self.audio_modules_enabled:
             cross = self._image_context(image_tokens, b, sample)
-            cross = cross.repeat_interleave(frames, dim=0) if cross is not None else None
+            cross = cross[:, None].expand(-1, frames, -1, -1).flatten(0, 1) if cross is not None else None
             masks = self._frame_masks(region_masks, b, frames)
         else:
             cross, audio, masks = audio, None, None
@@ -108,4 +108,4 @@ class Backbone(UNet):
             return None
         if len(region_masks) != self.num_levels:
             raise ValueError(f"region_masks has {len(region_masks)} levels, the UNet {self.num_levels}")
-        return [m.expand(batch, *m.shape[1:]).repeat_interleave(frames, dim=0) for m in region_masks]
+        return [m.expand(batch, *m.shape[1:])[:, None].expand(-1, frames, -1, -1).flatten(0, 1) for m in region_masks]

@@ -94,6 +94,15 @@ def test_backbone_graph_reads_every_condition(tiny_model: EmoteModel, tiny_shape
         assert np.abs(out - base).max() > 1e-4, f"the backbone graph ignores {name}"
 
 
+def test_graphs_have_no_onehot_nodes(exported: dict[str, Path]) -> None:
+    """No graph computes a shape through OneHot (what ``repeat_interleave`` exports to; TensorRT does not list
+    IOneHotLayer among the layers that compute shape tensors): the reference bank is repeated per frame with
+    expand + flatten. The tiny backbone had 21 before."""
+    for name, directory in exported.items():
+        graph = onnx.load(str(directory / GRAPH_FILE), load_external_data=False)
+        assert not [n.name for n in graph.graph.node if n.op_type == "OneHot"], name
+
+
 def test_weights_travel_in_the_data_file_beside_the_graph(tiny_model: EmoteModel, tiny_shapes: StreamShapes,
                                                           exported: dict[str, Path], tmp_path: Path) -> None:
     source = exported["vae_decoder"]
