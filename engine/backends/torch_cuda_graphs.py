@@ -4,8 +4,11 @@ The backbone, the ReferenceNet and the VAE decoder, the calls repeated every ste
 captured into a CUDA graph the first time they see a given set of input shapes and dtypes, and
 replayed after that: the launch overhead of a few thousand small kernels per backbone step goes
 away. Inputs are copied into the graph's static buffers, outputs cloned out of it. All graphs
-share one memory pool; that is safe because calls run one at a time on one stream and every
-output is cloned before the next replay. The custom kernels run as Triton on CUDA
+share one memory pool; that is safe because calls run one at a time (a lock: the stream runner's
+backbone and decoder threads and ``emote serve``'s sessions may share the backend), each ordered on
+the GPU after the previous one (its stream waits for the last caller's), and every output is cloned
+before the next replay. Captures use the thread-local mode, so other threads' CUDA calls cannot
+invalidate them. At most ``max_graphs`` graphs are kept, the least recently used evicted first. The custom kernels run as Triton on CUDA
 (``EMOTE_KERNELS=auto``, :mod:`emote_kernels.dispatch`), so this is the "torch + Triton + CUDA graphs" path.
 
 The audio encoder (float64 normalisation, variable lengths), the VAE encoder, face locator and
@@ -14,7 +17,9 @@ speed encoder (once per session) run eagerly.
 
 from __future__ import annotations
 
-from typing import Callable
+import threading
+from collections import OrderedDict
+from typing import Callable, Generic, TypeVar
 
 import torch
 
@@ -23,6 +28,34 @@ from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
 Key = tuple[str, tuple[tuple[tuple[int, ...], torch.dtype, bool], ...]]
+V = TypeVar("V")
+
+
+class LeastRecentlyUsed(Generic[V]):
+    """At most ``limit`` values by key; adding one more evicts the one used longest ago."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"keep at least one graph, not {limit}")
+        self.limit = limit
+        self._items: OrderedDict[Key, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Key) -> V | None:
+        """The value of ``key`` (now the most recently used), or None."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Key, value: V) -> None:
+        """Keep ``value`` under ``key``, evicting the least recently used beyond ``limit``."""
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
 
 
 class _Captured:
@@ -40,38 +73,46 @@ class TorchCudaGraphsBackend(TorchEagerBackend):
         device: a CUDA device.
         dtype: the networks' dtype (float16 or bfloat16 for speed).
         warmup: eager runs on a side stream before capture (lazy initialisation, Triton compilation).
+        max_graphs: graphs kept (one per network and input shape set); the least recently used is evicted.
+
+    Attributes:
+        captured: how many graphs have been captured so far (evicted ones included).
     """
 
     name = "torch-cuda-graphs"
 
     def __init__(self, model: EmoteModel, device: str | torch.device = "cuda", dtype: torch.dtype = torch.float16,
-                 warmup: int = 2):
+                 warmup: int = 2, max_graphs: int = 16):
         if torch.device(device).type != "cuda" or not torch.cuda.is_available():
             raise RuntimeError("the torch-cuda-graphs backend needs a CUDA device "
                                f"(asked for {device}; CUDA available: {torch.cuda.is_available()})")
         super().__init__(model, device, dtype)
         self.warmup = warmup
         self.pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[Key, _Captured] = {}
-
-    @property
-    def captured(self) -> int:
-        """How many graphs have been captured (one per network and input shape set)."""
-        return len(self._graphs)
+        self._graphs: LeastRecentlyUsed[_Captured] = LeastRecentlyUsed(max_graphs)
+        self._lock = threading.Lock()
+        self._last_stream: torch.cuda.Stream | None = None
+        self.captured = 0
 
     def _run(self, name: str, fn: Callable[..., tuple[torch.Tensor, ...]],
              tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """``fn(*tensors)`` through the graph captured for these shapes (captured now if new)."""
         tensors = [t.to(self.device) for t in tensors]
         key: Key = (name, tuple((tuple(t.shape), t.dtype, t.is_contiguous()) for t in tensors))
-        captured = self._graphs.get(key)
-        if captured is None:
-            captured = self._capture(fn, tensors)
-            self._graphs[key] = captured
-        for static, tensor in zip(captured.inputs, tensors):
-            static.copy_(tensor)
-        captured.graph.replay()
-        return tuple(out.clone() for out in captured.outputs)
+        with self._lock:
+            stream = torch.cuda.current_stream(self.device)
+            if self._last_stream is not None and self._last_stream != stream:
+                stream.wait_stream(self._last_stream)
+            self._last_stream = stream
+            captured = self._graphs.get(key)
+            if captured is None:
+                captured = self._capture(fn, tensors)
+                self._graphs.put(key, captured)
+                self.captured += 1
+            for static, tensor in zip(captured.inputs, tensors):
+                static.copy_(tensor)
+            captured.graph.replay()
+            return tuple(out.clone() for out in captured.outputs)
 
     def _capture(self, fn: Callable[..., tuple[torch.Tensor, ...]], tensors: list[torch.Tensor]) -> _Captured:
         static = [t.clone() for t in tensors]
@@ -82,7 +123,7 @@ class TorchCudaGraphsBackend(TorchEagerBackend):
                 fn(*static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = fn(*static)
         return _Captured(graph, static, outputs)
 

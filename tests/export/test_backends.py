@@ -118,6 +118,21 @@ def test_make_engines_says_why_in_one_line_without_tensorrt(tmp_path: Path) -> N
     assert not any(tmp_path.iterdir())
 
 
+def test_cuda_graphs_are_kept_least_recently_used_first_out() -> None:
+    """The torch-cuda-graphs backend's graph store (CPU-side logic): bounded, the least recently used evicted."""
+    from engine.backends.torch_cuda_graphs import LeastRecentlyUsed
+
+    graphs: LeastRecentlyUsed[str] = LeastRecentlyUsed(2)
+    graphs.put(("a", ()), "A")
+    graphs.put(("b", ()), "B")
+    assert graphs.get(("a", ())) == "A"
+    graphs.put(("c", ()), "C")
+    assert len(graphs) == 2 and graphs.get(("b", ())) is None
+    assert graphs.get(("a", ())) == "A" and graphs.get(("c", ())) == "C"
+    with pytest.raises(ValueError, match="at least one graph"):
+        LeastRecentlyUsed(0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="torch-cuda-graphs needs a CUDA device (none here)")
 def test_cuda_graphs_clip_matches_eager_on_cuda(tiny_model: EmoteModel, run_session) -> None:
