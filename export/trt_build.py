@@ -56,7 +56,8 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError as exc:
         raise TensorRTUnavailable(f"TensorRT is not installed ({exc}); install the GPU extras from NVIDIA's "
-                                  "index (pip install tensorrt; see README, 'GPU extras')") from None
+                                  "index (pip install tensorrt; see README, 'Backends, ONNX and TensorRT "
+                                  "engines')") from None
     tensorrt_major(tensorrt)
     return tensorrt
 

@@ -1,6 +1,6 @@
 """Hallo (fudan-generative-vision/hallo, commit 8fd7c57): files, key maps and config.
 
-What its inference loads (shared/compat/README.md section 1): ``hallo/net.pth`` (one state dict with
+What its inference loads (read from its ``scripts/inference.py`` at that commit): ``hallo/net.pth`` (one state dict with
 the prefixes ``reference_unet.``, ``denoising_unet.``, ``face_locator.``, ``imageproj.``,
 ``audioproj.``; it overwrites every UNet tensor, so SD1.5 and ``mm_sd_v15_v2.ckpt`` are not read),
 ``sd-vae-ft-mse`` (diffusers), ``wav2vec/wav2vec2-base-960h`` (transformers ``Wav2Vec2ForCTC``),

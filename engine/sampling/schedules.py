@@ -185,7 +185,8 @@ class NoiseSchedule:
     @classmethod
     def hallo(cls) -> NoiseSchedule:
         """What Hallo and EchoMimic (audio-driven) run: linear 0.00085-0.012, v_prediction,
-        zero-terminal-SNR rescale, trailing spacing, steps_offset 1 (shared/compat/README.md section 6)."""
+        zero-terminal-SNR rescale, trailing spacing, steps_offset 1 (the schedulers their inference
+        scripts build)."""
         return cls(
             beta_start=0.00085,
             beta_end=0.012,

@@ -1,4 +1,4 @@
-"""Stream measures, live and per run, with the words meaning exactly what shared/DESIGN.md "Measures" says.
+"""Stream measures, live and per run, each defined exactly as below.
 
 - time to first frame (TTFF): from the first audio sample entering the engine to the first frame
   leaving it.

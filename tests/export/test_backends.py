@@ -147,7 +147,7 @@ def test_cuda_graphs_clip_matches_eager_on_cuda(tiny_model: EmoteModel, run_sess
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_TENSORRT and HAS_CUDA), reason="tensorrt is not importable here (it cannot be "
-                    "installed on these machines: shared/ENVIRONMENT.md)")
+                    "installed on these machines: its wheels come only from NVIDIA's index)")
 def test_tensorrt_clip_matches_torch(tiny_model: EmoteModel, tmp_path: Path, run_session) -> None:
     model = copy.deepcopy(tiny_model).to("cuda")
     want = run_session(make_backend("torch", model, "cuda", torch.float32), model, 0.5, first_clip_frames=3)

@@ -1,4 +1,5 @@
-"""Full-size checkpoints synthesised from the shared/compat manifests (meta tensors) map strictly.
+"""Full-size checkpoints synthesised from the layout manifests in tests/fixtures/compat (meta tensors) map
+strictly.
 
 Every key of every file each system ships lands on one of our parameters with its shape, or is
 dropped by a rule with a reason; and every one of our parameters is covered. EchoMimic's
@@ -136,6 +137,6 @@ def test_echomimic_config_is_what_its_inference_runs(echomimic_checkout):
 
 
 def test_the_checkout_configs_are_the_shared_ones():
-    """The configs copied into tests/fixtures/compat are the ones shared/compat's tools wrote."""
+    """The configs in tests/fixtures/compat are the systems' own (SD1.5's UNet shape)."""
     data = json.loads((CONFIGS / "sd15_unet" / "config.json").read_text())
     assert data["block_out_channels"] == [320, 640, 1280, 1280] and data["attention_head_dim"] == 8
