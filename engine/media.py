@@ -1,8 +1,13 @@
 """Media I/O: portrait images in, speech audio in, MP4 (H.264 + AAC) or PNG frames out.
 
 Every failure is a ``MediaError`` whose message is one line that starts with the file's name.
+Images are checked against one size limit (:func:`image_size_error`, shared with the live server's
+uploads) from their header, before any pixel is decoded.
 Writers never leave half-written output: they write into a hidden temporary file or directory beside
-the target (``.name.partial-XXXX``) and rename it onto the target only when closed without error.
+the target (``.name.partial-XXXX``) and rename it onto the target only when closed without error. A
+target that exists must be what the writer makes (a regular file, a directory of frames): device
+nodes, FIFOs and symbolic links are refused. :func:`check_outputs` refuses a set of outputs that
+would replace an input or each other.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
+import warnings
 from collections import deque
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +33,10 @@ PathLike = str | os.PathLike
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _FRAME_NAME = "frame_{:06d}.png"
 _FRAME_PATTERN = re.compile(r"frame_\d{6}\.png")
+MIN_PORTRAIT_SIDE = 32
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = 40_000_000
+IMAGE_LIMIT = f"the limit of {MAX_IMAGE_SIDE} pixels on a side and {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
 
 
 class MediaError(ValueError):
@@ -49,28 +61,55 @@ def _existing_file(path: PathLike) -> Path:
 
 # ---------------------------------------------------------------------------------------------- images
 
-def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def image_size_error(width: int, height: int, min_side: int = 1) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels is refused (one line), or None when it is within the limits.
+
+    The limits: at least ``min_side`` pixels on each side, at most :data:`MAX_IMAGE_SIDE` on a side and
+    :data:`MAX_IMAGE_PIXELS` in all (the CLI's files and the server's uploads alike).
+    """
+    if min(width, height) < min_side:
+        return f"the image is {width}x{height}; it needs at least {min_side} pixels on each side"
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        return f"the image is {width}x{height}, larger than {IMAGE_LIMIT}"
+    return None
+
+
+def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255), min_side: int = 1) -> np.ndarray:
     """Read an image file as RGB.
 
     Any format Pillow reads (EXIF orientation applied; first frame of animations), else the first
     video frame PyAV decodes. Transparency is composited onto ``background`` (RGB, 0-255), grayscale
-    and palette images become RGB, 16-bit images are scaled to 8 bits.
+    and palette images become RGB, 16-bit images are scaled to 8 bits. The size is checked from the
+    header (:func:`image_size_error`, with ``min_side``) before anything is decoded.
 
     Returns uint8 [H, W, 3] RGB.
     """
     p = _existing_file(path)
     try:
-        with Image.open(p) as im:
-            im.load()
-            return _pil_to_rgb(ImageOps.exif_transpose(im), background)
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"{p}: image is too large ({_reason(exc)})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                _check_image_size(p, im.width, im.height, min_side)
+                im.load()
+                return _pil_to_rgb(ImageOps.exif_transpose(im), background)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MediaError(f"{p}: the image is larger than {IMAGE_LIMIT}") from None
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, MediaError):
+            raise
         pil_reason = _reason(exc)
     try:
-        return _first_video_frame(p)
+        return _first_video_frame(p, min_side)
+    except MediaError:
+        raise
     except (av.FFmpegError, StopIteration, ValueError):
         raise MediaError(f"{p}: not a readable image ({pil_reason})") from None
+
+
+def _check_image_size(path: Path, width: int, height: int, min_side: int) -> None:
+    error = image_size_error(width, height, min_side)
+    if error is not None:
+        raise MediaError(f"{path}: {error}")
 
 
 def _pil_to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
@@ -89,11 +128,16 @@ def _pil_to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
-def _first_video_frame(path: Path) -> np.ndarray:
+def _first_video_frame(path: Path, min_side: int) -> np.ndarray:
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
-        frame = next(container.decode(container.streams.video[0]))
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height:  # zero when the header does not say: the decoded frame is checked then
+            _check_image_size(path, width, height, min_side)
+        frame = next(container.decode(stream))
+        _check_image_size(path, frame.width, frame.height, min_side)
         return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
 
 
@@ -190,11 +234,60 @@ def _partial_path(target: Path, directory: bool) -> Path:
     raise FileExistsError(f"no free temporary name beside {target}")
 
 
+def _check_target_kind(target: Path, directory: bool) -> None:
+    """Refuse a target that exists and is not what the writer makes: a directory (``directory``), else a regular file.
+
+    The check does not follow a symbolic link: a link is refused, as are device nodes, FIFOs and sockets.
+    """
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MediaError(f"{target}: cannot inspect the output ({_reason(exc)})") from None
+    if stat.S_ISLNK(mode):
+        raise MediaError(f"{target}: exists and is a symbolic link; outputs replace only what they write")
+    if stat.S_ISDIR(mode) != directory:
+        raise MediaError(f"{target}: exists and is {'a directory' if stat.S_ISDIR(mode) else 'a file'}")
+    if not directory and not stat.S_ISREG(mode):
+        raise MediaError(f"{target}: exists and is not a regular file (a device, FIFO or socket)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(files: Sequence[PathLike], directories: Sequence[PathLike] = (),
+                  inputs: Sequence[PathLike] = ()) -> None:
+    """Refuse a run's outputs before anything is written; MediaError (one line naming the output) if unsafe.
+
+    ``files`` are output files, ``directories`` output directories (replaced as a whole), ``inputs``
+    the files the run reads. Each output must be absent or of its own kind (:func:`_check_target_kind`),
+    must not be an input (by path, through links, or the same file), a directory output must not hold
+    an input, and no output may be, or lie inside, another.
+    """
+    outputs = [(Path(f), False) for f in files] + [(Path(d), True) for d in directories]
+    sources = [(Path(i), Path(i).resolve()) for i in inputs]
+    placed: list[tuple[Path, Path]] = []
+    for target, directory in outputs:
+        _check_target_kind(target, directory)
+        where = target.resolve()
+        for name, source in sources:
+            if source == where or (directory and source.is_relative_to(where)) or _same_file(target, name):
+                held = "holds" if source != where and directory else "is"
+                raise MediaError(f"{target}: {held} the input {name}; an output never replaces an input")
+        for other, there in placed:
+            if where.is_relative_to(there) or there.is_relative_to(where):
+                raise MediaError(f"{target}: overlaps the output {other}; each output needs its own place")
+        placed.append((target, where))
+
+
 def _prepare_target(path: PathLike, directory: bool) -> Path:
     target = Path(path)
-    if target.exists() and target.is_dir() != directory:
-        kind = "a directory" if target.is_dir() else "a file"
-        raise MediaError(f"{target}: exists and is {kind}")
+    _check_target_kind(target, directory)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -253,6 +346,7 @@ class VideoWriter:
         self._pending: deque[np.ndarray] = deque()
         self._pending_samples = 0
         self._closed = False
+        self._finished = False
         try:
             self._tmp = _partial_path(self.path, directory=False)
         except OSError as exc:
@@ -336,12 +430,15 @@ class VideoWriter:
             raise MediaError(f"{self.path}: writing {what} failed ({_reason(exc)})") from None
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or self._finished:
             raise MediaError(f"{self.path}: writer is already closed")
 
-    def close(self) -> None:
-        """Fit the audio to the video's length, finish both encoders and move the file onto ``path``."""
-        if self._closed:
+    def finish(self) -> None:
+        """Fit the audio to the video's length and finish both encoders; the file stays under its temporary name.
+
+        ``close()`` then only moves it onto ``path`` (so several outputs can be finished before any appears).
+        """
+        if self._closed or self._finished:
             return
         if self._frames == 0:
             self.abort()
@@ -356,8 +453,24 @@ class VideoWriter:
         self._encode(self._audio, None, "audio")
         try:
             self._container.close()
-            os.replace(self._tmp, self.path)
         except (av.FFmpegError, OSError) as exc:
+            self.abort()
+            raise MediaError(f"{self.path}: finishing the file failed ({_reason(exc)})") from None
+        try:
+            _check_target_kind(self.path, directory=False)
+        except MediaError:
+            self.abort()
+            raise
+        self._finished = True
+
+    def close(self) -> None:
+        """:meth:`finish`, then move the file onto ``path``."""
+        if self._closed:
+            return
+        self.finish()
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
             self.abort()
             raise MediaError(f"{self.path}: finishing the file failed ({_reason(exc)})") from None
         self._closed = True
@@ -368,7 +481,7 @@ class VideoWriter:
             return
         self._closed = True
         container = getattr(self, "_container", None)
-        if container is not None:
+        if container is not None and not self._finished:
             try:
                 container.close()
             except (av.FFmpegError, OSError):
@@ -428,10 +541,22 @@ class PngSequenceWriter:
             raise MediaError(f"{self.path}: writing a frame failed ({_reason(exc)})") from None
         self._frames += 1
 
-    def close(self) -> None:
-        """Move the finished sequence onto ``directory`` (replacing an earlier sequence there)."""
+    def finish(self) -> None:
+        """Check that ``directory`` may still be replaced; ``close()`` then only moves the sequence into place."""
         if self._closed:
             return
+        try:
+            _check_target_kind(self.path, directory=True)
+        except MediaError:
+            self.abort()
+            raise
+
+    def close(self) -> None:
+        """:meth:`finish`, then move the sequence onto ``directory`` (replacing an earlier sequence there)."""
+        if self._closed:
+            return
+        self.finish()
+        old = None
         try:
             if self.path.exists():
                 old = _partial_path(self.path, directory=True)
@@ -441,6 +566,10 @@ class PngSequenceWriter:
             else:
                 os.replace(self._tmp, self.path)
         except OSError as exc:
+            if old is not None and not self.path.exists():
+                os.replace(old, self.path)
+            elif old is not None:
+                shutil.rmtree(old, ignore_errors=True)
             self.abort()
             raise MediaError(f"{self.path}: finishing the sequence failed ({_reason(exc)})") from None
         self._closed = True

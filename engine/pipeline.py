@@ -22,7 +22,7 @@ from engine.config import PRESETS
 from engine.face_embedding import load_face_embedding
 from engine.faces import FaceBox, prepare_portrait
 from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS
-from engine.media import MediaError, load_image
+from engine.media import MIN_PORTRAIT_SIDE, MediaError, check_outputs, load_image
 from engine.models.checkpoint import load_model, model_directory, random_model, resolve_config
 from engine.models.model import EmoteModel
 from engine.region_masks import load_mask, portrait_region_masks
@@ -119,9 +119,9 @@ def check_audio(pcm: np.ndarray, path: Path) -> None:
 
 def open_session(request: StreamRequest) -> tuple[Session, bool]:
     """Model, portrait and backend for ``request``; returns the session and whether a face was detected."""
-    image = load_image(request.image)
+    image = load_image(request.image, min_side=MIN_PORTRAIT_SIDE)
     model = open_model(request.model, request.fps)
-    size = request.size or model.config.resolution
+    size = model.config.resolution if request.size is None else request.size
     portrait = prepare_portrait(image, size, face_box=request.face_box, on_missing=request.on_missing_face)
     if not portrait.detected and request.face_box is None:
         print(f"warning: no face found in {request.image}; using a centred box (pass --face-box x0,y0,x1,y1)",
@@ -153,15 +153,34 @@ def supplied_inputs(request: StreamRequest) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_request_outputs(request: StreamRequest, audio: Path | None = None) -> None:
+    """Refuse ``request``'s outputs before anything is read or written (:func:`engine.media.check_outputs`).
+
+    The inputs they may not replace: the photo, ``audio`` (the audio file, if any), the face embedding
+    and masks, and the model directory with its files.
+    """
+    inputs = [path for path in (request.image, audio, request.face_embedding, request.face_mask, request.lip_mask)
+              if path is not None]
+    directory = model_directory(request.model)
+    if directory is not None:
+        inputs += [directory, *directory.iterdir()]
+    check_outputs([request.out], [request.png_dir] if request.png_dir is not None else [], inputs)
+
+
 def _sinks(request: StreamRequest, session: Session) -> list[FrameSink]:
     sinks: list[FrameSink] = [Mp4Sink(request.out, session.fps, (session.size, session.size))]
     if request.png_dir is not None:
-        sinks.append(PngSink(request.png_dir))
+        try:
+            sinks.append(PngSink(request.png_dir))
+        except BaseException:
+            sinks[0].abort()
+            raise
     return sinks
 
 
 def stream(request: StreamRequest, source: AudioSource, live_status: bool = True) -> StreamStats:
     """Run ``source`` through a live session into the request's sinks; prints a status line while it runs."""
+    check_request_outputs(request, source.path if isinstance(source, FileSource) else None)
     session, _ = open_session(request)
     live = LiveSession(session, request.policy)
     last_print = [0.0]
@@ -181,6 +200,7 @@ def stream(request: StreamRequest, source: AudioSource, live_status: bool = True
 def generate(request: GenerateRequest, progress: bool = True) -> GenerateResult:
     """Run one offline job (the stream path, unpaced); nothing is left at ``request.out`` unless it completes."""
     started = time.perf_counter()
+    check_request_outputs(request, request.audio)
     source = FileSource(request.audio, block_ms=OFFLINE_BLOCK_MS)
     check_audio(source.pcm, request.audio)
     session, detected = open_session(request)

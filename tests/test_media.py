@@ -15,6 +15,8 @@ from engine.media import (
     PngSequenceWriter,
     VideoWriter,
     audio_duration,
+    check_outputs,
+    image_size_error,
     load_audio,
     load_image,
     read_video_info,
@@ -407,3 +409,70 @@ def test_read_video_info_errors(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="no video stream") as err:
         read_video_info(wav)
     _one_line_naming(err, wav)
+
+
+def test_image_size_is_checked_from_the_header(tmp_path: Path) -> None:
+    import tracemalloc
+
+    cases = {"pixels.png": (7000, 7000), "side.png": (9000, 64)}  # 49 MP, under Pillow's own bomb limit
+    for name, size in cases.items():
+        Image.new("1", size).save(tmp_path / name)
+        tracemalloc.start()
+        try:
+            with pytest.raises(MediaError, match="larger than the limit of 8192 pixels on a side and 40 megapixels"):
+                load_image(tmp_path / name)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 20e6, f"{name}: {peak / 1e6:.0f} MB traced, the pixels were decoded"
+    assert image_size_error(*cases["pixels.png"]) is not None and image_size_error(6000, 6000) is None
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(MediaError, match="at least 32 pixels"):
+        load_image(tmp_path / "dot.png", min_side=32)
+
+
+def test_writers_replace_only_their_own_kind(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    (tmp_path / "real.mp4").write_bytes(b"keep")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(tmp_path / "real.mp4")
+    (tmp_path / "file").write_bytes(b"keep")
+    with pytest.raises(MediaError, match="not a regular file"):
+        VideoWriter(fifo, FPS, (32, 32))
+    with pytest.raises(MediaError, match="symbolic link"):
+        VideoWriter(link, FPS, (32, 32))
+    with pytest.raises(MediaError, match="exists and is a file"):
+        PngSequenceWriter(tmp_path / "file")
+    assert fifo.is_fifo() and link.is_symlink() and (tmp_path / "real.mp4").read_bytes() == b"keep"
+
+    target = tmp_path / "late.mp4"  # turned into a FIFO while the video was written
+    with pytest.raises(MediaError, match="not a regular file"):
+        with VideoWriter(target, FPS, (32, 32)) as writer:
+            writer.write_frame(np.zeros((32, 32, 3), np.uint8))
+            os.mkfifo(target)
+    assert target.is_fifo()
+    _no_partials(tmp_path)
+
+
+def test_check_outputs_refuses_inputs_and_overlaps(tmp_path: Path) -> None:
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    photo.write_bytes(b"photo")
+    (tmp_path / "alias.png").symlink_to(photo)
+    refused = [
+        ([photo], [], "is the input"),
+        ([tmp_path / "in" / "." / "photo.png"], [], "is the input"),
+        ([], [tmp_path / "in"], "holds the input"),
+        ([], [tmp_path], "holds the input"),
+        ([tmp_path / "a.mp4"], [tmp_path / "a.mp4"], "overlaps the output"),
+        ([tmp_path / "a.mp4"], [tmp_path / "a.mp4" / "frames"], "overlaps the output"),
+        ([tmp_path / "d" / "a.mp4"], [tmp_path / "d"], "overlaps the output"),
+    ]
+    for files, directories, message in refused:
+        with pytest.raises(MediaError, match=message):
+            check_outputs(files, directories, inputs=[tmp_path / "alias.png"])
+    check_outputs([tmp_path / "a.mp4"], [tmp_path / "frames"], inputs=[photo])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.png", "in"]

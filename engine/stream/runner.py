@@ -264,7 +264,8 @@ def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
     """Feed ``source`` into ``live`` from a thread and write every frame (and the audio) to ``sinks``.
 
     Ctrl-C stops the source and flushes what was already heard, so the output stays playable.
-    On any other error the sinks are aborted (nothing half-written is left).
+    On any other error the sinks are aborted (nothing half-written is left). Every sink is finished
+    before any is closed, so the outputs appear together or not at all.
     """
     heard: deque[np.ndarray] = deque()
     failure: list[BaseException] = []
@@ -306,6 +307,8 @@ def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
             block = heard.popleft()
             for sink in sinks:
                 sink.write_audio(block)
+        for sink in sinks:
+            sink.finish()
         for sink in sinks:
             sink.close()
     except BaseException:

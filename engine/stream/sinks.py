@@ -31,9 +31,15 @@ class FrameSink(abc.ABC):
     def write_audio(self, pcm: np.ndarray) -> None:
         """Take input audio as it arrives, float32 [samples] mono at 16 kHz (ignored unless the sink keeps sound)."""
 
+    def finish(self) -> None:
+        """Complete the output where the sink keeps it until ``close()``, which then only moves it into place.
+
+        A run with several sinks finishes them all before closing any, so a failure in one leaves none.
+        """
+
     @abc.abstractmethod
     def close(self) -> None:
-        """Finish the output."""
+        """Finish the output and put it in place."""
 
     @abc.abstractmethod
     def abort(self) -> None:
@@ -106,6 +112,9 @@ class Mp4Sink(_SequenceSink):
     def write_audio(self, pcm: np.ndarray) -> None:
         self.writer.write_audio(pcm)
 
+    def finish(self) -> None:
+        self.writer.finish()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -128,6 +137,9 @@ class PngSink(_SequenceSink):
 
     def _write_image(self, image: np.ndarray) -> None:
         self.writer.write_frame(image)
+
+    def finish(self) -> None:
+        self.writer.finish()
 
     def close(self) -> None:
         self.writer.close()

@@ -13,10 +13,10 @@ import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.cli import main
-from engine.media import read_video_info
+from engine.media import MediaError, read_video_info
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
 from engine.stream.session import GenerationOptions, Session
-from engine.stream.sinks import CallbackSink
+from engine.stream.sinks import CallbackSink, Mp4Sink, PngSink
 from engine.stream.sources import FileSource
 
 SR = 16000
@@ -176,3 +176,18 @@ def test_a_worker_failure_reaches_the_consumer(model, portrait):
     with pytest.raises(RuntimeError, match="backbone exploded"):
         list(live)
     torch.set_num_threads(torch.get_num_threads())
+
+
+def test_outputs_of_a_run_appear_together_or_not_at_all(model, portrait, tmp_path):
+    out, frames = tmp_path / "x.mp4", tmp_path / "frames"
+    session = Session(TorchEagerBackend(model), model.config, *portrait, GenerationOptions(steps=1))
+    sinks = [PngSink(frames), Mp4Sink(out, session.fps, (session.size, session.size))]
+
+    def take_the_mp4s_place(frame, running):
+        out.mkdir(exist_ok=True)
+
+    with pytest.raises(MediaError, match="x.mp4"):
+        run_stream(FileSource(write_wav(tmp_path / "s.wav", speech(0.4))), LiveSession(session), sinks,
+                   on_frame=take_the_mp4s_place)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.wav", "x.mp4"], "the frames may not appear alone"
+    assert list(out.iterdir()) == []
