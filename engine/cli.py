@@ -6,12 +6,41 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from engine import DEFAULT_MODEL, __version__
 
 MODEL_HELP = (f"a shipped model's name ({DEFAULT_MODEL}), a model directory, or a preset with random weights "
               f"(tiny, sd15) (default: {DEFAULT_MODEL})")
 DESCRIPTION = "Streaming inference engine for audio-driven portrait video diffusion (one photo + speech -> video)."
+
+
+def bounded(kind: type[int] | type[float], low: float, high: float, multiple_of: int = 1) -> Callable[[str], float]:
+    """An argparse ``type``: a number of ``kind`` in [``low``, ``high``] (finite), a multiple of ``multiple_of``.
+
+    Anything else is a usage error that argparse reports naming the flag (exit 2).
+    """
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not low <= value <= high or value % multiple_of:
+            extra = f", a multiple of {multiple_of}" if multiple_of > 1 else ""
+            raise argparse.ArgumentTypeError(f"must be {kind(low)} to {kind(high)}{extra}, got {text}")
+        return value
+
+    return parse
+
+
+SIZE = bounded(int, 32, 2048, multiple_of=8)
+CLIP_FRAMES = bounded(int, 1, 64)
+STEPS = bounded(int, 1, 50)
+SEED = bounded(int, 0, 2**63 - 1)
+FPS = bounded(float, 1, 120)
+GUIDANCE = bounded(float, 0, 30)
+LAG_S = bounded(float, 0, 3600)
 
 
 def _format_count(n: int) -> str:
@@ -184,24 +213,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=STEPS, default=None,
                         help="sampler steps per clip, 1-50 (default: the model's, else 4)")
     parser.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
                         help="sampler (default: the model's, else ddim)")
-    parser.add_argument("--cfg-audio", type=float, default=None,
+    parser.add_argument("--cfg-audio", type=GUIDANCE, default=None,
                         help="audio guidance scale, 1 = off (default: the model's, else 1)")
-    parser.add_argument("--cfg-ref", type=float, default=None,
+    parser.add_argument("--cfg-ref", type=GUIDANCE, default=None,
                         help="reference guidance scale, 1 = off (default: the model's, else 1)")
-    parser.add_argument("--fps", type=float, default=None, help="video frame rate (default: the model's, 25)")
-    parser.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
-    parser.add_argument("--head-speed", type=float, default=0.0, help="head rotation speed, rad/s (default: 0)")
-    parser.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
-    parser.add_argument("--first-clip", type=int, default=None, help="frames in the first clip (default: --clip)")
+    parser.add_argument("--fps", type=FPS, default=None, help="video frame rate (default: the model's, 25)")
+    parser.add_argument("--size", type=SIZE, default=None,
+                        help="output side in pixels, a multiple of 8, 32-2048 (default: the model's)")
+    parser.add_argument("--head-speed", type=bounded(float, -20, 20), default=0.0, help="head rotation speed, rad/s (default: 0)")
+    parser.add_argument("--clip", type=CLIP_FRAMES, default=None, help="frames per clip (default: the model's)")
+    parser.add_argument("--first-clip", type=CLIP_FRAMES, default=None, help="frames in the first clip (default: --clip)")
     parser.add_argument("--schedule", default="clip", choices=["clip", "rolling"],
                         help="clip: each clip through all steps; rolling: groups at staggered noise levels, "
                              "one backbone call per group (default: clip)")
-    parser.add_argument("--group", type=int, default=2, help="frames per group of the rolling schedule (default: 2)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed; same seed + same inputs = same video")
+    parser.add_argument("--group", type=CLIP_FRAMES, default=2, help="frames per group of the rolling schedule (default: 2)")
+    parser.add_argument("--seed", type=SEED, default=0, help="noise seed; same seed + same inputs = same video")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--backend", default="torch", choices=["torch", "torch-cuda-graphs", "onnxruntime", "tensorrt"],
                         help="how the networks run (default: torch; see README, Backends)")
@@ -248,13 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     where = live.add_mutually_exclusive_group(required=True)
     where.add_argument("--mic", action="store_true", help="read the microphone (sounddevice / PortAudio)")
     where.add_argument("--audio", help="read an audio file")
-    where.add_argument("--stdin-pcm", type=int, metavar="RATE", help="raw s16le mono PCM at RATE Hz on stdin")
+    where.add_argument("--stdin-pcm", type=bounded(int, 8000, 192000), metavar="RATE", help="raw s16le mono PCM at RATE Hz on stdin")
     live.add_argument("--input-device", default=None, help="microphone index or name (default: the system's)")
     live.add_argument("--realtime", action="store_true", help="pace --audio at real time (as a live source)")
     live.add_argument("--out", required=True, help="output .mp4 path")
     live.add_argument("--policy", default="grow", choices=["grow", "skip", "steps"],
                       help="when generation falls behind: let latency grow, skip clips, or use fewer steps")
-    live.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    live.add_argument("--max-lag", type=LAG_S, default=1.0, help="seconds of lag before --policy acts (default: 1)")
     _add_generation_options(live)
     live.set_defaults(func=cmd_stream)
     serve = sub.add_parser("serve", help="live avatar web server: talk in the browser, watch the face answer")
@@ -268,38 +298,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="access token the page must give (default: $EMOTE_TOKEN if set, else none)")
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     serve.add_argument("--backend", default="torch", help="how the networks run (default: torch)")
-    serve.add_argument("--steps", type=int, default=None,
+    serve.add_argument("--steps", type=STEPS, default=None,
                        help="sampler steps per clip, 1-50 (default: the model's, else 4)")
     serve.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
                        help="sampler (default: the model's, else ddim)")
-    serve.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    serve.add_argument("--clip", type=int, default=None, help="frames per clip (default: the model's)")
-    serve.add_argument("--first-clip", type=int, default=4, help="frames in the first clip (default: 4)")
+    serve.add_argument("--seed", type=SEED, default=0, help="noise seed (default: 0)")
+    serve.add_argument("--clip", type=CLIP_FRAMES, default=None, help="frames per clip (default: the model's)")
+    serve.add_argument("--first-clip", type=CLIP_FRAMES, default=4, help="frames in the first clip (default: 4)")
     serve.add_argument("--schedule", default="clip", choices=["clip", "rolling"],
                        help="clip: each clip through all steps; rolling: groups at staggered noise levels, "
                             "one backbone call per group (default: clip)")
-    serve.add_argument("--group", type=int, default=2, help="frames per group of the rolling schedule (default: 2)")
-    serve.add_argument("--size", type=int, default=None, help="portrait side in pixels (default: the model's)")
+    serve.add_argument("--group", type=CLIP_FRAMES, default=2, help="frames per group of the rolling schedule (default: 2)")
+    serve.add_argument("--size", type=SIZE, default=None,
+                       help="portrait side in pixels, a multiple of 8, 32-2048 (default: the model's)")
     serve.add_argument("--policy", default="skip", choices=["grow", "skip", "steps"],
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")
-    serve.add_argument("--max-lag", type=float, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    serve.add_argument("--max-lag", type=LAG_S, default=1.0, help="seconds of lag before --policy acts (default: 1)")
     serve.add_argument("--ray", action="store_true",
                        help="serve on Ray Serve: replicas each holding one model (needs the ray extra)")
     scaling = serve.add_mutually_exclusive_group()
-    scaling.add_argument("--replicas", type=int, default=None,
+    scaling.add_argument("--replicas", type=bounded(int, 1, 1024), default=None,
                          help="with --ray: replicas, one GPU each on cuda (default: 1)")
     scaling.add_argument("--autoscale", default=None, metavar="MIN..MAX",
                          help="with --ray: let Serve's autoscaler run MIN to MAX replicas (e.g. 1..4), adding "
                               "one when replicas are 3/4 full")
     serve.add_argument("--address", default=None,
                        help="with --ray: the Ray cluster to join (e.g. auto; default: start a local one)")
-    serve.add_argument("--replica-cpus", type=float, default=1.0,
+    serve.add_argument("--replica-cpus", type=bounded(float, 0.01, 1024), default=1.0,
                        help="with --ray on a CPU: CPUs per replica (default: 1)")
     serve.add_argument("--batch-ms", type=float, default=None, metavar="MS",
                        help="batch the sessions' backbone calls, each batch waiting at most MS for sessions "
                             "with nothing pending (default: off; on a CPU it is slower, see README)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest portrait upload in MiB (default: 10)")
+    serve.add_argument("--max-upload-mb", type=bounded(float, 0.01, 1024), default=10.0, help="largest portrait upload in MiB (default: 10)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

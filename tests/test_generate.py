@@ -109,3 +109,115 @@ def test_bad_input_is_one_line_nonzero_and_no_output(tmp_path, capsys, case, mes
     assert len(lines) == 1 and message in lines[0].lower(), err
     assert not (tmp_path / "out.mp4").exists()
     assert not list(tmp_path.glob(".out.mp4*")), "no partial file may be left"
+
+
+def _refused_in_one_line(capsys, code: int, message: str) -> None:
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("emote: error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+def _no_partials(folder: Path) -> None:
+    assert not [p for p in folder.rglob("*") if ".partial-" in p.name], "no partial output may be left"
+
+
+@pytest.mark.parametrize("target", ["image", "audio", "image's folder"])
+def test_an_output_never_replaces_an_input(tmp_path, capsys, target):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = inputs / "photo.png"
+    image.write_bytes(PORTRAIT.read_bytes())
+    audio = write_wav(inputs / "speech.wav", voiced(0.5))
+    before = {p: p.read_bytes() for p in (image, audio)}
+    args = ["generate", "--image", str(image), "--audio", str(audio), "--model", "tiny", "--steps", "1", "--quiet"]
+    if target == "image's folder":
+        args += ["--out", str(tmp_path / "out.mp4"), "--png-dir", str(inputs)]
+    else:
+        args += ["--out", str(image if target == "image" else audio)]
+    _refused_in_one_line(capsys, main(args), "an output never replaces an input")
+    assert {p: p.read_bytes() for p in (image, audio)} == before
+    assert not (tmp_path / "out.mp4").exists()
+    _no_partials(tmp_path)
+
+
+def test_an_output_into_the_model_directory_is_refused(tmp_path, capsys):
+    from engine.config import preset
+    from engine.models.checkpoint import random_model, save_model
+
+    save_model(random_model(preset("tiny")), tmp_path / "model")
+    config = tmp_path / "model" / "config.json"
+    before = config.read_bytes()
+    code = generate(tmp_path, "model/config.json", "--model", str(tmp_path / "model"))
+    _refused_in_one_line(capsys, code, "an output never replaces an input")
+    assert config.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "device"])
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kind):
+    import os
+    import stat
+
+    out = tmp_path / "out.mp4"
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.mp4").write_bytes(b"keep me")
+        out.symlink_to(tmp_path / "elsewhere.mp4")
+    else:
+        out = Path("/dev/full")
+    mode = out.lstat().st_mode
+    code = main(["generate", "--image", str(PORTRAIT), "--audio", str(write_wav(tmp_path / "s.wav", voiced(0.5))),
+                 "--out", str(out), "--model", "tiny", "--steps", "1", "--quiet"])
+    _refused_in_one_line(capsys, code, "exists and is")
+    assert out.lstat().st_mode == mode and not stat.S_ISREG(mode)
+    _no_partials(tmp_path)
+
+
+@pytest.mark.parametrize("png_dir", ["x.mp4", "x.mp4/frames", "foreign"])
+def test_outputs_appear_together_or_not_at_all(tmp_path, capsys, png_dir):
+    out = tmp_path / "d" / "x.mp4"
+    (tmp_path / "d" / "foreign").mkdir(parents=True)
+    (tmp_path / "d" / "foreign" / "notes.txt").write_text("not a frame")
+    audio = write_wav(tmp_path / "s.wav", voiced(0.5))
+    code = main(["generate", "--image", str(PORTRAIT), "--audio", str(audio), "--out", str(out),
+                 "--png-dir", str(tmp_path / "d" / png_dir), "--model", "tiny", "--steps", "1", "--quiet"])
+    assert code == 2, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["foreign"]
+    assert [p.name for p in (tmp_path / "d" / "foreign").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--size", "0"), ("--size", "20000"), ("--size", "100"), ("--clip", "0"), ("--first-clip", "0"),
+    ("--fps", "nan"), ("--fps", "1e6"), ("--fps", "inf"), ("--seed", "-1"), ("--steps", "0"), ("--group", "0"),
+    ("--cfg-audio", "nan"), ("--head-speed", "inf"),
+])
+def test_bad_numbers_are_usage_errors_naming_the_flag(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exc:
+        generate(tmp_path, "out.mp4", flag, value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1].startswith(f"emote generate: error: argument {flag}: "), err
+    assert value in err[-1]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("side", [1, 31])
+def test_a_too_small_photo_is_refused(tmp_path, capsys, side):
+    image = tmp_path / "dot.png"
+    Image.new("RGB", (side, side), (200, 150, 120)).save(image)
+    _refused_in_one_line(capsys, generate(tmp_path, "out.mp4", image=image), "at least 32 pixels")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_huge_photo_is_refused_from_its_header(tmp_path, capsys):
+    import tracemalloc
+
+    image = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(image)  # a few hundred KB on disk, 432 MB as RGB
+    tracemalloc.start()
+    try:
+        code = generate(tmp_path, "out.mp4", image=image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _refused_in_one_line(capsys, code, "larger than the limit")
+    assert peak < 100e6, f"{peak / 1e6:.0f} MB traced: the pixels were decoded"

@@ -1,8 +1,9 @@
 """Portrait uploads: checked as images from their header before any pixel is decoded.
 
 An upload must be PNG, JPEG or WebP (by its leading bytes, then by Pillow's reading of the header),
-at most :data:`MAX_SIDE` pixels on a side and :data:`MAX_PIXELS` in all, and at least
-:data:`MIN_SIDE`. Only then is it decoded, with EXIF orientation applied and transparency put on white.
+within the image size limits the CLI's files have too (:func:`engine.media.image_size_error`, at
+least :data:`engine.media.MIN_PORTRAIT_SIDE` on a side). Only then is it decoded, with EXIF
+orientation applied and transparency put on white.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-MIN_SIDE = 32
-MAX_SIDE = 8192
-MAX_PIXELS = 40_000_000
+from engine.media import IMAGE_LIMIT, MIN_PORTRAIT_SIDE, image_size_error
+
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
@@ -39,8 +39,7 @@ def sniff_format(data: bytes) -> str:
 def check_header(data: bytes) -> tuple[str, int, int]:
     """Format, width and height from the image header alone (nothing decoded); PortraitError if unacceptable."""
     expected = sniff_format(data)
-    too_large = PortraitError(f"the image is larger than the limit of {MAX_SIDE} pixels on a side "
-                              f"and {MAX_PIXELS / 1e6:.0f} megapixels")
+    too_large = PortraitError(f"the image is larger than {IMAGE_LIMIT}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -52,10 +51,9 @@ def check_header(data: bytes) -> tuple[str, int, int]:
         raise PortraitError(f"the upload starts like a {expected} image but its header is unreadable") from None
     if found != expected:
         raise PortraitError(f"the upload's header says {found}, its leading bytes {expected}")
-    if min(width, height) < MIN_SIDE:
-        raise PortraitError(f"the image is {width}x{height}; it needs at least {MIN_SIDE} pixels on each side")
-    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
-        raise too_large
+    error = image_size_error(width, height, MIN_PORTRAIT_SIDE)
+    if error is not None:
+        raise PortraitError(error)
     return expected, width, height
 
 

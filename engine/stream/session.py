@@ -62,6 +62,11 @@ class GenerationOptions:
             raise ValueError(f"steps must be between 1 and 50, got {self.steps}")
         if self.schedule not in ("clip", "rolling"):
             raise ValueError(f"schedule must be 'clip' or 'rolling', not {self.schedule!r}")
+        for name in ("clip_frames", "first_clip_frames"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.group_frames < 1:
             raise ValueError(f"group_frames must be >= 1, got {self.group_frames}")
         if self.audio_context_s < 0:
