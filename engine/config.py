@@ -4,15 +4,21 @@ A model directory holds ``config.json`` (a serialised :class:`ModelConfig`) and 
 file per component. A ``config.json`` may also name a preset and override some of its fields::
 
     {"preset": "tiny", "unet": {"block_out_channels": [32, 64, 64]}}
+
+A config is validated as a whole when it is read (pydantic, strict JSON types, finite numbers): any
+mismatch is one :class:`ConfigError` line naming every bad field, and the file when read from one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from engine.models.audio import AudioConfig, ProjectionConfig
 from engine.sampling.schedules import NoiseSchedule
@@ -229,10 +235,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict; ``"preset": name`` starts from that preset and applies the rest on top."""
+        """Build from a dict; ``"preset": name`` starts from that preset and applies the rest on top.
+
+        The merged config is validated first (:func:`validate_config`); ConfigError if it does not fit.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {_json_type(data)}")
         data = dict(data)
+        if "preset" in data and not isinstance(data["preset"], str):
+            raise ConfigError(f"preset: must be a preset's name, got {_json_type(data['preset'])}")
         base = preset(data.pop("preset")).to_dict() if "preset" in data else {}
         merged = _deep_merge(base, data)
+        validate_config(merged)
         unknown = set(merged) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
@@ -253,16 +267,71 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":
+        """Read and validate a ``config.json``; every error is one line that starts with the file's name."""
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data)
+            data = json.loads(Path(path).read_text(), parse_constant=_refuse_constant, parse_float=_finite_float)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        except (ConfigError, RecursionError) as exc:
+            raise ConfigError(f"{path}: {exc if isinstance(exc, ConfigError) else 'nested too deeply'}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+class ConfigError(ValueError):
+    """A model config that does not fit :class:`ModelConfig`; the message is one line naming the bad fields."""
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+             int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ConfigError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ConfigError(f"{text} is out of range for a number")
+    return value
+
+
+def validate_config(data: dict[str, Any]) -> None:
+    """Check a (merged) config dict against :class:`ModelConfig`'s fields and types, and its ``scheduler``
+    against :class:`NoiseSchedule`'s when one is given; ConfigError listing every mismatch as ``field.path: reason``.
+
+    Unknown fields are left to :meth:`ModelConfig.from_dict`, which names them.
+    """
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"not a JSON config ({exc})") from None
+    problems: list[str] = []
+    for prefix, adapter, value in (("", _MODEL_CONFIG, text),
+                                   ("scheduler.", _NOISE_SCHEDULE, json.dumps(data.get("scheduler", {})))):
+        if prefix and (not isinstance(data.get("scheduler"), dict) or not data["scheduler"]):
+            continue  # none given (the default), or not an object: the model config's own check names it
+        try:
+            adapter.validate_json(value, strict=True)
+        except ValidationError as exc:
+            problems += [f"{prefix}{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].lower()}"
+                         f" (got {_json_type(e['input'])})" for e in exc.errors()]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 _SECTIONS = {"unet": UNetConfig, "temporal": TemporalConfig, "speed": SpeedConfig,
              "face_locator": FaceLocatorConfig, "reference_net": ReferenceNetConfig, "vae": VAEConfig,
              "image_proj": ImageProjConfig, "audio_modules": AudioModulesConfig, "sampling": SamplingDefaults}
+
+
+_MODEL_CONFIG = TypeAdapter(ModelConfig)
+_NOISE_SCHEDULE = TypeAdapter(NoiseSchedule)
 
 
 def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:

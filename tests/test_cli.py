@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from engine.cli import main
 from engine.config import preset
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo"
 
 
 def test_help_lists_commands(capsys):
@@ -45,3 +48,34 @@ def test_info_on_a_model_directory_and_a_bad_path(tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("emote: error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"resolution": "sixty-four"}, "resolution"),
+    ({"unet": 5}, "unet"),
+    ({"clip_frames": 8.5}, "clip_frames"),
+    ({"unet": {"block_out_channels": [32, "64", 64]}}, "unet.block_out_channels.1"),
+    ({"temporal": {"mid_block": 1}}, "temporal.mid_block"),
+    ({"audio": {"window": None}}, "audio.window"),
+    ({"scheduler": {"num_train_timesteps": "1000"}}, "scheduler.num_train_timesteps"),
+    ([1, 2], "must be a JSON object"),
+    ({"preset": ["tiny"]}, "preset"),
+])
+@pytest.mark.parametrize("command", ["info", "generate"])
+def test_a_config_of_wrong_types_is_one_line_naming_field_and_file(tmp_path, capsys, change, field, command):
+    config = tmp_path / "model" / "config.json"
+    config.parent.mkdir()
+    data = preset("tiny").to_dict()
+    if isinstance(change, dict):
+        for key, value in change.items():
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data[key], dict) else value
+    else:
+        data = change
+    config.write_text(json.dumps(data))
+    args = ["info", "--model", str(config.parent)] if command == "info" else [
+        "generate", "--model", str(config.parent), "--image", str(DEMO_DIR / "portrait.png"),
+        "--audio", str(DEMO_DIR / "speech.wav"), "--out", str(tmp_path / "out.mp4"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"emote: error: {config}: ") and field in err[0], err
+    assert not (tmp_path / "out.mp4").exists()
