@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -175,8 +176,6 @@ def _generation_options(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The live avatar server: a page streams microphone audio, frames come back (engine/serve)."""
-    import os
-
     from engine.serve.app import run_server
     from engine.serve.hub import ServeConfig
     from engine.stream.runner import LagPolicy
@@ -189,13 +188,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
     config = ServeConfig(
         host=args.host, port=args.port, model=args.model, device=args.device, backend=args.backend,
-        max_sessions=args.max_sessions,
-        token=args.token or os.environ.get("EMOTE_TOKEN") or None,
+        max_sessions=args.max_sessions, token=_serve_token(args),
+        allowed_hosts=tuple(name.lower() for name in args.allowed_host), open_server=args.open_server,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
                                   first_clip_frames=args.first_clip, schedule=args.schedule,
                                   group_frames=args.group),
         policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
+    if config.exposure_error() is not None:
+        raise ValueError(config.exposure_error())
     if not args.ray and (args.autoscale is not None or args.replicas is not None or args.address is not None):
         raise ValueError("--replicas, --autoscale and --address need --ray")
     if args.ray:
@@ -209,6 +210,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     run_server(config)
     return 0
+
+
+def _serve_token(args: argparse.Namespace) -> str | None:
+    """The access token: ``--token``, else the first line of ``--token-file``, else ``$EMOTE_TOKEN``, else None."""
+    if args.token is not None:
+        return args.token
+    if args.token_file is not None:
+        try:
+            lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--token-file {args.token_file}: cannot read it ({exc.__class__.__name__})") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"--token-file {args.token_file}: the first line is empty")
+        return lines[0].strip()
+    return os.environ.get("EMOTE_TOKEN") or None
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -294,8 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     serve.add_argument("--max-sessions", "--sessions-per-replica", dest="max_sessions", type=int, default=4,
                        help="sessions at once (with --ray: per replica); more are refused (default: 4)")
-    serve.add_argument("--token", default=None,
-                       help="access token the page must give (default: $EMOTE_TOKEN if set, else none)")
+    secret = serve.add_mutually_exclusive_group()
+    secret.add_argument("--token", default=None,
+                        help="access token the page must give (visible in ps: prefer --token-file or "
+                             "$EMOTE_TOKEN) (default: $EMOTE_TOKEN if set, else none)")
+    secret.add_argument("--token-file", default=None, metavar="PATH",
+                        help="read the access token from the first line of PATH")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name the server answers to besides localhost, 127.0.0.1 and [::1] on a "
+                            "loopback bind (on another bind: when given, the only names) (repeatable)")
+    serve.add_argument("--open-server", action="store_true",
+                       help="accept a non-loopback --host without a token (anyone who reaches the port may "
+                            "start sessions); refused otherwise")
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     serve.add_argument("--backend", default="torch", help="how the networks run (default: torch)")
     serve.add_argument("--steps", type=STEPS, default=None,

@@ -2,12 +2,14 @@
 
 No request path is ever joined to a directory: the page's files are read once, at start, from a
 fixed table, and every other path is a 404. The WebSocket refuses cross-site origins (a page on
-another site cannot drive a session in the visitor's browser).
+another site cannot drive a session in the visitor's browser), and every request must name the
+server by a Host it answers to (on a loopback bind, a loopback name: no DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 import weakref
@@ -35,19 +37,29 @@ HUB_KEY = web.AppKey("hub", SessionHub)
 SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet)
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Permissions-Policy": "microphone=(self), camera=()",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers on every answer the application makes, errors (404, 400, 403, 405) included: no sniffing,
+    no framing, no referrer, no caching, the page's CSP (an ``on_response_prepare`` signal)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 @web.middleware
-async def security_headers(request: web.Request, handler) -> web.StreamResponse:
-    """Headers on every answer: no sniffing, no framing, no referrer, no caching, the page's CSP."""
-    response = await handler(request)
-    if response.prepared:
-        return response
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    response.headers.setdefault("Permissions-Policy", "microphone=(self), camera=()")
-    return response
+async def known_host(request: web.Request, handler) -> web.StreamResponse:
+    """Refuse (403) a request whose ``Host`` the server does not answer to (:meth:`ServeConfig.host_allowed`)."""
+    if not request.app[HUB_KEY].config.host_allowed(request.headers.get("Host")):
+        raise web.HTTPForbidden(text="unknown Host: this server answers to its own names only\n")
+    return await handler(request)
 
 
 def _page_handler(body: bytes, content_type: str):
@@ -84,7 +96,8 @@ async def _close_sockets(app: web.Application) -> None:
 
 def make_app(hub: SessionHub) -> web.Application:
     """The application serving ``hub``'s sessions and the page."""
-    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[known_host], client_max_size=64 * 1024)
+    app.on_response_prepare.append(security_headers)
     app[HUB_KEY] = hub
     app[SOCKETS_KEY] = weakref.WeakSet()
     for path, (file, content_type) in PAGE_FILES.items():
@@ -98,9 +111,29 @@ SHUTDOWN_TIMEOUT_S = 5.0
 """On stop, how long open sessions' handlers may take to finish before they are cut (aiohttp's default: 60 s)."""
 
 
+class OneLineFormatter(logging.Formatter):
+    """A log record as one line, ``emote serve: message (ExceptionType: reason)``, never a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc = record.exc_info[1] if record.exc_info else None
+        reason = f" ({type(exc).__name__}: {' '.join(str(exc).split())})" if exc is not None else ""
+        return f"emote serve: {' '.join(record.getMessage().split())}{reason}"
+
+
+def http_error_logger() -> logging.Logger:
+    """A logger of its own (not registered with :mod:`logging`) for aiohttp's request errors (malformed HTTP,
+    a handler's failure): one line each on stderr, INFO and above."""
+    logger = logging.Logger("emote.serve.http", logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    logger.addHandler(handler)
+    return logger
+
+
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving ``app`` on ``host:port`` (0: a free port); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                           logger=http_error_logger())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -117,15 +150,18 @@ def page_url(host: str, port: int, token: str | None) -> str:
 
 
 def run_server(config: ServeConfig) -> None:
-    """Load the model, serve until Ctrl-C, then close every session."""
+    """Load the model, serve until Ctrl-C, then close every session; ValueError if the config exposes the
+    server without a token (:meth:`ServeConfig.exposure_error`)."""
+    if config.exposure_error() is not None:
+        raise ValueError(config.exposure_error())
     started = time.perf_counter()
     hub = SessionHub.load(config)
     print(f"emote serve: model {config.model} on {config.device} ready in {time.perf_counter() - started:.1f} s; "
           f"portraits {hub.size}x{hub.size}, {config.options.steps} steps, policy {config.policy.kind}, "
           f"at most {config.max_sessions} sessions", file=sys.stderr)
     if not config.loopback and config.token is None:
-        print(f"warning: listening on {config.host} without --token: anyone who can reach this port can "
-              "start sessions", file=sys.stderr)
+        print(f"warning: listening on {config.host} without a token (--open-server): anyone who can reach "
+              "this port can start sessions", file=sys.stderr)
 
     async def serve() -> None:
         runner, port = await start_site(make_app(hub), config.host, config.port)

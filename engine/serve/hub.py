@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ class ServeConfig:
         batch_gather_ms: None (default): no session batching. A number: the sessions' backbone calls are
             batched (``max_sessions`` slots, every call at that fixed batch), each tick waiting at most this
             many milliseconds for sessions that have no call pending.
+        allowed_hosts: Host names (lower case, no port) requests may carry besides the loopback names on a
+            loopback bind; on another bind, when given, the only ones accepted (:meth:`host_allowed`).
+        open_server: the operator accepts a non-loopback bind without a token (:meth:`exposure_error`).
     """
 
     host: str = "127.0.0.1"
@@ -76,6 +80,8 @@ class ServeConfig:
     start_timeout_s: float = 10.0
     heartbeat_s: float = 20.0
     batch_gather_ms: float | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    open_server: bool = False
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -93,6 +99,28 @@ class ServeConfig:
     def loopback(self) -> bool:
         """True when the server listens on this machine only."""
         return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request's ``Host`` header (``name[:port]``) names this server.
+
+        On a loopback bind only the loopback names and ``allowed_hosts`` are accepted, so a page whose
+        DNS name was rebound to 127.0.0.1 gets nothing; on another bind any name is, unless
+        ``allowed_hosts`` lists them.
+        """
+        try:
+            name = urlsplit(f"//{host}").hostname if host else None
+        except ValueError:
+            return False
+        allowed = set(self.allowed_hosts) | (set(LOOPBACK_HOSTS) if self.loopback else set())
+        return name is not None and (not allowed or name in allowed)
+
+    def exposure_error(self) -> str | None:
+        """Why the server must not start as configured (one line), or None: a non-loopback bind needs a
+        token unless ``open_server`` says the operator accepts anyone who can reach the port."""
+        if self.loopback or self.token is not None or self.open_server:
+            return None
+        return (f"listening on {self.host} without a token lets anyone who can reach the port start sessions: "
+                "give --token, --token-file or $EMOTE_TOKEN (or --open-server to accept that)")
 
 
 class SessionHub:

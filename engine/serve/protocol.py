@@ -100,6 +100,8 @@ def parse_text(data: str) -> dict:
         message = json.loads(data)
     except ValueError:
         raise ProtocolError("bad_request", "malformed message: not JSON") from None
+    except RecursionError:
+        raise ProtocolError("bad_request", "malformed message: nested too deeply") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_request", "malformed message: expected a JSON object with a 'type'")
     return message
@@ -118,7 +120,8 @@ def parse_start(message: dict, max_upload_bytes: int) -> StartRequest:
         if size <= 0:
             raise ProtocolError("bad_request", "an upload needs 'portrait_bytes' > 0")
         if size > max_upload_bytes:
-            raise ProtocolError("too_large", f"portrait of {size / 2**20:.1f} MiB exceeds the "
+            shown = f"{size / 2**20:.1f} MiB" if size < 2**60 else "more than an EiB"
+            raise ProtocolError("too_large", f"portrait of {shown} exceeds the "
                                              f"{max_upload_bytes / 2**20:.1f} MiB upload limit")
     rate = _field(message, "sample_rate", int, ENGINE_SAMPLE_RATE)
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:

@@ -194,8 +194,8 @@ class EmoteReplica:
     @api.websocket("/session")
     async def session(self, ws: WebSocket) -> None:
         """The ``/session`` WebSocket: one live session on this replica."""
-        if not same_origin(ws):
-            await ws.close(code=1008, reason="cross-origin WebSocket refused")
+        if not same_origin(ws) or not self.hub.config.host_allowed(ws.headers.get("host")):
+            await ws.close(code=1008, reason="cross-origin or unknown-Host WebSocket refused")
             return
         await ws.accept()
         limit = max(self.hub.config.max_upload_bytes, max_audio_bytes(MAX_SAMPLE_RATE)) + 1
@@ -308,13 +308,15 @@ def run_ray_server(config: ServeConfig, replicas: int = 1, address: str | None =
     Ctrl-C, then remove the application."""
     if config.port == 0:
         raise ValueError("the Ray server needs a fixed port")
+    if config.exposure_error() is not None:
+        raise ValueError(config.exposure_error())
     started = time.perf_counter()
     url = deploy(config, replicas, address, replica_cpus, autoscale)
     print(f"emote serve (ray): {replicas_text(replicas, autoscale)} of {config.model} on {config.device} ready in "
           f"{time.perf_counter() - started:.1f} s, at most {config.max_sessions} sessions each", file=sys.stderr)
     if not config.loopback and config.token is None:
-        print(f"warning: listening on {config.host} without --token: anyone who can reach this port can "
-              "start sessions", file=sys.stderr)
+        print(f"warning: listening on {config.host} without a token (--open-server): anyone who can reach "
+              "this port can start sessions", file=sys.stderr)
     print(f"open {url} in Chromium or Firefox (Ctrl-C stops)", file=sys.stderr, flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` also removes the application and the cluster

@@ -46,7 +46,7 @@ def is_sample_start(text: str) -> bool:
     """A well-formed start message for the sample portrait (the server answers it with ``ready``)."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(message, dict) and message == {"type": "start"}
 
@@ -233,3 +233,89 @@ def test_only_the_page_files_are_reachable(start_server):
     assert page["/sample.png"][2] == PORTRAIT.read_bytes()
     for path, (status, _, body) in probes.items():
         assert status in (400, 404) and b"[project]" not in body and b"root:" not in body, path
+
+
+async def raw_request(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """Send one GET with exactly ``headers`` (Host included); the status and headers of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "Connection: close"]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    status, *rest = head.decode("latin-1").strip().split("\r\n")
+    return int(status.split()[1]), dict(line.split(": ", 1) for line in rest)
+
+
+def upgrade(host: str, origin: str) -> dict[str, str]:
+    return {"Host": host, "Origin": origin, "Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+
+
+def test_a_rebound_dns_name_gets_nothing_on_a_loopback_bind(start_server):
+    server = start_server()
+    opened = start_server(allowed_hosts=("avatar.example",))
+    port, other = server.port, opened.port
+
+    async def run():
+        return {
+            "rebound page": await raw_request(port, "/", {"Host": f"rebind.example:{port}"}),
+            "rebound socket": await raw_request(port, "/session", upgrade(f"rebind.example:{port}",
+                                                                          f"http://rebind.example:{port}")),
+            "lookalike": await raw_request(port, "/", {"Host": f"127.0.0.1.nip.io:{port}"}),
+            "localhost": await raw_request(port, "/", {"Host": f"localhost:{port}"}),
+            "ipv6": await raw_request(port, "/", {"Host": f"[::1]:{port}"}),
+            "loopback socket": await raw_request(port, "/session", upgrade(f"127.0.0.1:{port}",
+                                                                           f"http://127.0.0.1:{port}")),
+            "allowed name": await raw_request(other, "/session", upgrade(f"avatar.example:{other}",
+                                                                         f"http://avatar.example:{other}")),
+        }
+
+    got = {name: status for name, (status, _) in asyncio.run(run()).items()}
+    assert got == {"rebound page": 403, "rebound socket": 403, "lookalike": 403, "localhost": 200, "ipv6": 200,
+                   "loopback socket": 101, "allowed name": 101}
+
+
+def test_error_answers_carry_the_pages_security_headers(start_server):
+    server = start_server()
+
+    async def run():
+        host = {"Host": f"127.0.0.1:{server.port}"}
+        return [await raw_request(server.port, "/nowhere", host),
+                await raw_request(server.port, "/session", host),
+                await raw_request(server.port, "/", {"Host": "elsewhere.example"})]
+
+    answers = asyncio.run(run())
+    assert [status for status, _ in answers] == [404, 400, 403]
+    for _, headers in answers:
+        assert "default-src 'self'" in headers["Content-Security-Policy"] and headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["Cache-Control"] == "no-store"
+
+
+def test_hostile_numbers_and_nesting_are_protocol_errors(start_server):
+    server = start_server()
+    huge = '{"type": "start", "portrait": "upload", "portrait_bytes": 1' + "0" * 400 + "}"
+    deep = "[" * 2000 + "]" * 2000
+    deep_object = '{"":' * 800 + "1" + "}" * 800
+    results = {name: asyncio.run(exchange(server, text)) for name, text in
+               (("huge", huge), ("deep", deep), ("deep object", deep_object))}
+    assert results["huge"][0]["code"] == "too_large" and results["huge"][1] == 4413
+    for name in ("deep", "deep object"):
+        assert results[name][0]["code"] == "bad_request" and results[name][1] == 4400, results[name]
+
+
+def test_malformed_http_is_one_line_on_stderr(start_server, capfd):
+    server = start_server()
+
+    async def run():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: nope\r\n\r\n")
+        await writer.drain()
+        reply = await reader.read(200)
+        writer.close()
+        return reply
+
+    reply = asyncio.run(run())
+    err = capfd.readouterr().err
+    assert b" 400 " in reply.split(b"\r\n")[0]
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("emote serve: "), err

@@ -13,6 +13,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.cli import main
 from engine.serve.client import stream_session
@@ -81,3 +82,31 @@ def test_ray_serving_refuses_a_random_port_in_one_line(capsys):
     assert main(["serve", "--ray", "--model", "tiny", "--port", "0"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("emote: error:") and ("ray" in error or "port" in error)
+
+
+@pytest.mark.timeout(120)  # a server that starts anyway would serve until killed
+def test_an_exposed_server_without_a_token_does_not_start(capsys, monkeypatch):
+    monkeypatch.delenv("EMOTE_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without a token" in err[0] and "--open-server" in err[0], err
+    assert ServeConfig(host="0.0.0.0", open_server=True).exposure_error() is None
+    assert ServeConfig(host="0.0.0.0", token="t").exposure_error() is None
+    assert ServeConfig(host="127.0.0.1").exposure_error() is None
+
+
+def test_the_token_comes_from_a_flag_a_file_or_the_environment(tmp_path, monkeypatch, capsys):
+    from engine.cli import _serve_token, build_parser
+
+    parser = build_parser()
+    (tmp_path / "token").write_text("from-file\n")
+    (tmp_path / "empty").write_text("\n")
+    monkeypatch.setenv("EMOTE_TOKEN", "from-env")
+    assert _serve_token(parser.parse_args(["serve", "--token", "from-flag"])) == "from-flag"
+    assert _serve_token(parser.parse_args(["serve", "--token-file", str(tmp_path / "token")])) == "from-file"
+    assert _serve_token(parser.parse_args(["serve"])) == "from-env"
+    for bad in ("empty", "missing"):
+        with pytest.raises(ValueError, match="--token-file"):
+            _serve_token(parser.parse_args(["serve", "--token-file", str(tmp_path / bad)]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--token", "a", "--token-file", str(tmp_path / "token")])
