@@ -5,9 +5,11 @@
   of ``F`` frames the reference image and the last ``n`` generated frames (the reference image repeated
   for the first clip) are VAE-encoded, the ReferenceNet runs once on those ``1 + n`` latents repeated
   for both guidance branches (``2 (1 + n)`` images), the face locator runs on the mask repeated for every
-  frame, and 40 DDIM steps run the backbone on one doubled batch ``[uncond, cond]`` (uncond: no
-  reference bank, zero audio, zero face features) with guidance 3.5 on the model output; then the VAE
-  decodes the clip one frame at a time. Eager PyTorch, fp32 on the CPU, fp16 on a GPU.
+  frame, and 40 DDIM steps run the backbone on one doubled batch, conditional and unconditional (no
+  reference bank, zero audio, zero face features), with guidance 3.5 on the model output; then the VAE
+  decodes the clip one frame at a time. The guidance batch is the engine's own
+  (:class:`engine.sampling.clip_denoiser.GuidedBackbone`), the one imported models run with. Eager
+  PyTorch, fp32 on the CPU, fp16 on a GPU.
   Where our modules differ from Hallo's code it is in the reference's favour: Hallo computes the
   unconditional half's self-attention twice (with the bank, then again without it, keeping the
   second); our attention masks the bank instead, one pass, same output.
@@ -34,7 +36,9 @@ import torch
 from engine.backends import BACKENDS, make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig, VAEConfig
-from engine.sampling.samplers import make_sampler, sample
+from engine.sampling.clip_denoiser import ClipConditions, ClipDenoiser
+from engine.sampling.guidance import GuidanceScales
+from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
 from engine.stream.session import Frame, GenerationOptions, Session, to_image_tensor, to_uint8_frames
@@ -157,7 +161,8 @@ class HalloRecipe:
         self.backend, self.config = backend, config
         self.steps, self.guidance, self.seed, self.head_speed = steps, guidance, seed, head_speed
         self.clip_frames, self.motion_frames, self.fps = config.clip_frames, config.motion_frames, config.fps
-        self.sampler = make_sampler("ddim", NoiseSchedule.from_dict(config.scheduler))
+        self.denoiser = ClipDenoiser(backend, make_sampler("ddim", NoiseSchedule.from_dict(config.scheduler)), steps,
+                                     GuidanceScales(reference=guidance, audio=guidance))
         device, dtype = backend.device, backend.dtype
         self.size = image.shape[0]
         self.reference_pixels = to_image_tensor(image, device, dtype)
@@ -196,27 +201,18 @@ class HalloRecipe:
         """One clip: audio tokens ``[F, T, D]``, the previous clip's last ``n`` frames ``[n, 3, H, W]``
         in [-1, 1] -> the clip's frames ``[F, 3, H, W]`` in [-1, 1]."""
         backend, frames, n = self.backend, self.clip_frames, self.motion_frames
-        device, dtype = backend.device, backend.dtype
-        latents = backend.vae_encode(torch.cat([self.reference_pixels, motion_pixels.to(dtype)]))
+        device = backend.device
+        latents = backend.vae_encode(torch.cat([self.reference_pixels, motion_pixels.to(backend.dtype)]))
         bank = backend.reference(latents.repeat(2, 1, 1, 1))
-        reference_tokens = [t.view(2, 1 + n, *t.shape[1:])[:, 0] for t in bank.tokens]
-        motion_features = [f.view(2, 1 + n, *f.shape[1:])[:, 1:] for f in bank.features]
-        face = backend.face_features(self.mask.expand(frames, -1, -1, -1))[None]
-        face = torch.cat([torch.zeros_like(face), face])
-        audio = torch.stack([torch.zeros_like(audio_tokens), audio_tokens])
-        speed = backend.speed_tokens(torch.full((2, frames), float(self.head_speed), device=device))
-        keep = torch.tensor([False, True], device=device)
-
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = backend.backbone(torch.cat([x, x]), torch.cat([t, t]), audio_tokens=audio,
-                                   reference_bank=reference_tokens, motion_features=motion_features,
-                                   face_features=face, speed_tokens=speed, reference_keep=keep)
-            uncond, cond = out.to(x.dtype).chunk(2)
-            return uncond + self.guidance * (cond - uncond)
-
+        cond = ClipConditions(
+            audio_tokens=audio_tokens[None],
+            reference_bank=[t.view(2, 1 + n, *t.shape[1:])[:1, 0] for t in bank.tokens],
+            motion_features=[f.view(2, 1 + n, *f.shape[1:])[:1, 1:] for f in bank.features],
+            face_features=backend.face_features(self.mask.expand(frames, -1, -1, -1))[None],
+            speed_tokens=backend.speed_tokens(torch.full((1, frames), float(self.head_speed), device=device)))
         h = self.size // self.config.latent_downscale
         noise = torch.randn(1, self.config.unet.in_channels, frames, h, h, generator=generator).to(device)
-        clean = sample(guided, self.sampler, noise, self.steps, generator=generator, per_frame=True)
+        clean = self.denoiser(noise, cond, generator=generator)
         per_frame = clean[0].transpose(0, 1)
         return torch.cat([backend.vae_decode(per_frame[i:i + 1]) for i in range(frames)])
 

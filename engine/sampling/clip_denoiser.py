@@ -19,7 +19,7 @@ class ClipConditions:
         audio_tokens: ``[1, F, T, D]``.
         reference_bank: per transformer block ``[1, L, C]``.
         motion_features: per motion-module location ``[1, n, C, h, w]``.
-        face_features: ``[1, 1, C', h, w]`` (the same mask for every frame).
+        face_features: ``[1, 1 or F, C', h, w]`` face-locator output (``1``: the same mask for every frame).
         speed_tokens: ``[1, F, S, D_s]`` or None.
         image_tokens: Hallo only: ``[1, T_i, D]`` tokens of the portrait's face embedding, or None (the
             backbone reads a zero embedding's tokens in every branch).
@@ -43,9 +43,10 @@ class GuidedBackbone:
     """One guided backbone evaluation: the branches guidance needs stacked in one batch.
 
     :func:`branches_needed` gives one branch when both scales are 1. Branches without audio get zero
-    audio tokens (as Hallo and EchoMimic), branches without the reference get ``reference_keep = False``
-    and, as Hallo's unconditional half, a zero face embedding's tokens. Region masks are the same in
-    every branch (Hallo repeats them). Hallo's inputs are passed only when the conditions carry them.
+    audio tokens; branches without the reference get ``reference_keep = False``, zero face-locator
+    features and, with Hallo's inputs, a zero face embedding's tokens: with single-scale CFG this is
+    Hallo's and EchoMimic's unconditional half exactly. Region masks are the same in every branch
+    (Hallo repeats them). Hallo's inputs are passed only when the conditions carry them.
     """
 
     def __init__(self, backend: Backend, guidance: GuidanceScales):
@@ -55,20 +56,25 @@ class GuidedBackbone:
     def batched(self, cond: ClipConditions) -> dict:
         """The backbone's keyword inputs for all branches (batch = number of branches)."""
         n = len(self.branches)
-        keep_audio = torch.tensor([b.uses_audio for b in self.branches], device=cond.audio_tokens.device)
-        audio = cond.audio_tokens.expand(n, *cond.audio_tokens.shape[1:]) * keep_audio.view(n, 1, 1, 1).to(
-            cond.audio_tokens.dtype)
+        keep_audio = [b.uses_audio for b in self.branches]
+        keep_reference = [b.uses_reference for b in self.branches]
 
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.expand(n, *t.shape[1:])
 
+        def kept(t: torch.Tensor, keep: list[bool]) -> torch.Tensor:
+            """``t`` repeated per branch, zero in the branches whose ``keep`` is False."""
+            if all(keep):
+                return rep(t)
+            return rep(t) * torch.tensor(keep, device=t.device, dtype=t.dtype).view(n, *(1,) * (t.dim() - 1))
+
         inputs = dict(
-            audio_tokens=audio,
+            audio_tokens=kept(cond.audio_tokens, keep_audio),
             reference_bank=[rep(t) for t in cond.reference_bank],
             motion_features=[rep(t) for t in cond.motion_features],
-            face_features=rep(cond.face_features),
+            face_features=kept(cond.face_features, keep_reference),
             speed_tokens=rep(cond.speed_tokens) if cond.speed_tokens is not None else None,
-            reference_keep=torch.tensor([b.uses_reference for b in self.branches], device=audio.device),
+            reference_keep=torch.tensor(keep_reference, device=cond.audio_tokens.device),
         )
         if cond.image_tokens is not None:
             inputs["image_tokens"] = self._image_tokens(cond)

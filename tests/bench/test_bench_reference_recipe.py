@@ -17,6 +17,8 @@ from bench.recording import RecordingBackend, count_calls
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import preset
 from engine.models.checkpoint import random_model
+from engine.sampling.clip_denoiser import GuidedBackbone
+from engine.sampling.guidance import GuidanceScales, branches_needed
 from engine.stream.session import GenerationOptions, Session
 
 SR = 16000
@@ -27,7 +29,12 @@ CLIP = 4
 @pytest.fixture(scope="module")
 def model():
     cfg = dataclasses.replace(preset("tiny"), clip_frames=CLIP)
-    return random_model(cfg, seed=0)
+    model = random_model(cfg, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the face locator's zero-initialised output conv would hide which branch reads it
+        for p in model.face_locator.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +92,28 @@ def test_reference_recipe_unconditional_branch_drops_reference_audio_and_face(mo
     list(recipe.generate(speech(CLIP)))
 
     inputs = backend.first_backbone
-    assert inputs["reference_keep"].tolist() == [False, True]
+    keep = inputs["reference_keep"].tolist()
+    assert sorted(keep) == [False, True], "one conditional and one unconditional branch"
+    uncond, cond = keep.index(False), keep.index(True)
     assert inputs["audio_tokens"].shape[0] == 2
-    assert torch.count_nonzero(inputs["audio_tokens"][0]) == 0
-    assert torch.count_nonzero(inputs["audio_tokens"][1]) > 0
-    assert torch.count_nonzero(inputs["face_features"][0]) == 0
+    assert torch.count_nonzero(inputs["audio_tokens"][uncond]) == 0
+    assert torch.count_nonzero(inputs["audio_tokens"][cond]) > 0
+    assert torch.count_nonzero(inputs["face_features"][uncond]) == 0
+    assert torch.count_nonzero(inputs["face_features"][cond]) > 0
     assert inputs["face_features"].shape[1] == CLIP, "the face locator runs on every frame's mask"
+
+
+def test_reference_recipe_builds_the_engines_guidance_batch(model, portrait):
+    """One implementation of the peers' guidance batch: the recipe's backbone inputs are the engine's."""
+    image, mask = portrait
+    backend = InputsBackend(model)
+    recipe = HalloRecipe(backend, model.config, image, mask, steps=1)
+    list(recipe.generate(speech(CLIP)))
+
+    assert isinstance(recipe.denoiser.model, GuidedBackbone)
+    assert recipe.denoiser.model.branches == branches_needed(GuidanceScales(HALLO_GUIDANCE, HALLO_GUIDANCE))
+    assert backend.first_backbone["reference_keep"].tolist() == [b.uses_reference
+                                                                 for b in recipe.denoiser.model.branches]
 
 
 def test_engine_caches_the_reference_and_runs_one_branch(model, portrait):

@@ -53,3 +53,20 @@ def test_face_tokens_without_uncond_tokens_need_no_unconditional_branch(hallo):
     assert GuidedBackbone(None, GuidanceScales(audio=2.0)).batched(cond)["image_tokens"].shape[0] == 2
     with pytest.raises(ValueError, match="uncond_image_tokens"):
         GuidedBackbone(None, GuidanceScales(reference=2.0, audio=2.0)).batched(cond)
+
+
+@pytest.mark.parametrize(("scales", "layout"), [
+    ((1.0, 1.0), [(True, True)]),
+    ((1.0, 2.0), [(True, True), (True, False)]),  # full, ref_only
+    ((3.5, 3.5), [(True, True), (False, False)]),  # full, uncond: Hallo's and EchoMimic's CFG
+    ((2.0, 3.0), [(True, True), (True, False), (False, False)]),
+])
+def test_unconditional_branch_gets_zero_face_features_and_audio(scales, layout):
+    cond = conditions()
+    batched = GuidedBackbone(None, GuidanceScales(reference=scales[0], audio=scales[1])).batched(cond)
+    assert batched["reference_keep"].tolist() == [reference for reference, _ in layout]
+    assert batched["face_features"].shape == (len(layout), *cond.face_features.shape[1:])
+    assert batched["audio_tokens"].shape == (len(layout), *cond.audio_tokens.shape[1:])
+    for face, audio, (reference, uses_audio) in zip(batched["face_features"], batched["audio_tokens"], layout):
+        assert torch.equal(face, cond.face_features[0] if reference else torch.zeros_like(face))
+        assert torch.equal(audio, cond.audio_tokens[0] if uses_audio else torch.zeros_like(audio))
