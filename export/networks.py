@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.audio import (SAMPLE_RATE, WHISPER_POSITIONS, WHISPER_STEP_RATE, AudioEncoder, frame_windows,
-                                 whisper_frame_tokens)
+from engine.models.audio import (SAMPLE_RATE, WHISPER_POSITIONS, AudioEncoder, frame_windows, whisper_frame_tokens,
+                                 whisper_steps)
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank, ReferenceNet
 from engine.sampling.guidance import GuidanceScales, branches_needed
@@ -508,8 +508,7 @@ class AudioNetwork(Network):
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
         pcm = self.encoder._check_pcm(pcm, None)
-        steps = math.ceil(pcm.numel() * WHISPER_STEP_RATE / SAMPLE_RATE)
-        return AudioFeed({"mel": self.encoder.whisper_mel(pcm)}, num_frames, steps)
+        return AudioFeed({"mel": self.encoder.whisper_mel(pcm)}, num_frames, whisper_steps(pcm.numel()))
 
     def finish(self, outputs: dict[str, torch.Tensor], feed: AudioFeed) -> torch.Tensor:
         """Graph outputs -> audio tokens ``[frames, T, D]``."""

@@ -7,7 +7,9 @@ Two feature paths, each shaped like the system it imports from:
   transformer runs at the frame rate; every transformer layer output is kept -> ``[frames, layers, dim]``.
   Each frame then sees frames ``f-m .. f+m`` (clamped at the ends) and :class:`AudioProjection` turns
   that window into ``tokens`` vectors of ``output_dim`` for the backbone's audio cross-attention.
-* ``whisper`` (EchoMimic v1): log-mel in 30 s windows, the encoder's states after the conv +
+* ``whisper`` (EchoMimic v1): EchoMimic's front end: the log-mel of the whole audio (STFT reflect-padded
+  at both ends, the last STFT frame dropped, floored at 8 below the whole audio's maximum), cut into
+  3000-frame (30 s) windows, the last one padded with 0.0; the encoder's states after the conv +
   positional embedding and after each block (the final layer norm is not used) at 50 Hz; video frame
   ``i`` takes whisper steps ``c-2m .. c+2m+1`` around ``c = int(i * 50 / fps)`` (clamped) at every level,
   flattened to ``(4m + 2) * levels`` tokens of the encoder width. No projection.
@@ -46,8 +48,12 @@ WHISPER_STEP_RATE = 50
 
 WHISPER_HOP = 160
 WHISPER_POSITIONS = 1500
-WHISPER_WINDOW_SAMPLES = WHISPER_POSITIONS * 2 * WHISPER_HOP
-"""Samples in one whisper window (30 s): the encoder only accepts exactly 3000 mel frames."""
+WHISPER_MEL_FRAMES = WHISPER_POSITIONS * 2
+"""Log-mel frames in one whisper window (30 s): the encoder only accepts exactly this many."""
+WHISPER_N_FFT = 400
+"""STFT size of whisper's log-mel (25 ms), Hann window."""
+WHISPER_LOG_RANGE = 8.0
+"""The log-mel floor: ``log10`` power values are clamped to at least the audio's maximum minus this."""
 
 NORM_EPS = 1e-7
 """Variance floor of Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation."""
@@ -152,6 +158,12 @@ def frame_windows(features: Tensor, window: int) -> Tensor:
     return features[index]
 
 
+def whisper_steps(samples: int) -> int:
+    """Whisper encoder steps (50 Hz) that hold audio for ``samples`` samples at 16 kHz: half the log-mel's
+    ``samples // 160`` frames, rounded down, as EchoMimic keeps."""
+    return samples // WHISPER_HOP // 2
+
+
 def whisper_frame_tokens(levels: Tensor, num_frames: int, fps: float, window: int = 2) -> Tensor:
     """Gather EchoMimic's per-frame whisper tokens from 50 Hz level states.
 
@@ -238,11 +250,11 @@ class AudioEncoder(nn.Module):
             self.encoder = encoder
             self.level_count = self.encoder_config.encoder_layers + 1
             self.level_index = self._check_layers(config.layers)
-            self.mel = WhisperFeatureExtractor(
+            filters = WhisperFeatureExtractor(
                 feature_size=self.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=WHISPER_HOP,
-                chunk_length=WHISPER_WINDOW_SAMPLES // SAMPLE_RATE,
-            )
-            self.min_samples = 1
+                n_fft=WHISPER_N_FFT).mel_filters
+            self.mel_filters = torch.from_numpy(filters.T.astype("float32"))  # CPU, not a buffer: not in checkpoints
+            self.min_samples = 2 * WHISPER_HOP  # one encoder step (and more than the STFT's reflect padding)
         self.eval()
 
     @classmethod
@@ -412,10 +424,9 @@ class AudioEncoder(nn.Module):
     def whisper_levels(self, pcm: Tensor) -> Tensor:
         """Whisper level states of ``pcm`` ([samples] at 16 kHz): ``[steps, levels, d_model]`` at 50 Hz.
 
-        Audio is cut into 30 s windows, each turned into 3000 log-mel frames by
-        ``WhisperFeatureExtractor`` (zero-padded) and encoded; levels are the states after conv +
-        positional embedding and after each block (no final layer norm), all of them, before the
-        ``layers`` selection. ``steps = ceil(samples / 320)``: only steps that hold audio are kept.
+        The log-mel (:meth:`whisper_mel`) is encoded window by window; levels are the states after
+        conv + positional embedding and after each block (no final layer norm), all of them, before
+        the ``layers`` selection. Only the :func:`whisper_steps` that hold audio are kept.
         """
         if self.config.kind != "whisper":
             raise ValueError("whisper_levels needs a whisper audio encoder")
@@ -423,13 +434,25 @@ class AudioEncoder(nn.Module):
 
     def _whisper_levels(self, pcm: Tensor) -> Tensor:
         """:meth:`whisper_levels` of already-checked PCM."""
-        steps = math.ceil(pcm.numel() * WHISPER_STEP_RATE / SAMPLE_RATE)
-        return self.whisper_mel_levels(self.whisper_mel(pcm)).flatten(0, 1)[:steps]
+        return self.whisper_mel_levels(self.whisper_mel(pcm)).flatten(0, 1)[:whisper_steps(pcm.numel())]
 
     def whisper_mel(self, pcm: Tensor) -> Tensor:
-        """Checked ``[samples]`` -> log-mel of each 30 s window ``[windows, n_mels, 3000]`` (float32, CPU)."""
-        windows = [w.detach().to("cpu", torch.float32).numpy() for w in pcm.split(WHISPER_WINDOW_SAMPLES)]
-        return self.mel(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        """Checked ``[samples]`` (at least 320) -> log-mel windows ``[windows, n_mels, 3000]`` (float32, CPU).
+
+        EchoMimic's front end: power STFT of the whole audio (400-sample Hann window, hop 160,
+        reflect-padded by 200 at both ends, the last frame dropped: ``samples // 160`` frames), mel
+        filters, ``log10`` clamped at 1e-10 and then at the whole audio's maximum minus 8,
+        ``(x + 4) / 4``; cut into 3000-frame windows, the last one padded with 0.0.
+        """
+        x = pcm.detach().to("cpu", torch.float32)
+        stft = torch.stft(x, WHISPER_N_FFT, WHISPER_HOP, window=torch.hann_window(WHISPER_N_FFT),
+                          return_complex=True)
+        power = stft[:, :-1].abs() ** 2
+        log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
+        log_spec = (torch.maximum(log_spec, log_spec.max() - WHISPER_LOG_RANGE) + 4.0) / 4.0
+        windows = -(-log_spec.shape[1] // WHISPER_MEL_FRAMES)
+        log_spec = F.pad(log_spec, (0, windows * WHISPER_MEL_FRAMES - log_spec.shape[1]))
+        return log_spec.view(log_spec.shape[0], windows, WHISPER_MEL_FRAMES).transpose(0, 1).contiguous()
 
     def whisper_mel_levels(self, mel: Tensor) -> Tensor:
         """Log-mel windows ``[windows, n_mels, 3000]`` -> all level states ``[windows, 1500, levels, d_model]``."""

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,24 @@ def test_hallo_style_state_dict_loads_without_renaming(wav2vec2_dir: Path) -> No
         assert torch.equal(target.tokens(pcm), source.tokens(pcm))
 
 
+def echomimic_fixture_waveform() -> np.ndarray:
+    """The waveform of ``fixtures/echomimic_frontend`` (its README): 2.3 s + 50 samples at 16 kHz, seeded."""
+    rng = np.random.default_rng(22)
+    t = np.arange(36850) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    return (tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_whisper_log_mel_is_echomimics() -> None:
+    """EchoMimic's own log-mel of the fixture waveform: the audio's own (reflect-padded) STFT, floor from
+    the audio's maximum, windows padded with 0.0 -- not the log-mel of the waveform zero-padded to 30 s."""
+    ours = AudioEncoder(AudioConfig(kind="whisper", encoder=TINY_WHISPER, fps=25))
+    want = torch.from_numpy(np.load(COMPAT.parent / "echomimic_frontend" / "whisper_log_mel.npz")["mel"])
+    got = ours.whisper_mel(torch.from_numpy(echomimic_fixture_waveform()))
+    assert got.shape == want.shape == (1, 80, 3000)
+    assert (got - want).abs().max() <= 1e-5
+
+
 def test_whisper_levels_match_transformers(whisper_dir: Path) -> None:
     """30.5 s of audio: two 30 s windows; levels = hidden states before the final layer norm."""
     ours = AudioEncoder.from_pretrained(whisper_dir, AudioConfig(kind="whisper", fps=25))
@@ -145,14 +164,13 @@ def test_whisper_levels_match_transformers(whisper_dir: Path) -> None:
     hook = ref.layers[-1].register_forward_hook(lambda module, args, out: captured.append(out))
     windows = []
     with torch.no_grad():
-        for chunk in pcm.split(480000):
-            mel = ours.mel(chunk.numpy(), sampling_rate=16000, return_tensors="pt").input_features
-            out = ref(mel, output_hidden_states=True)
+        for mel in ours.whisper_mel(pcm):
+            out = ref(mel[None], output_hidden_states=True)
             windows.append(torch.stack([*out.hidden_states[:-1], captured[-1]], dim=2)[0])
         got = ours.whisper_levels(pcm)
         tokens = ours.tokens(pcm)
     hook.remove()
-    want = torch.cat(windows)[: math.ceil(pcm.numel() / 320)]
+    want = torch.cat(windows)[: pcm.numel() // 320]
     assert got.shape == (1525, 3, 32)
     assert (got - want).abs().max() <= 1e-5
     assert tokens.shape == (763, ours.output_tokens, ours.output_dim) == (763, 30, 32)
