@@ -114,6 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         face_embedding=Path(args.face_embedding) if args.face_embedding else None,
         face_mask=Path(args.face_mask) if args.face_mask else None,
         lip_mask=Path(args.lip_mask) if args.lip_mask else None,
+        region_weights=(args.pose_weight, args.face_weight, args.lip_weight),
         png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, backend=args.backend,
         options=options)
     if is_untrained_preset(args.model):
@@ -151,7 +152,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         on_missing_face="error" if args.require_face else "center",
         face_embedding=Path(args.face_embedding) if args.face_embedding else None,
         face_mask=Path(args.face_mask) if args.face_mask else None,
-        lip_mask=Path(args.lip_mask) if args.lip_mask else None, device=args.device, backend=args.backend,
+        lip_mask=Path(args.lip_mask) if args.lip_mask else None,
+        region_weights=(args.pose_weight, args.face_weight, args.lip_weight), device=args.device, backend=args.backend,
         options=options, policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
     if is_untrained_preset(args.model):
         print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
@@ -260,6 +262,9 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                              "photo's size, as Hallo's get_mask draws it) (default: made from the face box)")
     parser.add_argument("--lip-mask", default=None, metavar="PATH",
                         help="Hallo models, with --face-mask: lip region mask over the photo (PNG or .npy)")
+    for region, part in (("pose", "the rest of the image (head pose)"), ("face", "the face"), ("lip", "the lips")):
+        parser.add_argument(f"--{region}-weight", type=float, default=None,
+                            help=f"Hallo models: weight of the audio on {part} (default: the model's; Hallo's 1)")
     parser.add_argument("--require-face", action="store_true", help="fail when no face is detected")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -7,9 +7,10 @@ same audio.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from engine import DEFAULT_MODEL
 from engine.backends import make_backend
-from engine.config import PRESETS
+from engine.config import PRESETS, ModelConfig
 from engine.face_embedding import load_face_embedding
 from engine.faces import FaceBox, prepare_portrait
 from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS
@@ -53,6 +54,9 @@ class StreamRequest:
         face_mask, lip_mask: Hallo's models only, both or neither: face and lip region masks over the
             photo (PNG or ``.npy``, the photo's size, as Hallo's ``get_mask`` draws them); None: made
             from the face box (:mod:`engine.region_masks`).
+        region_weights: Hallo's models only: its pose / face / lip weights (``--pose_weight``,
+            ``--face_weight``, ``--lip_weight``; dimensionless), each None for the model's own (Hallo's
+            default: 1): :func:`with_region_weights`.
         policy: what to do when generation falls behind real time.
     """
 
@@ -66,6 +70,7 @@ class StreamRequest:
     face_embedding: Path | None = None
     face_mask: Path | None = None
     lip_mask: Path | None = None
+    region_weights: tuple[float | None, float | None, float | None] = (None, None, None)
     png_dir: Path | None = None
     device: str = "cpu"
     backend: str = "torch"
@@ -91,11 +96,28 @@ class GenerateResult:
     face_detected: bool
 
 
-def open_model(source: str, fps: float | None = None, seed: int = 0) -> EmoteModel:
-    """A preset with seeded random weights, or a model directory's weights; ``fps`` overrides the frame rate."""
-    cfg = resolve_config(source)
+def with_region_weights(cfg: ModelConfig, weights: tuple[float | None, float | None, float | None]) -> ModelConfig:
+    """``cfg`` with Hallo's pose / face / lip weights replaced where ``weights`` gives one (None keeps the
+    model's). They multiply the full / face / lip branches of every audio module; only models with
+    ``audio_modules`` (Hallo's) have them."""
+    if all(w is None for w in weights):
+        return cfg
+    if not cfg.audio_modules.enabled:
+        raise ValueError(f"pose / face / lip weights apply to Hallo's audio modules; model {cfg.name!r} has none")
+    chosen = tuple(float(mine if mine is not None else own)
+                   for mine, own in zip(weights, cfg.audio_modules.region_weights, strict=True))
+    if not all(math.isfinite(w) for w in chosen):
+        raise ValueError(f"pose / face / lip weights must be finite, got {chosen}")
+    return replace(cfg, audio_modules=replace(cfg.audio_modules, region_weights=chosen))
+
+
+def open_model(source: str, fps: float | None = None, seed: int = 0,
+               region_weights: tuple[float | None, float | None, float | None] = (None, None, None)) -> EmoteModel:
+    """A preset with seeded random weights, or a model directory's weights; ``fps`` overrides the frame rate,
+    ``region_weights`` Hallo's pose / face / lip weights (:func:`with_region_weights`)."""
+    cfg = with_region_weights(resolve_config(source), region_weights)
     directory = model_directory(source)
-    model = load_model(directory) if directory is not None else random_model(cfg, seed=seed)
+    model = load_model(directory, config=cfg) if directory is not None else random_model(cfg, seed=seed)
     if fps is not None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -120,7 +142,7 @@ def check_audio(pcm: np.ndarray, path: Path) -> None:
 def open_session(request: StreamRequest) -> tuple[Session, bool]:
     """Model, portrait and backend for ``request``; returns the session and whether a face was detected."""
     image = load_image(request.image, min_side=MIN_PORTRAIT_SIDE)
-    model = open_model(request.model, request.fps)
+    model = open_model(request.model, request.fps, region_weights=request.region_weights)
     size = model.config.resolution if request.size is None else request.size
     portrait = prepare_portrait(image, size, face_box=request.face_box, on_missing=request.on_missing_face)
     if not portrait.detected and request.face_box is None:

@@ -653,6 +653,15 @@ class BackboneNetwork(Network):
         self.image = self.config.image_proj.enabled
         self.mask_positions = mask_positions(self.config, shapes.latent) if self.config.audio_modules.enabled else []
 
+    def weights_digest(self) -> str:
+        """SHA-256 of the backbone's weights and, for Hallo's models, of its pose / face / lip weights:
+        the graph holds them as constants, so a graph built with others is stale."""
+        digest = super().weights_digest()
+        if not self.config.audio_modules.enabled:
+            return digest
+        weights = ",".join(repr(float(w)) for w in self.config.audio_modules.region_weights)
+        return hashlib.sha256(f"{digest}|region_weights={weights}".encode()).hexdigest()
+
     @property
     def inputs(self) -> list[TensorSpec]:
         cfg, s = self.config, self.shapes

@@ -142,11 +142,13 @@ def resolve_config(source: str | Path) -> ModelConfig:
                           f"nor a preset ({', '.join(sorted(PRESETS))})")
 
 
-def load_model(directory: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> EmoteModel:
+def load_model(directory: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               config: ModelConfig | None = None) -> EmoteModel:
     """Load a model directory (or a shipped model by name). Built on the meta device and materialised from
-    the files (no double memory)."""
+    the files (no double memory). ``config``: the directory's config with settings changed that change no
+    weight shapes (e.g. Hallo's region weights); None: the directory's own."""
     directory = model_directory(directory) or Path(directory)
-    cfg = resolve_config(directory)
+    cfg = config if config is not None else resolve_config(directory)
     model = EmoteModel.on_meta(cfg)
     for name, module in model.components().items():
         load_checked(module, read_state_dict(directory / f"{name}.safetensors"), f"{directory / name}.safetensors")

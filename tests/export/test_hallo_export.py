@@ -6,6 +6,8 @@ Tolerance as tests/export/test_onnx_export.py: fp32 graphs within 1e-4 of torch 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,7 +22,7 @@ from engine.models.checkpoint import random_model
 from engine.models.hallo_audio import region_mask_levels
 from engine.models.model import EmoteModel
 from export.engine_cache import EngineCache
-from export.networks import BackboneNetwork, Network, StreamShapes, make_network
+from export.networks import BackboneNetwork, Network, StreamShapes, make_network, weights_digest
 from export.onnx_export import GRAPH_FILE, cached_export
 
 TOLERANCE = 1e-4
@@ -140,3 +142,18 @@ def test_presets_export_the_inputs_they_always_had(name):
     assert network.input_names == want
     assert make_network("reference", model, StreamShapes.for_model(model.config)).input_names == ["latents"]
 
+
+
+def test_region_weights_are_part_of_the_backbone_graphs_key(hallo):
+    """The graph holds Hallo's pose / face / lip weights as constants: other weights, another cached graph."""
+    def network(model: EmoteModel) -> BackboneNetwork:
+        return BackboneNetwork(model, StreamShapes.for_model(model.config, size=SIZE, clip_frames=2, batches=(1,)))
+
+    cfg = dataclasses.replace(hallo.config, audio_modules=dataclasses.replace(
+        hallo.config.audio_modules, region_weights=(1.0, 1.0, 2.0)))
+    reweighted = random_model(cfg, seed=0)
+    reweighted.load_state_dict(hallo.state_dict())
+    assert weights_digest(hallo.backbone) == weights_digest(reweighted.backbone)
+    assert network(hallo).weights_digest() != network(reweighted).weights_digest()
+    plain = random_model(preset("tiny"))
+    assert network(plain).weights_digest() == weights_digest(plain.backbone), "models without audio modules: as before"

@@ -15,8 +15,9 @@ from support import hallo_tiny, randomize_
 from engine.config import ModelConfig, preset
 from engine.models.blocks import UNetContext
 from engine.models.checkpoint import load_model, random_model, save_model
-from engine.models.hallo_audio import region_mask_levels
+from engine.models.hallo_audio import RegionAudioBlock, region_mask_levels
 from engine.models.model import EmoteModel
+from engine.pipeline import open_model, with_region_weights
 
 B, F, LATENT = 1, 2, 8
 
@@ -157,3 +158,54 @@ def test_presets_have_none_of_it():
         assert not any(".audio_modules." in k for k in model.backbone.state_dict())
         assert "image_proj" not in model.components()
         assert all(b.run_motion_modules for b in [*model.backbone.down_blocks, *model.backbone.up_blocks])
+
+
+def test_region_weights_are_options_defaulting_to_hallos(model, inputs, baseline, tmp_path):
+    """Hallo's --pose_weight / --face_weight / --lip_weight: each multiplies its branch's projection
+    (``zero_conv_*``, bias included) in every audio module; unset ones keep the model's (Hallo's 1)."""
+    save_model(model, tmp_path / "m")
+    default = open_model(str(tmp_path / "m"))
+    assert default.config.audio_modules.region_weights == (1.0, 1.0, 1.0)
+    torch.testing.assert_close(_run(default, **inputs), baseline)
+
+    chosen = open_model(str(tmp_path / "m"), region_weights=(2.0, None, 0.5))
+    blocks = [m for m in chosen.backbone.modules() if isinstance(m, RegionAudioBlock)]
+    assert blocks and all(b.region_weights == (2.0, 1.0, 0.5) for b in blocks)
+    assert chosen.config.audio_modules.region_weights == (2.0, 1.0, 0.5)
+    scaled = copy.deepcopy(default)
+    with torch.no_grad():
+        for block in (m for m in scaled.backbone.modules() if isinstance(m, RegionAudioBlock)):
+            for conv, factor in ((block.zero_conv_full, 2.0), (block.zero_conv_lip, 0.5)):
+                conv.weight.mul_(factor)
+                conv.bias.mul_(factor)
+    got = _run(chosen, **inputs)
+    torch.testing.assert_close(got, _run(scaled, **inputs))
+    assert not torch.allclose(got, baseline)
+
+
+def test_region_weights_need_audio_modules():
+    with pytest.raises(ValueError, match="audio modules"):
+        open_model("tiny", region_weights=(None, None, 2.0))
+    assert with_region_weights(preset("tiny"), (None, None, None)) == preset("tiny")
+
+
+def test_cli_passes_region_weights(monkeypatch, tmp_path):
+    """``emote generate`` / ``emote stream``: --pose-weight / --face-weight / --lip-weight reach the request."""
+    import engine.pipeline as pipeline
+    from engine.cli import main
+
+    class Captured(Exception):
+        pass
+
+    def capture(request, *args, **kwargs):
+        raise Captured(request.region_weights)
+
+    monkeypatch.setattr(pipeline, "generate", capture)
+    monkeypatch.setattr(pipeline, "stream", capture)
+    common = ["--model", "tiny", "--image", "p.png", "--out", str(tmp_path / "o.mp4"), "--quiet"]
+    with pytest.raises(Captured) as generated:
+        main(["generate", *common, "--audio", "a.wav", "--face-weight", "1.5"])
+    assert generated.value.args[0] == (None, 1.5, None)
+    with pytest.raises(Captured) as streamed:
+        main(["stream", *common, "--stdin-pcm", "16000", "--pose-weight", "0.5", "--lip-weight", "2"])
+    assert streamed.value.args[0] == (0.5, None, 2.0)
