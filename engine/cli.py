@@ -42,6 +42,7 @@ SEED = bounded(int, 0, 2**63 - 1)
 FPS = bounded(float, 1, 120)
 GUIDANCE = bounded(float, 0, 30)
 LAG_S = bounded(float, 0, 3600)
+SHARE = bounded(float, 0, 1)
 
 
 def _format_count(n: int) -> str:
@@ -173,7 +174,8 @@ def _generation_options(args: argparse.Namespace):
 
     return GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
                              seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
-                             first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group)
+                             first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group,
+                             motion_anchor=args.motion_anchor)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -195,7 +197,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
                                   first_clip_frames=args.first_clip, schedule=args.schedule,
-                                  group_frames=args.group),
+                                  group_frames=args.group, motion_anchor=args.motion_anchor),
         policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
     if config.exposure_error() is not None:
         raise ValueError(config.exposure_error())
@@ -250,6 +252,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                              "one backbone call per group (default: clip)")
     parser.add_argument("--group", type=CLIP_FRAMES, default=2, help="frames per group of the rolling schedule (default: 2)")
     parser.add_argument("--seed", type=SEED, default=0, help="noise seed; same seed + same inputs = same video")
+    _add_motion_anchor(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--backend", default="torch", choices=["torch", "torch-cuda-graphs", "onnxruntime", "tensorrt"],
                         help="how the networks run (default: torch; see README, Backends)")
@@ -267,6 +270,13 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                             help=f"Hallo models: weight of the audio on {part} (default: the model's; Hallo's 1)")
     parser.add_argument("--require-face", action="store_true", help="fail when no face is detected")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_motion_anchor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--motion-anchor", type=SHARE, default=None, metavar="SHARE",
+                        help="drift guard, 0-1: how far the motion frames are pulled back toward the reference "
+                             "image's features at each clip, so the face does not drift over a long stream "
+                             "(0 = off; default: the model's, talking64: 0.5, else off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--group", type=CLIP_FRAMES, default=2, help="frames per group of the rolling schedule (default: 2)")
     serve.add_argument("--size", type=SIZE, default=None,
                        help="portrait side in pixels, a multiple of 8, 32-2048 (default: the model's)")
+    _add_motion_anchor(serve)
     serve.add_argument("--policy", default="skip", choices=["grow", "skip", "steps"],
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")

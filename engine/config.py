@@ -177,12 +177,15 @@ class SamplingDefaults:
 
     ``cfg_audio`` / ``cfg_ref``: guidance scales (:class:`engine.sampling.guidance.GuidanceScales`);
     a single-scale CFG of ``s`` (Hallo, EchoMimic) is ``cfg_audio = cfg_ref = s``.
+    ``motion_anchor``: the drift guard's strength, 0-1 (``GenerationOptions.motion_anchor``): set where it
+    was measured to help the model's long streams.
     """
 
     steps: int | None = None
     sampler: str | None = None
     cfg_audio: float | None = None
     cfg_ref: float | None = None
+    motion_anchor: float | None = None
 
 
 @dataclass

@@ -97,7 +97,11 @@ class DenoiseStage(threading.Thread):
         started = time.perf_counter()
         done = self.session.step(clip, steps=steps)
         self.stats.stage("denoise", time.perf_counter() - started, clip.index)
+        self._report_drift_guard()
         return [_Latents(c, latents) for c, latents in done]
+
+    def _report_drift_guard(self) -> None:
+        self.stats.drift_guard_acted(self.session.options.motion_anchor, self.session.anchored)
 
     def _emit(self, items: list[_Latents]) -> None:
         """Hand clips on in frame order (a rolling window finishes a clip after later ones were skipped)."""
@@ -121,6 +125,7 @@ class DenoiseStage(threading.Thread):
                     self._emit(self._run_clip(clip))
             if not self.stop_requested.is_set():
                 self._emit([_Latents(c, latents) for c, latents in self.session.flush()])
+                self._report_drift_guard()
             self.out.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self.out.put(_Failure(exc))

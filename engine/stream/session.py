@@ -35,7 +35,7 @@ class GenerationOptions:
         steps: sampler steps per clip (1-50).
         sampler: "ddim", "lcm" or "euler".
         cfg_audio, cfg_ref: guidance scales (1 = off; both 1 -> one backbone batch per step).
-            For these four, None means the model's own default (its config's ``sampling``), else
+            For these four and ``motion_anchor``, None means the model's own default (its config's ``sampling``), else
             ``ENGINE_DEFAULTS``; :meth:`with_model_defaults` fills them, and a Session does that itself.
         seed: noise seed; with the same inputs the same seed gives the same frames.
         head_speed: constant head rotation speed in rad/s for the speed layers.
@@ -43,6 +43,11 @@ class GenerationOptions:
         audio_context_s: left audio context of each clip's audio-encoder window, seconds.
         schedule: "clip" (each clip denoised through all steps) or "rolling" (groups of
             ``group_frames`` at staggered noise levels, one backbone call per group: see rolling.py).
+        motion_anchor: the drift guard, 0-1: each time the motion frames advance, their ReferenceNet
+            features move this share of the way back to the reference image's (0: off; None: the model's
+            default, else off). The model reads its own last frames as motion frames, so without it small
+            errors feed back and the face drifts away from the reference over a long stream; see
+            :meth:`Session._advance_motion`.
     """
 
     steps: int | None = None
@@ -56,6 +61,7 @@ class GenerationOptions:
     audio_context_s: float = 1.0
     schedule: str = "clip"
     group_frames: int = 2
+    motion_anchor: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= 50:
@@ -71,10 +77,12 @@ class GenerationOptions:
             raise ValueError(f"group_frames must be >= 1, got {self.group_frames}")
         if self.audio_context_s < 0:
             raise ValueError(f"audio_context_s must be >= 0, got {self.audio_context_s}")
+        if self.motion_anchor is not None and not 0.0 <= self.motion_anchor <= 1.0:
+            raise ValueError(f"motion_anchor must be between 0 and 1, got {self.motion_anchor}")
 
     def with_model_defaults(self, defaults: SamplingDefaults) -> GenerationOptions:
-        """A copy whose unset ``steps``, ``sampler``, ``cfg_audio`` and ``cfg_ref`` are the model's
-        ``defaults`` (a distilled student: 4 LCM steps, no guidance), else ``ENGINE_DEFAULTS``."""
+        """A copy whose unset ``steps``, ``sampler``, ``cfg_audio``, ``cfg_ref`` and ``motion_anchor`` are the
+        model's ``defaults`` (a distilled student: 4 LCM steps, no guidance), else ``ENGINE_DEFAULTS``."""
         chosen = {}
         for name, fallback in ENGINE_DEFAULTS.items():
             value = getattr(self, name)
@@ -84,7 +92,7 @@ class GenerationOptions:
         return dataclasses.replace(self, **chosen)
 
 
-ENGINE_DEFAULTS = {"steps": 4, "sampler": "ddim", "cfg_audio": 1.0, "cfg_ref": 1.0}
+ENGINE_DEFAULTS = {"steps": 4, "sampler": "ddim", "cfg_audio": 1.0, "cfg_ref": 1.0, "motion_anchor": 0.0}
 """What :class:`GenerationOptions` falls back to where neither the user nor the model says."""
 
 
@@ -173,6 +181,7 @@ class Session:
         self.audio.reset()
         self.planner.reset()
         self.window.reset()
+        self.anchored = 0
         init = self.config.motion_init
         if init not in ("zeros", "reference"):
             raise ValueError(f"motion_init must be 'zeros' or 'reference', not {init!r}")
@@ -269,11 +278,17 @@ class Session:
         return min(needed, self.audio.samples) if self.audio.ended else needed
 
     def _advance_motion(self, clip_latents: torch.Tensor) -> None:
-        """Motion frames for the next clip: the last n frames so far, through the ReferenceNet (none when n = 0)."""
+        """Motion frames for the next clip: the last n frames so far, through the ReferenceNet (none when n = 0),
+        their features pulled ``motion_anchor`` of the way toward the reference image's (``anchored`` counts
+        the updates so pulled since the last :meth:`reset`)."""
         n = self.motion_frames
         if n == 0:
             return
         newest = self._reference(clip_latents[-n:].to(self.backend.dtype)).features
+        anchor = self.options.motion_anchor
+        if anchor > 0:
+            newest = [torch.lerp(new, ref.expand_as(new), anchor) for new, ref in zip(newest, self.reference_features)]
+            self.anchored += 1
         self._motion = [torch.cat([old, new])[-n:] for old, new in zip(self._motion, newest)]
 
     def decode(self, clip: Clip, latents: torch.Tensor) -> list[Frame]:

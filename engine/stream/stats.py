@@ -63,6 +63,7 @@ class StreamStats:
         self._pending: list[int] = []  # frames that left before their audio was complete (end-of-stream flush)
         self._skipped: set[int] = set()
         self._stages: dict[str, list[tuple[int, float]]] = {}
+        self._drift_guard: tuple[float, int] | None = None  # strength, motion-frame updates pulled
 
     # ------------------------------------------------------------------------------------ recording
 
@@ -75,6 +76,12 @@ class StreamStats:
             total = self._block_ends[-1] if self._block_ends else 0
             self._block_ends.append(total + int(num_samples))
             self._block_times.append(now)
+
+    def drift_guard_acted(self, strength: float, updates: int) -> None:
+        """The session's drift guard so far: its ``strength`` (share of the way back to the reference's
+        features per motion-frame update, 0 = off) and how many ``updates`` it has pulled."""
+        with self._lock:
+            self._drift_guard = (float(strength), int(updates))
 
     def frame_out(self, frame_index: int) -> None:
         """Frame ``frame_index`` left the engine now (a repeat of an index is ignored)."""
@@ -175,6 +182,7 @@ class StreamStats:
             span = out_times[-1] - out_times[0] if len(out_times) > 1 else 0.0
             stages = {name: self._stage_summary(rows) for name, rows in self._stages.items()}
             audio_s = (self._block_ends[-1] if self._block_ends else 0) / self.sample_rate
+            guard = self._drift_guard
         return {
             "fps": self.fps,
             "frames_out": len(out_times),
@@ -193,6 +201,7 @@ class StreamStats:
             "generation_wall_s": wall,
             "real_time_factor": wall / media_s if wall is not None and media_s > 0 else None,
             "stages": stages,
+            "drift_guard": None if guard is None else {"strength": guard[0], "updates": guard[1]},
         }
 
     @staticmethod
@@ -228,6 +237,11 @@ class StreamStats:
             ("sustained fps", fps, f"{self.fps:g} (video)"),
             ("real-time factor (wall / media)", rtf, ""),
         ]
+        guard = s["drift_guard"]
+        if guard is not None:
+            acted = (f"{guard['updates']} motion-frame updates, each {guard['strength']:g} of the way back"
+                     if guard["strength"] > 0 else "off")
+            rows.append(("drift guard (toward the reference)", acted, ""))
         for name, st in s["stages"].items():
             steady = "" if st["steady_mean_s"] is None else f", then {_ms(st['steady_mean_s'])}"
             rows.append((f"{name} per clip ({st['clips']} clips)", f"first {_ms(st['first_s'])}{steady}", ""))

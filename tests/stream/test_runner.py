@@ -14,6 +14,7 @@ import torch
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.cli import main
 from engine.media import MediaError, read_video_info
+from engine.stream.chunk_planner import ChunkPlanner
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
 from engine.stream.session import GenerationOptions, Session
 from engine.stream.sinks import CallbackSink, Mp4Sink, PngSink
@@ -67,6 +68,19 @@ def test_live_session_in_10ms_blocks_equals_offline(model, portrait):
     got = list(live)
     assert [f.index for f in got] == [f.index for f in want]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(got, want))
+
+
+def test_the_end_of_run_table_says_how_often_the_drift_guard_acted(model, portrait):
+    live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
+                               GenerationOptions(steps=1, first_clip_frames=4, motion_anchor=0.4)))
+    live.push_audio(speech(1.0))
+    live.end()
+    frames = list(live)
+    updates = live.session.anchored
+    assert updates == len(ChunkPlanner(model.config.clip_frames, 4).ready(len(frames), len(frames))) > 1
+    assert live.stats.summary()["drift_guard"] == {"strength": 0.4, "updates": updates}
+    assert f"| drift guard (toward the reference) | {updates} motion-frame updates, each 0.4 of the way back |" \
+        in live.stats.table()
 
 
 def test_async_iteration(model, portrait):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
-from engine.config import preset
+from engine.config import SamplingDefaults, preset
 from engine.stream.chunk_planner import ChunkPlanner, Clip
 from engine.stream.session import GenerationOptions, Session
 
@@ -105,7 +105,8 @@ def test_guidance_one_is_one_batch_per_step(model, portrait):
 
 def test_next_clip_gets_the_last_latents_of_the_previous_clip(model, portrait):
     backend = RecordingBackend(model)
-    session = Session(backend, model.config, *portrait, GenerationOptions(steps=1, first_clip_frames=4))
+    session = Session(backend, model.config, *portrait, GenerationOptions(steps=1, first_clip_frames=4,
+                                                                          motion_anchor=0.0))
     session.push_audio(speech(1.0))
     session.end()
     clips = session.ready_clips()
@@ -121,6 +122,33 @@ def test_next_clip_gets_the_last_latents_of_the_previous_clip(model, portrait):
     received = backend.backbone_calls[-1]["motion_features"]
     for got, want in zip(received, expected):
         torch.testing.assert_close(got[0], want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("anchor", [0.3, 1.0])
+def test_the_drift_guard_pulls_the_motion_features_toward_the_references(model, portrait, anchor):
+    backend = RecordingBackend(model)
+    session = Session(backend, model.config, *portrait, GenerationOptions(steps=1, motion_anchor=anchor))
+    session.push_audio(speech(1.0))
+    session.end()
+    first, second = session.ready_clips()[:2]
+    session.denoise(first)
+    raw = model.reference_net(backend.reference_calls[-1]).features
+    session.denoise(second)
+    received = backend.backbone_calls[-1]["motion_features"]
+    for got, own, ref in zip(received, raw, session.reference_features):
+        torch.testing.assert_close(got[0], own + anchor * (ref.expand_as(own) - own), rtol=0, atol=1e-6)
+        assert not torch.allclose(got[0], own, atol=1e-4)
+    assert session.anchored == 2
+
+
+def test_the_drift_guard_is_a_share_between_0_and_1_and_the_models_default():
+    assert GenerationOptions().motion_anchor is None
+    assert GenerationOptions().with_model_defaults(SamplingDefaults()).motion_anchor == 0.0
+    assert GenerationOptions().with_model_defaults(SamplingDefaults(motion_anchor=0.5)).motion_anchor == 0.5
+    assert GenerationOptions(motion_anchor=0.0).with_model_defaults(SamplingDefaults(motion_anchor=0.5)).motion_anchor == 0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="motion_anchor"):
+            GenerationOptions(motion_anchor=bad)
 
 
 def test_reference_motion_init_uses_the_reference_features(model, portrait):
