@@ -83,6 +83,7 @@ def test_shipped_model_hashes_and_config():
     config = json.loads((SHIPPED / "config.json").read_text())
     assert config["name"] == "talking64" and config["resolution"] == 64
     assert config["sampling"]["sampler"] == "lcm" and config["sampling"]["steps"] == 4
+    assert config["sampling"]["motion_anchor"] == 0.5
     assert "engine.training.train" in manifest["provenance"]["command"]
     assert sum((SHIPPED / name).stat().st_size for name in manifest["files"]) < 12 * 2 ** 20
 
