@@ -191,7 +191,7 @@ def test_outputs_appear_together_or_not_at_all(tmp_path, capsys, png_dir):
 @pytest.mark.parametrize("flag, value", [
     ("--size", "0"), ("--size", "20000"), ("--size", "100"), ("--clip", "0"), ("--first-clip", "0"),
     ("--fps", "nan"), ("--fps", "1e6"), ("--fps", "inf"), ("--seed", "-1"), ("--steps", "0"), ("--group", "0"),
-    ("--cfg-audio", "nan"), ("--head-speed", "inf"),
+    ("--cfg-audio", "nan"), ("--head-speed", "inf"), ("--motion-anchor", "1.5"), ("--motion-anchor", "nan"),
 ])
 def test_bad_numbers_are_usage_errors_naming_the_flag(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exc:
