@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from engine.faces import FaceBox, box_mask, prepare_portrait
-from engine.lipsync import generate, heldout_clips, mouth_opening, portrait_mask, score
+from engine.lipsync import generate, mouth_opening, portrait_mask, score
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
+from engine.synthetic.clips import make_clip
 from engine.stream.session import GenerationOptions
 
 WINDOW_S = 5.0
@@ -145,15 +146,18 @@ class Stream:
 
 def synthetic_streams(count: int, seconds: float, size: int, fps: float, first_seed: int = 0) -> list[Stream]:
     """``count`` held-out synthetic talkers (still heads) speaking for ``seconds`` each, with their truth."""
+    needed = round(seconds * fps)
     out = []
-    for clip in heldout_clips(count, first_seed, size, fps, sentences=math.ceil(seconds / 3.0) + 1):
-        frames = min(clip.frames.shape[0], round(seconds * fps))
-        if frames < round(seconds * fps):
-            raise ValueError(f"held-out clip {clip.recipe.seed} has only {clip.frames.shape[0] / fps:.1f} s")
+    for seed in range(first_seed, first_seed + count):
+        sentences = math.ceil(seconds / 3.0) + 1
+        clip = make_clip(seed, "heldout", size, fps, head_motion=False, sentences=sentences)
+        while clip.frames.shape[0] < needed:  # sentences run 2.5-4 s: add some until the speech is long enough
+            sentences += math.ceil((needed - clip.frames.shape[0]) / fps / 2.5)
+            clip = make_clip(seed, "heldout", size, fps, head_motion=False, sentences=sentences)
         box = FaceBox(*clip.face_boxes[0].tolist())
-        out.append(Stream(f"synthetic {clip.recipe.seed}", clip.reference, portrait_mask(clip), box,
-                          clip.audio[:round(frames * clip.sample_rate / fps)], clip.frames[:frames], clip.mouth_box,
-                          clip.opening[:frames]))
+        out.append(Stream(f"synthetic {seed}", clip.reference, portrait_mask(clip), box,
+                          clip.audio[:round(needed * clip.sample_rate / fps)], clip.frames[:needed], clip.mouth_box,
+                          clip.opening[:needed]))
     return out
 
 
