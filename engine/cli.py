@@ -195,6 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions, token=_serve_token(args),
         allowed_hosts=tuple(name.lower() for name in args.allowed_host), open_server=args.open_server,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
+        max_pending_uploads=args.max_pending_uploads,
+        max_pending_uploads_per_client=args.max_pending_uploads_per_client,
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
                                   first_clip_frames=args.first_clip, schedule=args.schedule,
                                   group_frames=args.group, motion_anchor=args.motion_anchor),
@@ -373,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batch the sessions' backbone calls, each batch waiting at most MS for sessions "
                             "with nothing pending (default: off; on a CPU it is slower, see README)")
     serve.add_argument("--max-upload-mb", type=bounded(float, 0.01, 1024), default=10.0, help="largest portrait upload in MiB (default: 10)")
+    serve.add_argument("--max-pending-uploads", type=bounded(int, 1, 1024), default=8, metavar="N",
+                       help="portrait uploads announced and not yet received, at once; they hold no session slot "
+                            "(default: 8)")
+    serve.add_argument("--max-pending-uploads-per-client", type=bounded(int, 1, 1024), default=2, metavar="N",
+                       help="of those, from one client address (an IPv6 /64 counts as one) (default: 2)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

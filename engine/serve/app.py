@@ -85,7 +85,7 @@ async def session_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=limit, heartbeat=hub.config.heartbeat_s)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    await SessionConnection(hub, ws).run()
+    await SessionConnection(hub, ws, client=request.remote).run()
     return ws
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from engine.serve.hub import SessionHub
+from engine.serve.hub import SessionHub, client_key
 from engine.serve.portraits import PortraitError, decode_portrait
 from engine.serve.protocol import (
     ENGINE_SAMPLE_RATE,
@@ -126,11 +126,14 @@ class FramePump(threading.Thread):
 class SessionConnection:
     """Serves one accepted WebSocket until it closes; :meth:`run` never raises for the client's mistakes."""
 
-    def __init__(self, hub: SessionHub, ws: web.WebSocketResponse, extra: dict | None = None):
+    def __init__(self, hub: SessionHub, ws: web.WebSocketResponse, extra: dict | None = None,
+                 client: str | None = None):
         """``ws``: an aiohttp WebSocket (or anything with its ``receive/send_str/send_bytes/close/closed``,
         such as :class:`engine.serve.ray_app.StarletteSocket`); ``extra``: fields added to every ``ready``
-        and ``stats`` message (the Ray server's replica id)."""
+        and ``stats`` message (the Ray server's replica id); ``client``: the peer's IP address, under which
+        its pending uploads are counted (:func:`engine.serve.hub.client_key`)."""
         self.hub, self.ws = hub, ws
+        self.client = client_key(client)
         self.extra = dict(extra or {})
         self.loop = asyncio.get_running_loop()
         self.session_id: str | None = None
@@ -168,20 +171,18 @@ class SessionConnection:
         start = parse_start(parse_text(message.data), config.max_upload_bytes)
         if config.token is not None and not hmac.compare_digest(start.token.encode(), config.token.encode()):
             raise ProtocolError("unauthorized", "wrong or missing access token")
+        upload = None
+        if start.portrait == "upload":
+            if self.hub.active >= config.max_sessions:
+                raise self._busy()
+            upload = await self._receive_upload(start, deadline)
         self.session_id = self.hub.reserve()
         if self.session_id is None:
-            raise ProtocolError("busy", f"the server is at its limit of {config.max_sessions} sessions; "
-                                        "try again when one ends")
+            raise self._busy()
         image = None
-        if start.portrait == "upload":
-            upload = await self._receive(max(0.1, deadline - self.loop.time()), "portrait upload")
-            if upload.type != WSMsgType.BINARY:
-                raise ProtocolError("bad_request", "expected the portrait image as a binary message")
-            if len(upload.data) != start.portrait_bytes:
-                raise ProtocolError("bad_request", f"the portrait has {len(upload.data)} bytes, "
-                                                   f"'start' announced {start.portrait_bytes}")
+        if upload is not None:
             try:
-                image = await self.loop.run_in_executor(self.hub.executor, decode_portrait, upload.data)
+                image = await self.loop.run_in_executor(self.hub.executor, decode_portrait, upload)
             except PortraitError as exc:
                 raise ProtocolError("bad_image", str(exc)) from None
         self.start = start
@@ -190,6 +191,31 @@ class SessionConnection:
         self.resampler = StreamingResampler(start.sample_rate, ENGINE_SAMPLE_RATE)
         self.face_detected = portrait.detected
         await self._begin_utterance()
+
+    def _busy(self) -> ProtocolError:
+        return ProtocolError("busy", f"the server is at its limit of {self.hub.config.max_sessions} sessions; "
+                                     "try again when one ends")
+
+    async def _receive_upload(self, start: StartRequest, deadline: float) -> bytes:
+        """The announced portrait file, counted among the pending uploads (not the sessions) while it comes."""
+        uploads = self.hub.uploads
+        full = uploads.admit(self.client)
+        if full == "total":
+            raise ProtocolError("busy", f"the server is already waiting for {uploads.total} portrait uploads; "
+                                        "try again shortly")
+        if full == "client":
+            raise ProtocolError("too_many_uploads", f"this address already has {uploads.per_client} portrait "
+                                                    "uploads on their way; finish those first")
+        try:
+            upload = await self._receive(max(0.1, deadline - self.loop.time()), "portrait upload")
+        finally:
+            uploads.finish(self.client)
+        if upload.type != WSMsgType.BINARY:
+            raise ProtocolError("bad_request", "expected the portrait image as a binary message")
+        if len(upload.data) != start.portrait_bytes:
+            raise ProtocolError("bad_request", f"the portrait has {len(upload.data)} bytes, "
+                                               f"'start' announced {start.portrait_bytes}")
+        return upload.data
 
     async def _begin_utterance(self) -> None:
         """Start the frame pump of a new utterance and tell the client it may send audio."""

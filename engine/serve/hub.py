@@ -8,6 +8,7 @@ By default each session's denoise thread calls the shared backend on its own; wi
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import secrets
 import threading
 import time
@@ -49,7 +50,12 @@ class ServeConfig:
     Attributes:
         host, port: where to listen (loopback by default; port 0 picks a free one).
         model, device, backend: what to load once at start (a preset or a model directory).
-        max_sessions: sessions at once; one more is refused with a ``busy`` error.
+        max_sessions: sessions at once; one more is refused with a ``busy`` error. A session holds its slot
+            from the moment its portrait is known (at ``start`` for the sample, once an upload has arrived).
+        max_pending_uploads: portrait uploads announced but not yet received, at once (they hold no session
+            slot); one more is refused with ``busy``.
+        max_pending_uploads_per_client: of those, from one client address (an IPv6 address's /64 counts as
+            one); one more is refused with ``too_many_uploads``.
         token: when set, a session's ``start`` message must carry it.
         max_upload_bytes: the largest portrait upload.
         size: the portrait side in pixels (None: the model's resolution).
@@ -73,6 +79,8 @@ class ServeConfig:
     max_sessions: int = 4
     token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
+    max_pending_uploads: int = 8
+    max_pending_uploads_per_client: int = 2
     size: int | None = None
     options: GenerationOptions = field(default_factory=_default_options)
     policy: LagPolicy = field(default_factory=_default_policy)
@@ -88,6 +96,9 @@ class ServeConfig:
             raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
         if self.max_upload_bytes < 1024:
             raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
+        if self.max_pending_uploads < 1 or self.max_pending_uploads_per_client < 1:
+            raise ValueError(f"max_pending_uploads and max_pending_uploads_per_client must be at least 1, got "
+                             f"{self.max_pending_uploads} and {self.max_pending_uploads_per_client}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0-65535, got {self.port}")
         if self.token is not None and not self.token:
@@ -123,12 +134,62 @@ class ServeConfig:
                 "give --token, --token-file or $EMOTE_TOKEN (or --open-server to accept that)")
 
 
+def client_key(address: str | None) -> str:
+    """The name one client's pending uploads are counted under: its IP address, or for IPv6 the address's
+    /64 network (one host commonly holds a whole /64); an address that is not an IP is its own name."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "unknown"
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+class PendingUploads:
+    """Portrait uploads announced in a ``start`` but not yet received: at most ``total`` at once, and at most
+    ``per_client`` under one :func:`client_key`. Thread-safe."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self._lock = threading.Lock()
+        self._by_client: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        """Uploads pending now."""
+        with self._lock:
+            return sum(self._by_client.values())
+
+    def admit(self, client: str) -> str | None:
+        """Count one more pending upload from ``client``: None when admitted (call :meth:`finish` once it has
+        arrived or failed), else which bound is full, ``"total"`` or ``"client"`` (nothing counted)."""
+        with self._lock:
+            if sum(self._by_client.values()) >= self.total:
+                return "total"
+            held = self._by_client.get(client, 0)
+            if held >= self.per_client:
+                return "client"
+            self._by_client[client] = held + 1
+            return None
+
+    def finish(self, client: str) -> None:
+        """One of ``client``'s admitted uploads is no longer pending."""
+        with self._lock:
+            held = self._by_client.pop(client) - 1
+            if held:
+                self._by_client[client] = held
+
+
 class SessionHub:
     """Holds the shared backend and the live sessions; thread-safe.
 
-    A session slot is reserved (:meth:`reserve`) before the portrait is even received, so the limit
-    also bounds the work spent on uploads; :meth:`build` makes the session in the slot and
-    :meth:`release` frees it.
+    A session slot is reserved (:meth:`reserve`) once the session's portrait is at hand (the sample, or an
+    upload that has arrived), so the limit bounds the work of decoding and preparing portraits while a
+    client that announces an upload and never sends it holds no slot: uploads on their way are bounded
+    apart (:attr:`uploads`). :meth:`build` makes the session in the slot and :meth:`release` frees it.
     """
 
     def __init__(self, backend: Backend, model_config: ModelConfig, config: ServeConfig,
@@ -144,6 +205,7 @@ class SessionHub:
         self._lock = threading.Lock()
         self._slots: dict[str, LiveSession | None] = {}
         self.sessions_served = 0
+        self.uploads = PendingUploads(config.max_pending_uploads, config.max_pending_uploads_per_client)
 
     @classmethod
     def load(cls, config: ServeConfig) -> SessionHub:

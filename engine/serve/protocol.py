@@ -10,6 +10,9 @@ Client -> server
     Closing the socket ends the session at any time and frees everything it held. Limits: a text
     message :data:`MAX_TEXT_BYTES`, an audio message :data:`MAX_AUDIO_SECONDS_PER_MESSAGE` of audio,
     the upload the server's ``max_upload_bytes``; the start (and upload) within its start timeout.
+    An announced upload waits outside the session limit, in a bound of its own: at most the server's
+    ``max_pending_uploads`` at once (more: ``busy``) and ``max_pending_uploads_per_client`` from one
+    address (more: ``too_many_uploads``); a session slot is taken once the image has arrived.
 
 Server -> client
     - text ``{"type": "ready", "protocol": 1, "session": str, "fps": float, "size": int, "sample_rate": 16000,
@@ -50,6 +53,7 @@ CLOSE_CODES = {
     "bad_image": 4415,
     "busy": 4503,
     "backlog": 4429,
+    "too_many_uploads": 4409,
     "timeout": 4408,
     "internal": 1011,
     "shutdown": 1001,

@@ -199,7 +199,9 @@ class EmoteReplica:
             return
         await ws.accept()
         limit = max(self.hub.config.max_upload_bytes, max_audio_bytes(MAX_SAMPLE_RATE)) + 1
-        await SessionConnection(self.hub, StarletteSocket(ws, limit), extra={"replica": self.replica}).run()
+        client = ws.client.host if ws.client is not None else None
+        await SessionConnection(self.hub, StarletteSocket(ws, limit), extra={"replica": self.replica},
+                                client=client).run()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

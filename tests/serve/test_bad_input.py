@@ -14,9 +14,11 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.serve.client import SessionResult, stream_session
+from engine.serve.hub import client_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
@@ -319,3 +321,76 @@ def test_malformed_http_is_one_line_on_stderr(start_server, capfd):
     err = capfd.readouterr().err
     assert b" 400 " in reply.split(b"\r\n")[0]
     assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("emote serve: "), err
+
+
+async def stalled_upload(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+    """A connection that announces a portrait upload and never sends it; its socket and the error the server
+    answered at once (``{}`` when the server waits for the upload)."""
+    ws = await http.ws_connect(url)
+    await ws.send_str(upload_start(4096))
+    try:
+        reply = await ws.receive(timeout=1.0)
+    except asyncio.TimeoutError:
+        return ws, {}
+    return ws, json.loads(reply.data) if reply.type == aiohttp.WSMsgType.TEXT else {}
+
+
+def from_address(address: str) -> aiohttp.ClientSession:
+    """An HTTP client whose connections come from ``address`` (any of 127.0.0.0/8 reaches a loopback server)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+
+def test_announced_uploads_that_never_come_hold_no_session_slot(start_server):
+    server = start_server(max_sessions=2, start_timeout_s=30.0)
+    pcm = speech16(0.2)
+
+    async def run():
+        async with aiohttp.ClientSession() as http, from_address("127.0.0.2") as other:
+            stalled = [await stalled_upload(http, server.ws_url) for _ in range(4)]
+            held = (server.hub.active, server.hub.uploads.count)
+            sample = await stream_session(server.ws_url, pcm, frames="raw", http=http)
+            upload = await stream_session(server.ws_url, pcm, frames="raw", portrait=PORTRAIT.read_bytes(), http=other)
+            refused = await stream_session(server.ws_url, pcm, frames="raw", portrait=PORTRAIT.read_bytes(), http=http)
+            codes = []
+            for ws, _ in stalled:
+                await ws.close()
+                codes.append(ws.close_code)
+            return [error for _, error in stalled], codes, held, sample, upload, refused
+
+    errors, codes, held, sample, upload, refused = asyncio.run(run())
+    assert errors[:2] == [{}, {}], "two uploads from one address may wait"
+    for error in errors[2:]:
+        assert error["code"] == "too_many_uploads" and "already has 2 portrait uploads" in error["message"]
+    assert codes[2:] == [4409, 4409]
+    assert held == (0, 2), "waiting uploads hold no session slot"
+    assert sample.done is not None and upload.done is not None, "real clients are served meanwhile"
+    assert refused.close_code == 4409 and refused.error["code"] == "too_many_uploads"
+    assert server.idle() and server.hub.uploads.count == 0
+
+
+def test_pending_uploads_are_bounded_in_all(start_server):
+    server = start_server(max_pending_uploads=2, start_timeout_s=30.0)
+
+    async def run():
+        clients = [from_address(f"127.0.0.{k}") for k in (2, 3, 4)]
+        try:
+            stalled = [await stalled_upload(http, server.ws_url) for http in clients]
+            for ws, _ in stalled:
+                await ws.close()
+            return [error for _, error in stalled], stalled[-1][0].close_code
+        finally:
+            await asyncio.gather(*(http.close() for http in clients))
+
+    errors, code = asyncio.run(run())
+    assert errors[:2] == [{}, {}]
+    assert errors[2]["code"] == "busy" and "waiting for 2 portrait uploads" in errors[2]["message"] and code == 4503
+    assert server.idle() and server.hub.uploads.count == 0
+
+
+@pytest.mark.parametrize("address, key", [
+    ("203.0.113.7", "203.0.113.7"), ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"), ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+    (None, "unknown"), ("not-an-ip", "not-an-ip"),
+])
+def test_pending_uploads_are_counted_per_address_and_ipv6_network(address, key):
+    assert client_key(address) == key
