@@ -27,6 +27,7 @@ from engine.serve.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
     StartRequest,
+    close_reason,
     error_message,
     max_audio_bytes,
     pack_frame,
@@ -359,7 +360,7 @@ class SessionConnection:
             return
         try:
             await self.ws.send_str(error_message(error))
-            await self.ws.close(code=error.close_code, message=error.message[:120].encode())
+            await self.ws.close(code=error.close_code, message=close_reason(error))
         except (ConnectionResetError, RuntimeError):
             pass
 

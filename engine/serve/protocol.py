@@ -93,6 +93,11 @@ def _field(message: dict, name: str, kind: type | tuple[type, ...], default: obj
     if isinstance(value, bool) or not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ProtocolError("bad_request", f"field {name!r} must be {names}, got {type(value).__name__}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("bad_request", f"field {name!r} is not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -177,3 +182,14 @@ def unpack_frame(data: bytes) -> FrameMessage:
 def error_message(error: ProtocolError) -> str:
     """The ``error`` text message for ``error``."""
     return json.dumps({"type": "error", "code": error.code, "message": error.message})
+
+
+MAX_CLOSE_REASON_BYTES = 123
+"""The longest close reason a WebSocket close frame carries (125 payload bytes, 2 of them the code)."""
+
+
+def close_reason(error: ProtocolError) -> bytes:
+    """The close frame's reason for ``error``: its message in UTF-8, cut at a character boundary to at most
+    :data:`MAX_CLOSE_REASON_BYTES` (the whole message travels in the ``error`` text message)."""
+    data = error.message.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES]
+    return data.decode("utf-8", "ignore").encode("utf-8")

@@ -394,3 +394,17 @@ def test_pending_uploads_are_bounded_in_all(start_server):
 ])
 def test_pending_uploads_are_counted_per_address_and_ipv6_network(address, key):
     assert client_key(address) == key
+
+
+def test_text_that_breaks_encoders_is_a_protocol_error(start_server):
+    server = start_server(token="t0ken")
+    cases = {
+        "lone surrogate token": '{"type": "start", "token": "\\ud800"}',
+        "long non-ASCII type": json.dumps({"type": "é" * 300}, ensure_ascii=False),
+        "long non-ASCII field": json.dumps({"type": "start", "token": "t0ken", "frames": "ü" * 200},
+                                          ensure_ascii=False),
+    }
+    for name, text in cases.items():
+        error, code = asyncio.run(exchange(server, text))
+        assert error.get("code") == "bad_request" and code == 4400, (name, error, code)
+    assert server.idle()
