@@ -1,0 +1,111 @@
+"""Property-based fuzzing (hypothesis) of ``config.json`` loading: whatever a model directory's config.json
+holds (any JSON, a preset's config with any field replaced, removed or added, text that is not JSON), loading
+gives a model config that saves and loads back equal, or one :class:`ConfigError` line naming the file, never
+another exception. A bounded number of examples, so it runs with the rest of the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.config import ConfigError, ModelConfig, preset
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PRESET = preset("tiny").to_dict()
+
+scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-10**30, max_value=10**30)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+           | st.sampled_from(["wav2vec2", "whisper", "zeros", "reference", "conv_in", "latent", "hidden", "norm1",
+                              "ddim", "lcm", "euler", "tiny", "sd15"]))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=10)
+
+
+def paths(config: dict, prefix: tuple = ()) -> list[tuple]:
+    """Every key path into ``config``'s nested objects and arrays."""
+    found = []
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        found.append(prefix + (key,))
+        found += paths(value, prefix + (key,))
+    return found
+
+
+def edited(config: dict, path: tuple, action: str, value: object) -> dict:
+    """A deep copy of ``config`` with the field at ``path`` replaced by ``value``, removed, or given a sibling."""
+    out = json.loads(json.dumps(config))
+    parent = out
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    if action == "replace":
+        parent[last] = value
+    elif action == "remove":
+        del parent[last]
+    elif isinstance(parent, dict):
+        parent[f"{last}_extra"] = value
+    else:
+        parent.append(value)
+    return out
+
+
+@st.composite
+def preset_edits(draw) -> dict:
+    """The tiny preset's full config, or a ``{"preset": "tiny", ...}`` override, with one to three fields edited."""
+    config = PRESET if draw(st.booleans()) else {"preset": "tiny", **{k: PRESET[k] for k in ("unet", "audio")}}
+    for _ in range(draw(st.integers(1, 3))):
+        choices = paths(config)
+        if not choices:
+            break
+        config = edited(config, draw(st.sampled_from(choices)), draw(st.sampled_from(["replace", "remove", "add"])),
+                        draw(json_values))
+    return config
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    """The config.json every example is written to (one file, rewritten: a function-scoped tmp_path would be
+    shared by all of a test's examples anyway)."""
+    return tmp_path_factory.mktemp("model") / "config.json"
+
+
+def loads_or_refuses(path: Path, text: str | bytes) -> None:
+    """Write ``text`` to ``path`` and load it: a config that round-trips, or one ConfigError line naming ``path``."""
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        config = ModelConfig.load(path)
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}: ") and "\n" not in message, message
+        return
+    assert isinstance(config, ModelConfig)
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@FUZZ
+@given(json_values)
+def test_any_json_loads_or_is_one_config_error(config_file, value):
+    loads_or_refuses(config_file, json.dumps(value))
+
+
+@FUZZ
+@given(preset_edits())
+def test_a_preset_with_any_field_edited_loads_or_is_one_config_error(config_file, config):
+    loads_or_refuses(config_file, json.dumps(config))
+
+
+@FUZZ
+@given(st.binary(max_size=64) | st.text(max_size=64)
+       | st.builds(lambda head, tail: head + tail, st.sampled_from(['{"resolution": ', '{"unet": [', "[" * 3000,
+                                                                     '{"fps": 1e999}', '{"fps": NaN}']),
+                   st.text(max_size=8)))
+def test_any_file_loads_or_is_one_config_error(config_file, text):
+    loads_or_refuses(config_file, text)
