@@ -60,6 +60,8 @@ def test_info_on_a_model_directory_and_a_bad_path(tmp_path, capsys):
     ({"scheduler": {"num_train_timesteps": "1000"}}, "scheduler.num_train_timesteps"),
     ([1, 2], "must be a JSON object"),
     ({"preset": ["tiny"]}, "preset"),
+    ({"audio": {"projection": {"tokens": 4, "intermediate_dim": 64, "output_dim": 64, "width": 1}}},
+     "unknown audio projection keys: width"),
 ])
 @pytest.mark.parametrize("command", ["info", "generate"])
 def test_a_config_of_wrong_types_is_one_line_naming_field_and_file(tmp_path, capsys, change, field, command):

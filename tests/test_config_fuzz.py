@@ -36,34 +36,42 @@ def paths(config: dict, prefix: tuple = ()) -> list[tuple]:
     return found
 
 
+def value_at(config: dict, path: tuple) -> object:
+    """The value at key path ``path`` in ``config``."""
+    for key in path:
+        config = config[key]
+    return config
+
+
 def edited(config: dict, path: tuple, action: str, value: object) -> dict:
-    """A deep copy of ``config`` with the field at ``path`` replaced by ``value``, removed, or given a sibling."""
+    """A deep copy of ``config`` with the field at ``path`` replaced by ``value`` or removed, or (``"add"``) the
+    object at ``path`` given an unknown field holding ``value``."""
     out = json.loads(json.dumps(config))
-    parent = out
-    for key in path[:-1]:
-        parent = parent[key]
-    last = path[-1]
+    if action == "add":
+        value_at(out, path)["unknown_field"] = value
+        return out
+    parent = value_at(out, path[:-1])
     if action == "replace":
-        parent[last] = value
-    elif action == "remove":
-        del parent[last]
-    elif isinstance(parent, dict):
-        parent[f"{last}_extra"] = value
+        parent[path[-1]] = value
     else:
-        parent.append(value)
+        del parent[path[-1]]
     return out
 
 
 @st.composite
 def preset_edits(draw) -> dict:
-    """The tiny preset's full config, or a ``{"preset": "tiny", ...}`` override, with one to three fields edited."""
+    """The tiny preset's full config, or a ``{"preset": "tiny", ...}`` override, with one to three fields edited:
+    replaced by any JSON value, removed, or an unknown field added to one of its objects."""
     config = PRESET if draw(st.booleans()) else {"preset": "tiny", **{k: PRESET[k] for k in ("unet", "audio")}}
     for _ in range(draw(st.integers(1, 3))):
-        choices = paths(config)
+        action = draw(st.sampled_from(["replace", "remove", "add"]))
+        if action == "add":
+            choices = [()] + [p for p in paths(config) if isinstance(value_at(config, p), dict)]
+        else:
+            choices = paths(config)
         if not choices:
             break
-        config = edited(config, draw(st.sampled_from(choices)), draw(st.sampled_from(["replace", "remove", "add"])),
-                        draw(json_values))
+        config = edited(config, draw(st.sampled_from(choices)), action, draw(json_values))
     return config
 
 

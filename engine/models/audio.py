@@ -122,6 +122,9 @@ class AudioConfig:
             if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
                 raise ValueError(f"layers must be distinct non-negative indices or None, got {self.layers!r}")
         if isinstance(self.projection, Mapping):
+            unknown = sorted(set(self.projection) - {f.name for f in fields(ProjectionConfig)})
+            if unknown:
+                raise ValueError(f"unknown audio projection keys: {', '.join(unknown)}")
             self.projection = ProjectionConfig(**self.projection)
         if self.kind == "wav2vec2" and self.projection is None:
             self.projection = ProjectionConfig()
