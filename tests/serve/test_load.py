@@ -1,13 +1,14 @@
 """Load on loopback with the tiny model: concurrent sessions, refusal past --max-sessions, no growth over
-200 connect/disconnect cycles (bounded in count and time; nothing leaves this machine).
+200 connect/disconnect cycles (``EMOTE_RECONNECT_CYCLES`` for more; bounded in count and time; nothing
+leaves this machine).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import json
+import os
 import threading
 import time
 import wave
@@ -20,11 +21,13 @@ from engine.serve.client import stream_session
 from engine.stream.session import Session
 
 SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
-CYCLES = 200
+CYCLES = int(os.environ.get("EMOTE_RECONNECT_CYCLES", "200"))
+"""200 here and in CI; ``EMOTE_RECONNECT_CYCLES=1000`` for the long run (about 45 s on 2 cores), which still
+exceeds RSS_BOUND_MB: about 44 MiB over 1,000 cycles (114 MiB without the server's trimming)."""
 WARM_UP_CYCLES = 20
-RSS_BOUND_MB = 48.0
-"""Allocator noise under load reached 36 MiB (usually 8-19); a leaked session is caught by the object
-and thread counts, and 200 leaked sessions would far exceed this."""
+RSS_BOUND_MB = 24.0
+"""Resident memory as the system sees it (no trimming by the test: the server trims after each session).
+Before that it grew about 0.28 MiB a cycle (57 MiB over 200); now about 13 MiB over 200."""
 SESSION_THREADS = ("emote-denoise", "emote-decode", "emote-serve-pump")
 
 
@@ -34,13 +37,8 @@ def speech16(seconds: float) -> np.ndarray:
 
 
 def rss_mb() -> float:
-    """This process's resident memory in MiB (the server runs in it), after giving the allocator's
-    free pages back (glibc keeps freed memory in per-thread arenas, which would read as noise)."""
+    """This process's resident memory in MiB (the server runs in it), after a garbage collection."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -84,12 +82,11 @@ def test_concurrent_sessions_get_all_their_frames_and_one_too_many_is_refused(st
     assert server.idle()
 
 
-def test_memory_and_threads_are_flat_over_200_connect_disconnect_cycles(start_server, raw_ws):
+def test_memory_and_threads_are_flat_over_connect_disconnect_cycles(start_server, raw_ws):
     """Each cycle builds a session (reference bank), streams 0.1 s and goes: a clean close, a dropped TCP
     connection without a closing handshake, or a close before the session was ready. After warm-up,
-    resident memory (after gc and malloc_trim) may not grow by more than RSS_BOUND_MB over the 200
-    cycles, and no session thread or Session object (with its reference bank and motion frames) may
-    be left once the connections are gone."""
+    resident memory may not grow by more than RSS_BOUND_MB over CYCLES cycles, and no session thread or
+    Session object (with its reference bank and motion frames) may be left once the connections are gone."""
     server = start_server(max_sessions=2)
     audio = speech16(0.1).tobytes()
     start = json.dumps({"type": "start", "frames": "raw"})
