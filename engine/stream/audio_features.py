@@ -91,6 +91,15 @@ class StreamingAudioFeatures:
         tokens = self.backend.audio_tokens(torch.from_numpy(pcm), last - first)
         return tokens[clip.start - first: clip.end - first]
 
+    def truncate(self, sample: int) -> None:
+        """Drop the samples from ``sample`` on (a barge-in); the ones already released stay released."""
+        if sample >= self._samples:
+            return
+        if sample < self._offset:
+            raise RuntimeError(f"cannot cut the audio at sample {sample}: samples before {self._offset} were released")
+        self._chunks = [self._pcm(self._offset, sample)]
+        self._samples = sample
+
     def release_before(self, frame: int) -> None:
         """Drop audio only clips starting at ``frame`` or later could have needed (left context kept)."""
         keep_from = self.frame_sample(max(0, frame - self.lookahead - self.left_context))

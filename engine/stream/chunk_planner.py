@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Clip:
-    """Frames ``[start, end)`` of the video, the ``index``-th clip."""
+    """Frames ``[start, end)`` of the video, the ``index``-th clip; ``idle``: no speech in its audio (always-on
+    sessions: its frames come from the silence the clock released)."""
 
     index: int
     start: int
     end: int
+    idle: bool = False
 
     @property
     def frames(self) -> int:
@@ -36,6 +38,10 @@ class ChunkPlanner:
     def reset(self) -> None:
         """Start again at frame 0 (a new utterance)."""
         self._next = Clip(0, 0, self.first_clip_frames)
+
+    def restart(self, frame: int) -> None:
+        """Continue the cut at ``frame`` (a barge-in): the next clip is a first-size clip starting there."""
+        self._next = Clip(self._next.index, frame, frame + self.first_clip_frames)
 
     def ready(self, frames_available: int, total_frames: int | None = None) -> list[Clip]:
         """Clips that can run now, in order; ``total_frames`` is given once the stream has ended."""

@@ -5,6 +5,13 @@ latents), :class:`DecodeStage` (latents -> frames; overlaps the next clip's deno
 consumer iterating :class:`LiveSession`. :func:`run_stream` adds a source thread and the sinks.
 When generation falls behind real time, :class:`LagPolicy` decides: let latency grow, skip clips
 (their frames repeat the last image and are reported as skipped), or run fewer steps.
+
+Always-on (``LiveSession(always_on=True)``): the session's clock releases silence into its audio timeline
+(:mod:`engine.stream.idle`) whenever no speech is queued, so frames keep coming at the stream's fps; idle
+clips run ``GenerationOptions.idle_steps``. :meth:`LiveSession.interrupt` (barge-in) cuts the timeline at
+the first frame not yet taken out: queued speech is dropped, frames generated past the cut are discarded, and
+generation goes on from there on silence, from the motion frames of the frames already out. The cut travels
+through the stages' queues as a marker, so every stage knows which of its items are stale.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from typing import Callable, Iterator
 import numpy as np
 
 from engine.stream.chunk_planner import Clip
+from engine.stream.idle import AudioBlock, AudioTimeline, Interruption
 from engine.stream.session import Frame, Session
 from engine.stream.sinks import FrameSink
 from engine.stream.sources import AudioSource
 from engine.stream.stats import StreamStats, latency_floor, ttff_floor
 
 POLICIES = ("grow", "skip", "steps")
+SILENCE_POLL_S = 0.02
+"""How often an always-on session's denoise stage, with no audio queued, asks the clock for silence (seconds)."""
 _END = object()
 
 
@@ -52,6 +62,24 @@ class LagPolicy:
 class _Latents:
     clip: Clip
     latents: object | None  # torch.Tensor, or None for a skipped clip
+    epoch: int  # interrupts processed before this clip was made
+
+
+@dataclass
+class _Cut:
+    """A barge-in on its way through the stages: the ``epoch``-th interrupt, generation going on from ``frame``;
+    ``last_image`` is the last frame taken out (what a skipped frame repeats from then on)."""
+
+    epoch: int
+    frame: int
+    last_image: np.ndarray
+
+
+class _Interrupts:
+    """Interrupts requested so far: written by :meth:`LiveSession.interrupt`, read by the stages."""
+
+    def __init__(self) -> None:
+        self.requested = 0
 
 
 class _Failure:
@@ -63,15 +91,24 @@ class DenoiseStage(threading.Thread):
     """Feeds audio into the session and denoises every clip the planner releases, in order."""
 
     def __init__(self, session: Session, audio: queue.Queue, out: queue.Queue, stats: StreamStats,
-                 policy: LagPolicy, clock: Callable[[], float]):
+                 policy: LagPolicy, clock: Callable[[], float], interrupts: _Interrupts,
+                 release_silence: Callable[[], None] | None = None):
+        """``release_silence`` (always-on): queues the silence the clock owes; called when no audio is queued."""
         super().__init__(name="emote-denoise", daemon=True)
         self.session, self.audio, self.out = session, audio, out
         self.stats, self.policy, self.clock = stats, policy, clock
+        self.interrupts, self.release_silence = interrupts, release_silence
+        self.epoch = 0
         self.stop_requested = threading.Event()
 
     def _take_audio(self) -> bool:
-        """Move queued audio into the session (waits for at least one item); False once the stream ended."""
-        items = [self.audio.get()]
+        """Move queued audio (and cuts) into the session (waits for at least one item, or always-on, for the
+        clock's silence); False once the stream ended."""
+        items = []
+        try:
+            items.append(self.audio.get(timeout=None if self.release_silence is None else SILENCE_POLL_S))
+        except queue.Empty:
+            self.release_silence()
         while True:
             try:
                 items.append(self.audio.get_nowait())
@@ -80,9 +117,24 @@ class DenoiseStage(threading.Thread):
         for item in items:
             if item is _END:
                 self.session.end()
+            elif isinstance(item, _Cut):
+                self._cut(item)
             else:
-                self.session.push_audio(item)
+                self.session.push_audio(item.pcm, item.speech)
         return not self.session.audio.ended
+
+    def _cut(self, cut: _Cut) -> None:
+        """Go on from ``cut.frame``: the session rewinds, and the cut goes down the queue ahead of the new clips."""
+        self.session.interrupt(cut.frame)
+        self.epoch = cut.epoch
+        self._pending = {}
+        self._next_start = cut.frame
+        self.out.put(cut)
+
+    @property
+    def _stale(self) -> bool:
+        """An interrupt was requested that this stage has not taken in yet: what it would make now is dropped."""
+        return self.interrupts.requested != self.epoch
 
     def _lag(self, clip: Clip) -> float:
         arrival = self.stats.audio_arrival(self.session.needed_samples(clip))
@@ -92,13 +144,13 @@ class DenoiseStage(threading.Thread):
         late = self._lag(clip) > self.policy.max_lag_s
         if late and self.policy.kind == "skip":
             self.session.skip(clip)
-            return [_Latents(clip, None)]
+            return [_Latents(clip, None, self.epoch)]
         steps = self.policy.min_steps if late and self.policy.kind == "steps" else None
         started = time.perf_counter()
         done = self.session.step(clip, steps=steps)
         self.stats.stage("denoise", time.perf_counter() - started, clip.index)
         self._report_drift_guard()
-        return [_Latents(c, latents) for c, latents in done]
+        return [_Latents(c, latents, self.epoch) for c, latents in done]
 
     def _report_drift_guard(self) -> None:
         self.stats.drift_guard_acted(self.session.options.motion_anchor, self.session.anchored)
@@ -119,12 +171,14 @@ class DenoiseStage(threading.Thread):
             open_stream = True
             while open_stream and not self.stop_requested.is_set():
                 open_stream = self._take_audio()
+                if self._stale:
+                    continue
                 for clip in self.session.ready_clips():
-                    if self.stop_requested.is_set():
+                    if self.stop_requested.is_set() or self._stale:
                         break
                     self._emit(self._run_clip(clip))
             if not self.stop_requested.is_set():
-                self._emit([_Latents(c, latents) for c, latents in self.session.flush()])
+                self._emit([_Latents(c, latents, self.epoch) for c, latents in self.session.flush()])
                 self._report_drift_guard()
             self.out.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -134,9 +188,11 @@ class DenoiseStage(threading.Thread):
 class DecodeStage(threading.Thread):
     """Decodes each clip's latents into frames while the next clip is denoised."""
 
-    def __init__(self, session: Session, latents: queue.Queue, out: queue.Queue, stats: StreamStats):
+    def __init__(self, session: Session, latents: queue.Queue, out: queue.Queue, stats: StreamStats,
+                 interrupts: _Interrupts):
         super().__init__(name="emote-decode", daemon=True)
         self.session, self.latents, self.out, self.stats = session, latents, out, stats
+        self.interrupts = interrupts
         self.last_image = np.zeros((session.size, session.size, 3), np.uint8)
 
     def run(self) -> None:
@@ -145,6 +201,12 @@ class DecodeStage(threading.Thread):
             if item is _END or isinstance(item, _Failure):
                 self.out.put(item)
                 return
+            if isinstance(item, _Cut):
+                self.last_image = item.last_image
+                self.out.put(item)
+                continue
+            if item.epoch != self.interrupts.requested:
+                continue  # made before an interrupt: dropped undecoded
             try:
                 self._decode(item)
             except BaseException as exc:
@@ -155,7 +217,7 @@ class DecodeStage(threading.Thread):
         clip = item.clip
         if item.latents is None:
             for i in range(clip.start, clip.end):
-                self.out.put(Frame(i, i / self.session.fps, self.last_image, skipped=True))
+                self.out.put(Frame(i, i / self.session.fps, self.last_image, skipped=True, idle=clip.idle))
             return
         started = time.perf_counter()
         frames = self.session.decode(clip, item.latents)
@@ -171,15 +233,32 @@ class LiveSession:
     Audio of unknown total length: call :meth:`end` when it stops; the remaining frames are
     flushed and the iteration ends. :meth:`reset` then starts a new utterance with the same
     portrait (the reference bank is not recomputed).
+
+    ``always_on``: frames come at the stream's fps whether or not speech arrives. Sample ``k`` of the audio
+    timeline belongs at ``t0 + k / 16000`` on ``clock`` (``t0``: when the session started or was reset);
+    pushed speech starts now or right after the speech still queued, and silence fills the rest. Frame ``i``
+    has ``pts = i / fps`` on that same timeline. :meth:`interrupt` is a barge-in. This is the session API
+    live integrations (the WebSocket server, and WebRTC or agent frameworks) build on.
     """
 
     def __init__(self, session: Session, policy: LagPolicy | None = None, stats: StreamStats | None = None,
-                 queue_clips: int = 2, clock: Callable[[], float] = time.perf_counter):
+                 queue_clips: int = 2, clock: Callable[[], float] = time.perf_counter, always_on: bool = False):
         self.session, self.policy = session, policy or LagPolicy()
         self.clock = clock
         self.queue_clips = queue_clips
+        self.always_on = always_on
+        if always_on:
+            session.keep_for_rewind(self.rewind_frames)
         self.stats = stats or self.new_stats()
         self._start()
+
+    @property
+    def rewind_frames(self) -> int:
+        """How far behind the newest clip a cut can fall: every frame the queues and stages can hold."""
+        planner = self.session.planner
+        clip = max(planner.clip_frames, planner.first_clip_frames)
+        window = self.session.options.steps * planner.clip_frames if self.session.rolling else 0
+        return (2 * self.queue_clips + 3) * clip + window
 
     def new_stats(self) -> StreamStats:
         """Stats for this session's clip sizes, with the latency floors filled in.
@@ -191,50 +270,109 @@ class LiveSession:
         clip, first = planner.clip_frames, planner.first_clip_frames
         if self.session.rolling:
             clip = first = self.session.options.steps * planner.clip_frames
-        return StreamStats(fps, self.clock, latency_floor_s=latency_floor(clip, planner.lookahead, fps),
-                           ttff_floor_s=ttff_floor(first, planner.lookahead, fps))
+        stats = StreamStats(fps, self.clock, latency_floor_s=latency_floor(clip, planner.lookahead, fps),
+                            ttff_floor_s=ttff_floor(first, planner.lookahead, fps))
+        stats.lag_policy(self.policy.kind, self.policy.max_lag_s)
+        if self.always_on and not self.session.rolling:
+            stats.idle_steps(min(self.session.options.idle_steps, self.session.options.steps))
+        return stats
 
     def _start(self) -> None:
         self._audio: queue.Queue = queue.Queue()
         latents: queue.Queue = queue.Queue(maxsize=self.queue_clips)
         self._frames: queue.Queue = queue.Queue(maxsize=self.queue_clips * self.session.planner.clip_frames)
-        self._denoise = DenoiseStage(self.session, self._audio, latents, self.stats, self.policy, self.clock)
-        self._decode = DecodeStage(self.session, latents, self._frames, self.stats)
+        self._lock = threading.Lock()
+        self._interrupts = _Interrupts()
+        self._seen_cut = 0
+        self._next_index = 0
+        self._last_image = np.zeros((self.session.size, self.session.size, 3), np.uint8)
+        self._timeline = AudioTimeline(self.clock, self.clock() if self.always_on else None)
+        self._denoise = DenoiseStage(self.session, self._audio, latents, self.stats, self.policy, self.clock,
+                                     self._interrupts, self.release_silence if self.always_on else None)
+        self._decode = DecodeStage(self.session, latents, self._frames, self.stats, self._interrupts)
         self._ended = False
         self._finished = False
         self._denoise.start()
         self._decode.start()
 
+    def _queue(self, blocks: list[AudioBlock]) -> None:
+        """Hand timeline blocks to the denoise stage, recording their arrival (caller holds the lock)."""
+        for block in blocks:
+            self.stats.audio_in(block.pcm.size)
+            self._audio.put(block)
+
     def push_audio(self, pcm: np.ndarray) -> None:
-        """Append 16 kHz mono float32 PCM (any block size); never blocks."""
+        """Append 16 kHz mono float32 PCM speech (any block size); never blocks."""
         if self._ended:
             raise RuntimeError("audio pushed after end(); call reset() for a new utterance")
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        self.stats.audio_in(pcm.size)
-        self._audio.put(pcm)
+        with self._lock:
+            self._queue(self._timeline.push(pcm))
+
+    def release_silence(self) -> None:
+        """Always-on: queue the silence the clock owes now (the denoise stage calls this whenever it finds no
+        audio queued; calling it more often changes no frame)."""
+        with self._lock:
+            self._queue(self._timeline.silence_due())
+
+    def interrupt(self) -> Interruption:
+        """Barge-in (always-on sessions): drop the speech not yet shown and go back to idle.
+
+        The cut is at the first frame not yet taken out (:meth:`next_frame`): no frame generated from the
+        dropped speech leaves after this call, frames go on from that index and pts without a gap, made from
+        silence with the motion frames of the frames already out, so the face does not jump. A frame's audio
+        tokens see its neighbours' audio ``lookahead`` frames either side, so from the cut plus ``lookahead``
+        on (two frames for every preset) frames see silence only. Returns what was dropped.
+        """
+        if not self.always_on:
+            raise RuntimeError("interrupt() needs an always-on session: there is no idle to go back to")
+        with self._lock:
+            frame = self._next_index
+            dropped = self._timeline.truncate(self.session.audio.frame_sample(frame))
+            self.stats.audio_truncated(self._timeline.samples)
+            self._interrupts.requested += 1
+            self._audio.put(_Cut(self._interrupts.requested, frame, self._last_image))
+            report = Interruption(frame, frame / self.session.fps, dropped, dropped / self._timeline.sample_rate)
+            self.stats.interrupted(report)
+        return report
 
     def end(self) -> None:
         """No more audio for this utterance: the remaining frames will be produced."""
-        if not self._ended:
-            self._ended = True
-            self._audio.put(_END)
+        with self._lock:
+            if not self._ended:
+                self._ended = True
+                self._timeline.end()
+                self._audio.put(_END)
 
     def next_frame(self, timeout: float | None = None) -> Frame | None:
-        """The next frame (waits for it), or None when the utterance is over; re-raises a worker's error."""
-        if self._finished:
-            return None
-        item = self._frames.get(timeout=timeout)
-        if item is _END:
-            self._finished = True
-            return None
-        if isinstance(item, _Failure):
-            self._finished = True
-            raise item.error
-        if item.skipped:
-            self.stats.frame_skipped(item.index)
-        else:
-            self.stats.frame_out(item.index)
-        return item
+        """The next frame (waits for it), or None when the utterance is over; re-raises a worker's error.
+
+        After :meth:`interrupt`, frames made before the cut reached the decoder are discarded here (counted).
+        """
+        while True:
+            if self._finished:
+                return None
+            item = self._frames.get(timeout=timeout)
+            with self._lock:
+                if item is _END:
+                    self._finished = True
+                    return None
+                if isinstance(item, _Failure):
+                    self._finished = True
+                    raise item.error
+                if isinstance(item, _Cut):
+                    self._seen_cut = item.epoch
+                    continue
+                if self._seen_cut != self._interrupts.requested:
+                    self.stats.frame_discarded()
+                    continue
+                if item.skipped:
+                    self.stats.frame_skipped(item.index, item.idle)
+                else:
+                    self.stats.frame_out(item.index, item.idle)
+                    self._last_image = item.image
+                self._next_index = item.index + 1
+                return item
 
     def __iter__(self) -> Iterator[Frame]:
         while (frame := self.next_frame()) is not None:

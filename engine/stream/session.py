@@ -24,6 +24,7 @@ from engine.sampling.schedules import NoiseSchedule
 from engine.stream.audio_features import StreamingAudioFeatures
 from engine.stream.chunk_planner import ChunkPlanner, Clip
 from engine.stream.hallo_conditions import hallo_conditions
+from engine.stream.idle import SpeechSpans
 from engine.stream.rolling import RollingWindow
 
 
@@ -43,6 +44,10 @@ class GenerationOptions:
         audio_context_s: left audio context of each clip's audio-encoder window, seconds.
         schedule: "clip" (each clip denoised through all steps) or "rolling" (groups of
             ``group_frames`` at staggered noise levels, one backbone call per group: see rolling.py).
+        idle_steps: sampler steps of an idle clip (always-on sessions: a clip with no speech in its audio, the
+            look-ahead included; 1-50, at most ``steps``). This bounds what silence costs: per second of idle
+            video, ``fps / clip_frames`` clips of ``idle_steps`` steps. Clip schedule only (a rolling window's
+            depth is fixed).
         motion_anchor: the drift guard, 0-1: each time the motion frames advance, their ReferenceNet
             features move this share of the way back to the reference image's (0: off; None: the model's
             default, else off). The model reads its own last frames as motion frames, so without it small
@@ -62,10 +67,13 @@ class GenerationOptions:
     schedule: str = "clip"
     group_frames: int = 2
     motion_anchor: float | None = None
+    idle_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= 50:
             raise ValueError(f"steps must be between 1 and 50, got {self.steps}")
+        if not 1 <= self.idle_steps <= 50:
+            raise ValueError(f"idle_steps must be between 1 and 50, got {self.idle_steps}")
         if self.schedule not in ("clip", "rolling"):
             raise ValueError(f"schedule must be 'clip' or 'rolling', not {self.schedule!r}")
         for name in ("clip_frames", "first_clip_frames"):
@@ -101,12 +109,14 @@ class Frame:
     """One output frame: ``index`` from 0, presentation time ``pts`` in seconds, RGB ``image`` uint8 [H, W, 3].
 
     ``skipped``: generation fell behind and this frame repeats the last one (the "skip" lag policy).
+    ``idle``: an always-on session made it from silence (its clip had no speech).
     """
 
     index: int
     pts: float
     image: np.ndarray
     skipped: bool = False
+    idle: bool = False
 
 
 def to_image_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -132,6 +142,11 @@ class Session:
     The reference bank, face-locator features, speed tokens and Hallo's inputs (face-embedding tokens,
     region masks: :mod:`engine.stream.hallo_conditions`) are computed once, at construction;
     :meth:`reset` starts a new utterance without recomputing them.
+
+    Always-on sessions (:class:`~engine.stream.runner.LiveSession` with ``always_on``) push silence as well as
+    speech (``push_audio(pcm, speech=False)``): a clip with no speech is idle and runs ``idle_steps``.
+    :meth:`interrupt` cuts the stream at a frame (a barge-in) and goes on from there with the motion frames of
+    the frames before it, which :meth:`keep_for_rewind` keeps.
 
     ``region_masks`` (``[3, h, w]`` full / face / lip, Hallo's models only; None: made from
     ``face_mask``) and ``face_embedding`` (``[E]``, Hallo's models only; None: a zero embedding) are
@@ -174,6 +189,7 @@ class Session:
         mask = torch.from_numpy(np.ascontiguousarray(face_mask, dtype=np.float32))[None, None]
         self.face = backend.face_features(mask.to(device=device, dtype=dtype))[:, None]
         self._speed_cache: dict[int, torch.Tensor | None] = {}
+        self.rewind_frames = 0
         self.reset()
 
     def reset(self) -> None:
@@ -181,6 +197,8 @@ class Session:
         self.audio.reset()
         self.planner.reset()
         self.window.reset()
+        self.speech = SpeechSpans()
+        self._history: list[tuple[Clip, torch.Tensor]] = []
         self.anchored = 0
         init = self.config.motion_init
         if init not in ("zeros", "reference"):
@@ -188,10 +206,64 @@ class Session:
         n = self.motion_frames
         self._motion = [f.expand(n, *f.shape[1:]) if init == "reference" else torch.zeros_like(f).expand(n, *f.shape[1:])
                         for f in self.reference_features]
+        self._initial_motion = self._motion
 
-    def push_audio(self, pcm: np.ndarray) -> None:
-        """Append 16 kHz mono float32 PCM (any block size, including empty)."""
+    def keep_for_rewind(self, frames: int) -> None:
+        """Keep what :meth:`interrupt` needs to cut up to ``frames`` frames behind the newest clip taken in: the
+        clean latents of those frames and of the motion frames before them, and their audio context."""
+        self.rewind_frames = frames
+
+    def push_audio(self, pcm: np.ndarray, speech: bool = True) -> None:
+        """Append 16 kHz mono float32 PCM (any block size, including empty): speech, or silence an always-on
+        session's clock released (``speech=False``)."""
+        start = self.audio.samples
         self.audio.push(pcm)
+        if speech:
+            self.speech.add(start, self.audio.samples)
+
+    def idle(self, clip: Clip) -> bool:
+        """True when no speech falls in ``clip``'s frames or its look-ahead."""
+        frame_sample = self.audio.frame_sample
+        return not self.speech.count(frame_sample(clip.start), frame_sample(clip.end + self.planner.lookahead))
+
+    def interrupt(self, frame: int) -> int:
+        """Cut the stream at ``frame`` (a barge-in): the audio from it on is dropped, the next clip starts there,
+        a rolling window is emptied, and the motion frames are those of the frames before ``frame`` again.
+
+        ``frame`` must be at most :meth:`keep_for_rewind`'s frames behind the newest clip taken in. Returns the
+        speech samples dropped.
+        """
+        reach = max(0, frame - self.motion_frames)
+        if frame > 0 and (not self._history or self._history[0][0].start > reach):
+            raise RuntimeError(f"cannot go back to frame {frame}: the frames before it were not kept "
+                               f"(keep_for_rewind({self.rewind_frames}))")
+        cut = self.audio.frame_sample(frame)
+        dropped = self.speech.drop_from(cut)
+        self.audio.truncate(cut)
+        self.planner.restart(frame)
+        self.window.reset()
+        self._history = [self._head(clip, latents, frame) for clip, latents in self._history if clip.start < frame]
+        self._motion = self._initial_motion
+        for clip, latents in self._history:
+            if clip.end > reach:
+                self._advance_motion(latents[0].transpose(0, 1))
+        return dropped
+
+    @staticmethod
+    def _head(clip: Clip, latents: torch.Tensor, frame: int) -> tuple[Clip, torch.Tensor]:
+        """The part of a kept clip before ``frame``."""
+        if clip.end <= frame:
+            return clip, latents
+        return dataclasses.replace(clip, end=frame), latents[:, :, :frame - clip.start]
+
+    def _keep(self, clip: Clip, latents: torch.Tensor) -> None:
+        """Keep a clean clip's latents for :meth:`interrupt` while a rewind can reach it."""
+        if not self.rewind_frames:
+            return
+        self._history.append((clip, latents))
+        oldest = clip.end - self.rewind_frames - self.motion_frames
+        while self._history[0][0].end <= oldest:
+            self._history.pop(0)
 
     def end(self) -> None:
         """Mark the end of the audio: the remaining frames can be produced."""
@@ -236,21 +308,33 @@ class Session:
         noise, generator = self._noise(clip)
         latents = self.denoiser(noise, cond, generator=generator, steps=steps)
         self._advance_motion(latents[0].transpose(0, 1))
-        self.audio.release_before(clip.end)
+        self._keep(clip, latents)
+        self._release(clip.end)
         return latents
+
+    def _release(self, frame: int) -> None:
+        """Drop the audio (and speech marks) only clips from ``frame`` on need, a rewind's reach kept."""
+        frame = max(0, frame - self.rewind_frames)
+        self.audio.release_before(frame)
+        self.speech.forget_before(self.audio.frame_sample(frame))
 
     def step(self, clip: Clip, steps: int | None = None) -> list[tuple[Clip, torch.Tensor]]:
         """Take in a released clip; return the clips finished by it, with their clean latents.
 
-        Clip schedule: the clip itself, denoised through all steps. Rolling schedule: the clip enters
-        the window as noise, one backbone call advances the window, and the oldest group leaves when clean.
+        Clip schedule: the clip itself, denoised through all steps (an idle clip: at most ``idle_steps``).
+        Rolling schedule: the clip enters the window as noise, one backbone call advances the window, and the
+        oldest group leaves when clean. A returned clip says whether it was idle.
         """
+        if self.idle(clip):
+            clip = dataclasses.replace(clip, idle=True)
+            if not self.rolling:
+                steps = min(steps or self.options.steps, self.options.idle_steps)
         if not self.rolling:
             return [(clip, self.denoise(clip, steps))]
         tokens = self.audio.tokens(clip)[None].to(self.backend.dtype)
         noise, generator = self._noise(clip)
         self.window.enter(clip, noise, tokens)
-        self.audio.release_before(clip.end)
+        self._release(clip.end)
         return self._advance_window(generator)
 
     def flush(self) -> list[tuple[Clip, torch.Tensor]]:
@@ -264,13 +348,14 @@ class Session:
     def _advance_window(self, generator: torch.Generator) -> list[tuple[Clip, torch.Tensor]]:
         cond = self._conditions(self.window.audio_tokens(), self.window.frames)
         finished = self.window.advance(cond, generator=generator)
-        for _, latents in finished:
+        for clip, latents in finished:
             self._advance_motion(latents[0].transpose(0, 1))
+            self._keep(clip, latents)
         return finished
 
     def skip(self, clip: Clip) -> None:
         """Give up on ``clip`` (too late): its audio is released, the motion frames stay as they were."""
-        self.audio.release_before(clip.end)
+        self._release(clip.end)
 
     def needed_samples(self, clip: Clip) -> int:
         """Samples that must be in before ``clip`` can run: its frames plus the look-ahead (or all, at the end)."""
@@ -294,7 +379,7 @@ class Session:
     def decode(self, clip: Clip, latents: torch.Tensor) -> list[Frame]:
         """VAE-decode a clip's latents into frames with their presentation times."""
         images = to_uint8_frames(self.backend.vae_decode(latents[0].transpose(0, 1)))
-        return [Frame(clip.start + i, (clip.start + i) / self.fps, img) for i, img in enumerate(images)]
+        return [Frame(clip.start + i, (clip.start + i) / self.fps, img, idle=clip.idle) for i, img in enumerate(images)]
 
     def ready_clips(self) -> list[Clip]:
         """Clips whose audio (plus look-ahead) is in, in order; each is returned once."""

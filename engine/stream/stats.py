@@ -9,6 +9,10 @@
 - real-time factor: generation wall time (first audio in -> last frame out) / media time (frames out
   and skipped, over fps). Below 1 is faster than real time; a paced source keeps it near 1 + latency.
 - per-stage seconds per clip, and frames skipped.
+- always-on sessions: idle frames (made from the silence the clock released), their sampler steps, and
+  each interrupt (barge-in): the frame and pts generation went on from, the speech dropped (seconds), and
+  the frames made past the cut that were discarded unseen.
+- the lag policy in force (what happens to a clip whose audio waited longer than its threshold).
 
 Times come from one clock (``time.perf_counter`` by default), read when each event is recorded.
 """
@@ -21,6 +25,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from engine.stream.idle import Interruption
 
 
 def latency_floor(clip_frames: int, lookahead: int, fps: float) -> float:
@@ -62,6 +68,11 @@ class StreamStats:
         self._latency: dict[int, float] = {}  # frame index -> seconds (audio complete -> frame out)
         self._pending: list[int] = []  # frames that left before their audio was complete (end-of-stream flush)
         self._skipped: set[int] = set()
+        self._idle: set[int] = set()  # frames out or skipped that were made from silence
+        self._discarded = 0
+        self._interrupts: list[Interruption] = []
+        self._idle_steps: int | None = None
+        self._policy: tuple[str, float] | None = None
         self._stages: dict[str, list[tuple[int, float]]] = {}
         self._drift_guard: tuple[float, int] | None = None  # strength, motion-frame updates pulled
 
@@ -77,29 +88,62 @@ class StreamStats:
             self._block_ends.append(total + int(num_samples))
             self._block_times.append(now)
 
+    def audio_truncated(self, num_samples: int) -> None:
+        """A barge-in cut the audio timeline to its first ``num_samples`` samples: later blocks are forgotten
+        (the block holding the cut ends there), and the audio that follows continues from the cut."""
+        with self._lock:
+            keep = bisect.bisect_left(self._block_ends, num_samples)  # blocks ending before the cut
+            straddles = keep < len(self._block_ends) and num_samples > 0
+            self._block_ends = self._block_ends[:keep] + ([num_samples] if straddles else [])
+            self._block_times = self._block_times[:keep + straddles]
+
+    def interrupted(self, report: Interruption) -> None:
+        """A barge-in happened (what it dropped: ``report``)."""
+        with self._lock:
+            self._interrupts.append(report)
+
+    def frame_discarded(self) -> None:
+        """A frame made past a barge-in's cut was dropped unseen."""
+        with self._lock:
+            self._discarded += 1
+
+    def idle_steps(self, steps: int) -> None:
+        """Idle clips (always-on sessions) run ``steps`` sampler steps."""
+        with self._lock:
+            self._idle_steps = int(steps)
+
+    def lag_policy(self, kind: str, max_lag_s: float) -> None:
+        """The lag policy in force: ``kind`` ("grow", "skip", "steps") acting past ``max_lag_s`` seconds of lag."""
+        with self._lock:
+            self._policy = (kind, float(max_lag_s))
+
     def drift_guard_acted(self, strength: float, updates: int) -> None:
         """The session's drift guard so far: its ``strength`` (share of the way back to the reference's
         features per motion-frame update, 0 = off) and how many ``updates`` it has pulled."""
         with self._lock:
             self._drift_guard = (float(strength), int(updates))
 
-    def frame_out(self, frame_index: int) -> None:
-        """Frame ``frame_index`` left the engine now (a repeat of an index is ignored)."""
+    def frame_out(self, frame_index: int, idle: bool = False) -> None:
+        """Frame ``frame_index`` left the engine now (a repeat of an index is ignored); ``idle``: made from silence."""
         now = self.clock()
         with self._lock:
             if frame_index in self._out:
                 return
             self._out[frame_index] = now
+            if idle:
+                self._idle.add(frame_index)
             arrival = self._audio_complete(frame_index, clamp=False)
             if arrival is None:
                 self._pending.append(frame_index)
             else:
                 self._latency[frame_index] = now - arrival
 
-    def frame_skipped(self, frame_index: int) -> None:
-        """Frame ``frame_index`` was dropped by the real-time policy."""
+    def frame_skipped(self, frame_index: int, idle: bool = False) -> None:
+        """Frame ``frame_index`` was dropped by the real-time policy (``idle``: it would have been made from silence)."""
         with self._lock:
             self._skipped.add(frame_index)
+            if idle:
+                self._idle.add(frame_index)
 
     def stage(self, name: str, seconds: float, clip_index: int) -> None:
         """Stage ``name`` ("audio", "denoise", "decode", ...) took ``seconds`` for clip ``clip_index``."""
@@ -159,6 +203,11 @@ class StreamStats:
         """Frames dropped by the real-time policy."""
         return len(self._skipped)
 
+    @property
+    def frames_idle(self) -> int:
+        """Frames out or skipped that an always-on session made from silence."""
+        return len(self._idle)
+
     def latencies(self) -> dict[int, float]:
         """Audio-to-frame latency in seconds of every frame out, by frame index."""
         with self._lock:
@@ -183,6 +232,10 @@ class StreamStats:
             stages = {name: self._stage_summary(rows) for name, rows in self._stages.items()}
             audio_s = (self._block_ends[-1] if self._block_ends else 0) / self.sample_rate
             guard = self._drift_guard
+            idle, discarded, idle_steps = len(self._idle), self._discarded, self._idle_steps
+            interrupts = [{"frame": r.frame, "pts": r.pts, "speech_samples": r.speech_samples, "speech_s": r.speech_s}
+                          for r in self._interrupts]
+            policy = self._policy
         return {
             "fps": self.fps,
             "frames_out": len(out_times),
@@ -202,6 +255,11 @@ class StreamStats:
             "real_time_factor": wall / media_s if wall is not None and media_s > 0 else None,
             "stages": stages,
             "drift_guard": None if guard is None else {"strength": guard[0], "updates": guard[1]},
+            "frames_idle": idle,
+            "idle_steps": idle_steps,
+            "interrupts": interrupts,
+            "frames_discarded": discarded,
+            "lag_policy": None if policy is None else {"kind": policy[0], "max_lag_s": policy[1]},
         }
 
     @staticmethod
@@ -242,6 +300,14 @@ class StreamStats:
             acted = (f"{guard['updates']} motion-frame updates, each {guard['strength']:g} of the way back"
                      if guard["strength"] > 0 else "off")
             rows.append(("drift guard (toward the reference)", acted, ""))
+        if s["lag_policy"] is not None:
+            rows.append(("lag policy", f"{s['lag_policy']['kind']} past {s['lag_policy']['max_lag_s']:g} s of lag", ""))
+        if s["idle_steps"] is not None:
+            rows.append(("idle frames (from silence)", f"{s['frames_idle']}, {s['idle_steps']} steps per clip", ""))
+        if s["interrupts"]:
+            dropped = sum(r["speech_s"] for r in s["interrupts"])
+            rows.append(("interrupts (barge-in)", f"{len(s['interrupts'])}: {dropped:.2f} s of speech dropped, "
+                                                  f"{s['frames_discarded']} frames discarded unseen", ""))
         for name, st in s["stages"].items():
             steady = "" if st["steady_mean_s"] is None else f", then {_ms(st['steady_mean_s'])}"
             rows.append((f"{name} per clip ({st['clips']} clips)", f"first {_ms(st['first_s'])}{steady}", ""))
