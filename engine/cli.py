@@ -199,7 +199,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pending_uploads_per_client=args.max_pending_uploads_per_client,
         options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
                                   first_clip_frames=args.first_clip, schedule=args.schedule,
-                                  group_frames=args.group, motion_anchor=args.motion_anchor),
+                                  group_frames=args.group, motion_anchor=args.motion_anchor,
+                                  idle_steps=args.idle_steps),
         policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
     if config.exposure_error() is not None:
         raise ValueError(config.exposure_error())
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampler steps per clip, 1-50 (default: the model's, else 4)")
     serve.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
                        help="sampler (default: the model's, else ddim)")
+    serve.add_argument("--idle-steps", type=STEPS, default=1,
+                       help="sampler steps of a clip made from silence in an always-on session (at most "
+                            "--steps; default: 1)")
     serve.add_argument("--seed", type=SEED, default=0, help="noise seed (default: 0)")
     serve.add_argument("--clip", type=CLIP_FRAMES, default=None, help="frames per clip (default: the model's)")
     serve.add_argument("--first-clip", type=CLIP_FRAMES, default=4, help="frames in the first clip (default: 4)")

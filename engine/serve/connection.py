@@ -9,6 +9,7 @@ server stops) goes through the same teardown, which stops the threads and frees 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import queue
@@ -34,6 +35,7 @@ from engine.serve.protocol import (
     parse_start,
     parse_text,
 )
+from engine.stream.idle import Interruption
 from engine.stream.runner import LiveSession
 from engine.stream.session import Frame
 from engine.stream.sources import StreamingResampler
@@ -53,6 +55,11 @@ class _Failed:
     error: BaseException
 
 
+@dataclass
+class _Interrupted:
+    report: Interruption
+
+
 def encode_frame(frame: Frame, frame_format: str, jpeg_quality: int) -> bytes:
     """A frame message for ``frame``: JPEG, lossless PNG or raw RGB after the header."""
     image = frame.image
@@ -67,7 +74,7 @@ def encode_frame(frame: Frame, frame_format: str, jpeg_quality: int) -> bytes:
         if not ok:
             raise RuntimeError(f"encoding frame {frame.index} as {frame_format} failed")
         payload = data.tobytes()
-    return pack_frame(frame.index, frame.pts, image.shape[0], frame_format, frame.skipped, payload)
+    return pack_frame(frame.index, frame.pts, image.shape[0], frame_format, frame.skipped, payload, frame.idle)
 
 
 def compact_summary(summary: dict) -> dict:
@@ -188,7 +195,7 @@ class SessionConnection:
                 raise ProtocolError("bad_image", str(exc)) from None
         self.start = start
         self.live, portrait, self.prepare_s = await self.loop.run_in_executor(
-            self.hub.executor, self.hub.build, self.session_id, image)
+            self.hub.executor, self.hub.build, self.session_id, image, start.always_on)
         self.resampler = StreamingResampler(start.sample_rate, ENGINE_SAMPLE_RATE)
         self.face_detected = portrait.detected
         await self._begin_utterance()
@@ -230,8 +237,14 @@ class SessionConnection:
             "model": self.hub.config.model, "untrained": self.hub.untrained,
             "steps": self.hub.config.options.steps, "policy": self.hub.config.policy.kind,
             "prepare_s": self.prepare_s, "ttff_floor_s": live.stats.ttff_floor_s,
-            "latency_floor_s": live.stats.latency_floor_s, **self.extra}))
+            "latency_floor_s": live.stats.latency_floor_s, **self._always_on_fields(), **self.extra}))
         self.pump.start()
+
+    def _always_on_fields(self) -> dict:
+        """The ``ready`` fields of an always-on session (none otherwise)."""
+        if not self.live.always_on:
+            return {}
+        return {"always_on": True, "idle_steps": self.live.idle_steps}
 
     def _encode(self, frame: Frame) -> bytes:
         return encode_frame(frame, self.start.frames, self.start.jpeg_quality)
@@ -281,6 +294,11 @@ class SessionConnection:
             await self.loop.run_in_executor(self.hub.executor, self.live.reset)
             self.resampler = StreamingResampler(self.start.sample_rate, ENGINE_SAMPLE_RATE)
             await self._begin_utterance()
+        elif kind == "interrupt":
+            if self.phase != "streaming" or not self.live.always_on:
+                raise ProtocolError("bad_request", "'interrupt' needs an always-on session before its 'end'")
+            self.resampler = StreamingResampler(self.start.sample_rate, ENGINE_SAMPLE_RATE)
+            self._outbox.put_nowait(_Interrupted(self.live.interrupt()))
         elif kind == "start":
             raise ProtocolError("bad_request", "the session has already started")
         else:
@@ -325,6 +343,8 @@ class SessionConnection:
             elif isinstance(item, _Done):
                 self.phase = "done"
                 await self.ws.send_str(json.dumps({"type": "done", "stats": item.summary}))
+            elif isinstance(item, _Interrupted):
+                await self.ws.send_str(json.dumps({"type": "interrupted", **dataclasses.asdict(item.report)}))
             elif isinstance(item, _Failed):
                 reason = " ".join(str(item.error).split()) or type(item.error).__name__
                 raise ProtocolError("internal", f"generation failed: {reason}")

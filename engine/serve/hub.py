@@ -232,8 +232,10 @@ class SessionHub:
             self._slots[session_id] = None
             return session_id
 
-    def build(self, session_id: str, image: np.ndarray | None) -> tuple[LiveSession, Portrait, float]:
-        """The live session for slot ``session_id``: the sample portrait (``image`` None) or ``image``.
+    def build(self, session_id: str, image: np.ndarray | None,
+              always_on: bool = False) -> tuple[LiveSession, Portrait, float]:
+        """The live session for slot ``session_id``: the sample portrait (``image`` None) or ``image``;
+        ``always_on``: frames at the stream's fps whether or not audio arrives (:class:`LiveSession`).
 
         Returns the session, the prepared portrait and the seconds it took (portrait + reference bank).
         Blocking (face detection, VAE encoding, ReferenceNet): call it from a worker thread.
@@ -246,7 +248,7 @@ class SessionHub:
         except BaseException:
             _detach(backend)
             raise
-        live = LiveSession(session, self.config.policy)
+        live = LiveSession(session, self.config.policy, always_on=always_on)
         with self._lock:
             if session_id not in self._slots:
                 _close(live)

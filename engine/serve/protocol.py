@@ -2,11 +2,15 @@
 
 Client -> server
     1. text ``{"type": "start", "token": str, "portrait": "sample" | "upload", "portrait_bytes": int,
-       "sample_rate": int, "frames": "jpeg" | "png" | "raw", "jpeg_quality": int}``; with
-       ``"upload"`` the next message is binary: the image file, exactly ``portrait_bytes`` long.
+       "sample_rate": int, "frames": "jpeg" | "png" | "raw", "jpeg_quality": int, "always_on": bool}``; with
+       ``"upload"`` the next message is binary: the image file, exactly ``portrait_bytes`` long. With
+       ``"always_on": true`` frames come at the stream's fps whether or not audio arrives (silence is idle
+       motion; audio is placed on the session's clock as it arrives), until ``end``.
     2. binary audio: 16-bit little-endian mono PCM at ``sample_rate`` Hz, any block size.
     3. text ``{"type": "end"}``: the utterance is over (its remaining frames follow, then ``done``);
        after ``done``, text ``{"type": "reset"}`` starts a new utterance with the same portrait.
+    4. text ``{"type": "interrupt"}`` (always-on sessions, before ``end``): barge-in. The audio not yet
+       shown is dropped and the face goes back to idle from the next frame; answered by ``interrupted``.
     Closing the socket ends the session at any time and frees everything it held. Limits: a text
     message :data:`MAX_TEXT_BYTES`, an audio message :data:`MAX_AUDIO_SECONDS_PER_MESSAGE` of audio,
     the upload the server's ``max_upload_bytes``; the start (and upload) within its start timeout.
@@ -21,9 +25,15 @@ Server -> client
       "latency_floor_s": float}``: the session exists (after a ``reset`` too); send audio. On Ray Serve
       (:mod:`engine.serve.ray_app`) it and ``stats`` also carry ``"replica": str``, the serving replica.
     - binary frames: a 16-byte header (:data:`FRAME_HEADER`: frame index u32, presentation time
-      f64 seconds, side u16 pixels, format u8, flags u8 with bit 0 = skipped), then the image:
+      f64 seconds, side u16 pixels, format u8, flags u8 with bit 0 = skipped, bit 1 = idle: made from
+      silence), then the image:
       JPEG, PNG (lossless) or raw RGB bytes (side x side x 3), as asked in ``start``.
+      With ``always_on`` it also carries ``"always_on": true, "idle_steps": int`` (sampler steps of a clip
+      made from silence).
     - text ``{"type": "stats", "stats": {...}}`` about once a second (the engine's own measures).
+    - text ``{"type": "interrupted", "frame": int, "pts": float, "speech_samples": int, "speech_s": float}``
+      after ``interrupt``: frames from index ``frame`` (time ``pts``) on are made from silence; the speech
+      dropped, in 16 kHz samples and seconds.
     - text ``{"type": "done", "stats": {...}}`` after the last frame of an utterance.
     - text ``{"type": "error", "code": str, "message": str}``, then the socket closes with the
       matching close code (:data:`CLOSE_CODES`). An error closes only that session.
@@ -45,6 +55,7 @@ MAX_AUDIO_SECONDS_PER_MESSAGE = 1.0
 FRAME_HEADER = struct.Struct("<IdHBB")
 FRAME_FORMATS = {"jpeg": 0, "png": 1, "raw": 2}
 FLAG_SKIPPED = 1
+FLAG_IDLE = 2
 
 CLOSE_CODES = {
     "bad_request": 4400,
@@ -86,6 +97,7 @@ class StartRequest:
     sample_rate: int
     frames: str
     jpeg_quality: int
+    always_on: bool = False
 
 
 def _field(message: dict, name: str, kind: type | tuple[type, ...], default: object) -> object:
@@ -141,8 +153,11 @@ def parse_start(message: dict, max_upload_bytes: int) -> StartRequest:
     quality = _field(message, "jpeg_quality", int, 85)
     if not 10 <= quality <= 100:
         raise ProtocolError("bad_request", f"jpeg_quality must be 10-100, got {quality}")
+    always_on = message.get("always_on", False)
+    if not isinstance(always_on, bool):
+        raise ProtocolError("bad_request", f"field 'always_on' must be bool, got {type(always_on).__name__}")
     return StartRequest(token=token, portrait=portrait, portrait_bytes=size if portrait == "upload" else 0,
-                        sample_rate=rate, frames=frames, jpeg_quality=quality)
+                        sample_rate=rate, frames=frames, jpeg_quality=quality, always_on=always_on)
 
 
 def max_audio_bytes(sample_rate: int) -> int:
@@ -150,9 +165,10 @@ def max_audio_bytes(sample_rate: int) -> int:
     return int(sample_rate * MAX_AUDIO_SECONDS_PER_MESSAGE) * 2
 
 
-def pack_frame(index: int, pts: float, side: int, frame_format: str, skipped: bool, payload: bytes) -> bytes:
+def pack_frame(index: int, pts: float, side: int, frame_format: str, skipped: bool, payload: bytes,
+               idle: bool = False) -> bytes:
     """One binary frame message: header + encoded image."""
-    flags = FLAG_SKIPPED if skipped else 0
+    flags = (FLAG_SKIPPED if skipped else 0) | (FLAG_IDLE if idle else 0)
     return FRAME_HEADER.pack(index, pts, side, FRAME_FORMATS[frame_format], flags) + payload
 
 
@@ -166,6 +182,7 @@ class FrameMessage:
     frame_format: str
     skipped: bool
     payload: bytes
+    idle: bool = False
 
 
 def unpack_frame(data: bytes) -> FrameMessage:
@@ -176,7 +193,8 @@ def unpack_frame(data: bytes) -> FrameMessage:
     names = {v: k for k, v in FRAME_FORMATS.items()}
     if fmt not in names:
         raise ValueError(f"unknown frame format {fmt}")
-    return FrameMessage(index, pts, side, names[fmt], bool(flags & FLAG_SKIPPED), bytes(data[FRAME_HEADER.size:]))
+    return FrameMessage(index, pts, side, names[fmt], bool(flags & FLAG_SKIPPED), bytes(data[FRAME_HEADER.size:]),
+                        bool(flags & FLAG_IDLE))
 
 
 def error_message(error: ProtocolError) -> str:

@@ -273,9 +273,16 @@ class LiveSession:
         stats = StreamStats(fps, self.clock, latency_floor_s=latency_floor(clip, planner.lookahead, fps),
                             ttff_floor_s=ttff_floor(first, planner.lookahead, fps))
         stats.lag_policy(self.policy.kind, self.policy.max_lag_s)
-        if self.always_on and not self.session.rolling:
-            stats.idle_steps(min(self.session.options.idle_steps, self.session.options.steps))
+        if self.idle_steps is not None:
+            stats.idle_steps(self.idle_steps)
         return stats
+
+    @property
+    def idle_steps(self) -> int | None:
+        """Sampler steps of an idle clip (always-on, clip schedule), else None."""
+        if not self.always_on or self.session.rolling:
+            return None
+        return min(self.session.options.idle_steps, self.session.options.steps)
 
     def _start(self) -> None:
         self._audio: queue.Queue = queue.Queue()
