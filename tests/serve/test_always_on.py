@@ -13,7 +13,9 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 
+from engine.cli import build_parser, main
 from engine.serve.protocol import unpack_frame
 
 SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
@@ -95,3 +97,11 @@ def test_interrupt_outside_an_always_on_session_is_a_bad_request(start_server):
     assert plain["type"] == "error" and plain["code"] == "bad_request" and "always-on" in plain["message"]
     wrong = asyncio.run(run({"type": "start", "always_on": 1}))
     assert wrong["type"] == "error" and wrong["code"] == "bad_request" and "always_on" in wrong["message"]
+
+
+def test_idle_steps_is_a_bounded_serve_option(capsys):
+    assert build_parser().parse_args(["serve", "--idle-steps", "2"]).idle_steps == 2
+    assert build_parser().parse_args(["serve"]).idle_steps == 1
+    with pytest.raises(SystemExit):
+        main(["serve", "--idle-steps", "0"])
+    assert "argument --idle-steps: must be 1 to 50, got 0" in capsys.readouterr().err
