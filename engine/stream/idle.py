@@ -86,11 +86,6 @@ class AudioTimeline:
         self.speech = SpeechSpans()
         self.ended = False
 
-    @property
-    def always_on(self) -> bool:
-        """True when the clock releases silence."""
-        return self.start is not None
-
     def silence_due(self) -> list[AudioBlock]:
         """The silence the clock owes now (none when the timeline is up to the clock or ahead of it)."""
         if self.start is None or self.ended:
