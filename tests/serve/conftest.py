@@ -67,9 +67,10 @@ class ServerThread:
         self.hub.close()
 
     def idle(self, timeout: float = 20.0) -> bool:
-        """Wait until no session holds a slot (a closed connection is freed shortly after it closes)."""
+        """Wait until no session holds a slot and no upload is pending (a closed connection is freed shortly
+        after it closes)."""
         deadline = time.monotonic() + timeout
-        while self.hub.active:
+        while self.hub.active or self.hub.uploads.count:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
