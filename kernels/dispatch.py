@@ -7,7 +7,9 @@ The environment variable ``EMOTE_KERNELS`` selects the backend:
   CPU interpreter, used by the tests); otherwise a :class:`RuntimeError` says so.
 - ``torch``: always the PyTorch references.
 
-The choice is made once per process and logged once on the ``emote.kernels`` logger.
+The choice is made once per process and logged once on the ``emote.kernels`` logger. :func:`forced`
+overrides it for the calling thread (or asyncio task) only, e.g. while the ONNX exporter traces the
+PyTorch references: other threads (the other sessions of a server) keep the process's choice.
 Kernels are JIT-decorated at their first launch (:func:`triton_jit`), so kernel modules import
 without triton. Triton fixes interpret-or-compile when it is first imported (anything may import
 it: ``torch._dynamo`` does), so ``TRITON_INTERPRET`` must be set before that; a launch in the other
@@ -17,6 +19,7 @@ mode raises a clear error (:func:`check_triton_mode`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -94,8 +97,18 @@ def select_backend(mode: str | None = None) -> tuple[Backend, str]:
     return "triton", f"{ENV_VAR}=triton, on {where}"
 
 
-@functools.lru_cache(maxsize=1)
+_override: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("emote_kernels_forced", default=None)
+"""The backend :func:`forced` chose for the current thread or task (None: the process's)."""
+
+
 def active_backend() -> Backend:
+    """The backend for the calling thread: a :func:`forced` one inside that block, else the process's."""
+    override = _override.get()
+    return process_backend() if override is None else override
+
+
+@functools.lru_cache(maxsize=1)
+def process_backend() -> Backend:
     """The process-wide backend, resolved from the environment on first call and logged once."""
     backend, reason = select_backend()
     logger.info("kernels: %s (%s)", backend, reason)
@@ -104,25 +117,23 @@ def active_backend() -> Backend:
 
 def reset_backend() -> None:
     """Forget the cached choice so that the next :func:`active_backend` reads the environment again."""
-    active_backend.cache_clear()
+    process_backend.cache_clear()
 
 
 @contextlib.contextmanager
 def forced(mode: str | None) -> Iterator[Backend]:
-    """Inside: ``EMOTE_KERNELS`` is ``mode`` (None: left as it is) and the choice is made afresh; yields
-    the backend chosen. On exit the variable and the choice are restored."""
-    previous = os.environ.get(ENV_VAR)
-    if mode is not None:
-        os.environ[ENV_VAR] = mode
-    reset_backend()
-    try:
+    """Inside, for the calling thread (or asyncio task) only: the kernels run in ``mode`` (``auto``,
+    ``triton`` or ``torch``; None: the process's choice); yields the backend chosen. Nothing global
+    changes: not ``EMOTE_KERNELS``, not the process's choice, not what other threads run."""
+    if mode is None:
         yield active_backend()
+        return
+    backend, _ = select_backend(mode)
+    token = _override.set(backend)
+    try:
+        yield backend
     finally:
-        if previous is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = previous
-        reset_backend()
+        _override.reset(token)
 
 
 def use_triton(tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:

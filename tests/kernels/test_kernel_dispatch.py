@@ -2,6 +2,7 @@
 
 import logging
 import os
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -140,11 +141,33 @@ def test_triton_jit_follows_the_mode_triton_was_imported_in(monkeypatch):
 @pytest.mark.parametrize("previous", [None, "triton"])
 def test_forced_mode_is_chosen_inside_and_restored_after(monkeypatch, previous):
     set_machine(monkeypatch, previous, cuda=False, interpret=True)
+    process = "triton" if previous == "triton" else "torch"
     with dispatch.forced("torch") as inside:
         assert inside == "torch" == dispatch.active_backend()
-        assert os.environ[dispatch.ENV_VAR] == "torch"
-    assert os.environ.get(dispatch.ENV_VAR) == previous
-    assert dispatch.active_backend() == ("triton" if previous == "triton" else "torch")
+        assert os.environ.get(dispatch.ENV_VAR) == previous, "the environment is not rewritten"
+    assert dispatch.active_backend() == process
     with dispatch.forced(None) as left_alone:
         assert os.environ.get(dispatch.ENV_VAR) == previous
-        assert left_alone == dispatch.active_backend()
+        assert left_alone == dispatch.active_backend() == process
+
+
+def test_a_forced_mode_holds_in_its_own_thread_only(monkeypatch):
+    """A server's sessions share the process: one session's export (forced to the PyTorch references)
+    must not change the kernels another session's thread runs."""
+    set_machine(monkeypatch, "triton", cuda=False, interpret=True)
+    inside, outside = threading.Event(), threading.Event()
+    seen = {}
+
+    def other_session() -> None:
+        inside.wait(10)
+        seen["other"] = dispatch.active_backend()
+        outside.set()
+
+    thread = threading.Thread(target=other_session)
+    thread.start()
+    with dispatch.forced("torch"):
+        inside.set()
+        outside.wait(10)
+        seen["exporting"] = dispatch.active_backend()
+    thread.join(10)
+    assert seen == {"other": "triton", "exporting": "torch"}
