@@ -33,8 +33,9 @@ from engine.faces import FaceBox, box_mask, prepare_portrait
 from engine.lipsync import generate, mouth_opening, portrait_mask, score
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
-from engine.synthetic.clips import make_clip
+from engine.stream.chunk_planner import ChunkPlanner
 from engine.stream.session import GenerationOptions
+from engine.synthetic.clips import make_clip
 
 WINDOW_S = 5.0
 """Window length, seconds."""
@@ -57,7 +58,7 @@ def region_error(frames: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np
     per_frame = np.empty(frames.shape[0], np.float64)
     for start in range(0, frames.shape[0], 256):
         stop = start + 256
-        diff = np.abs(frames[start:stop] - target[start:stop] if target.shape[0] > 1 else frames[start:stop] - target)
+        diff = np.abs(frames[start:stop] - (target[start:stop] if target.shape[0] > 1 else target))
         per_frame[start:stop] = (diff * weights).sum(axis=(1, 2, 3)) / total
     return per_frame
 
@@ -125,9 +126,10 @@ def clip_starts(frames: int, options: GenerationOptions, clip_frames: int) -> li
     """The first frame of each clip (each group, on the rolling schedule) of a ``frames``-long stream, as a
     :class:`Session` with ``options`` cuts it (``clip_frames``: the model's clip length)."""
     if options.schedule == "rolling":
-        return list(range(0, frames, options.group_frames))
-    first = options.first_clip_frames or options.clip_frames or clip_frames
-    return [0] + list(range(first, frames, options.clip_frames or clip_frames))
+        planner = ChunkPlanner(options.group_frames)
+    else:
+        planner = ChunkPlanner(options.clip_frames or clip_frames, options.first_clip_frames)
+    return [clip.start for clip in planner.ready(frames, frames)]
 
 
 @dataclass
