@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -155,7 +156,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         face_mask=Path(args.face_mask) if args.face_mask else None,
         lip_mask=Path(args.lip_mask) if args.lip_mask else None,
         region_weights=(args.pose_weight, args.face_weight, args.lip_weight), device=args.device, backend=args.backend,
-        options=options, policy=LagPolicy(args.policy, max_lag_s=args.max_lag))
+        options=dataclasses.replace(options, idle_steps=args.idle_steps),
+        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), always_on=args.always_on)
     if is_untrained_preset(args.model):
         print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
               file=sys.stderr)
@@ -319,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--policy", default="grow", choices=["grow", "skip", "steps"],
                       help="when generation falls behind: let latency grow, skip clips, or use fewer steps")
     live.add_argument("--max-lag", type=LAG_S, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    live.add_argument("--always-on", action="store_true",
+                      help="frames at the video's fps even while no audio arrives (idle motion in the pauses of "
+                           "--mic or --stdin-pcm, e.g. a TTS that writes in bursts); the MP4's sound keeps the pauses")
+    live.add_argument("--idle-steps", type=STEPS, default=1,
+                      help="with --always-on: sampler steps of a clip made from silence (at most --steps; default: 1)")
     _add_generation_options(live)
     live.set_defaults(func=cmd_stream)
     serve = sub.add_parser("serve", help="live avatar web server: talk in the browser, watch the face answer")

@@ -58,6 +58,8 @@ class StreamRequest:
             ``--face_weight``, ``--lip_weight``; dimensionless), each None for the model's own (Hallo's
             default: 1): :func:`with_region_weights`.
         policy: what to do when generation falls behind real time.
+        always_on: frames at the stream's fps whether or not the source delivers audio (silence between its
+            blocks becomes idle motion, and the MP4's sound carries that silence, so it stays in step).
     """
 
     image: Path
@@ -76,6 +78,7 @@ class StreamRequest:
     backend: str = "torch"
     options: GenerationOptions = field(default_factory=GenerationOptions)
     policy: LagPolicy = field(default_factory=LagPolicy)
+    always_on: bool = False
 
 
 @dataclass(kw_only=True)
@@ -204,7 +207,7 @@ def stream(request: StreamRequest, source: AudioSource, live_status: bool = True
     """Run ``source`` through a live session into the request's sinks; prints a status line while it runs."""
     check_request_outputs(request, source.path if isinstance(source, FileSource) else None)
     session, _ = open_session(request)
-    live = LiveSession(session, request.policy)
+    live = LiveSession(session, request.policy, always_on=request.always_on, keep_audio=request.always_on)
     last_print = [0.0]
 
     def status(frame: Frame, running: LiveSession) -> None:

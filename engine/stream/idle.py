@@ -114,3 +114,41 @@ class AudioTimeline:
         sample = min(sample, self.samples)
         self.samples = sample
         return self.speech.drop_from(sample)
+
+
+class TimelineAudio:
+    """The samples of a timeline kept for playback beside the video: speech and released silence, in order.
+
+    Sample ``k`` is the audio under video time ``k / 16000`` s (the frames' ``pts`` are on the same timeline),
+    so a player that sends samples ``[i * 16000 / fps, (i + 1) * 16000 / fps)`` with frame ``i`` keeps lips and
+    voice together. A barge-in :meth:`truncate` s it like the timeline; readers :meth:`forget_before` what they
+    have played, so an hours-long session holds only the samples not yet played. Not locked (the owner's lock).
+    """
+
+    def __init__(self) -> None:
+        self.first = 0
+        self._pcm = np.zeros(0, np.float32)
+
+    @property
+    def end(self) -> int:
+        """Samples appended so far (less any truncated): the next sample's index."""
+        return self.first + self._pcm.size
+
+    def append(self, pcm: np.ndarray) -> None:
+        """Append float32 mono 16 kHz samples."""
+        self._pcm = np.concatenate([self._pcm, np.asarray(pcm, np.float32).reshape(-1)])
+
+    def truncate(self, sample: int) -> None:
+        """Drop the samples at or after ``sample`` (those already forgotten stay forgotten)."""
+        self._pcm = self._pcm[:max(0, sample - self.first)]
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Samples ``[start, start + count)`` as far as they exist (fewer at the end; none before :attr:`first`)."""
+        begin = max(0, start - self.first)
+        return self._pcm[begin:max(begin, start + count - self.first)].copy()
+
+    def forget_before(self, sample: int) -> None:
+        """Free the samples before ``sample`` (they were played)."""
+        cut = min(max(0, sample - self.first), self._pcm.size)
+        self._pcm = self._pcm[cut:]
+        self.first += cut

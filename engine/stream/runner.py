@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from engine.stream.chunk_planner import Clip
-from engine.stream.idle import AudioBlock, AudioTimeline, Interruption
+from engine.stream.idle import AudioBlock, AudioTimeline, Interruption, TimelineAudio
 from engine.stream.session import Frame, Session
 from engine.stream.sinks import FrameSink
 from engine.stream.sources import AudioSource
@@ -239,14 +239,20 @@ class LiveSession:
     pushed speech starts now or right after the speech still queued, and silence fills the rest. Frame ``i``
     has ``pts = i / fps`` on that same timeline. :meth:`interrupt` is a barge-in. This is the session API
     live integrations (the WebSocket server, and WebRTC or agent frameworks) build on.
+
+    ``keep_audio``: the timeline's samples (speech and the silence released between it) are kept in
+    :attr:`audio_out` (:class:`~engine.stream.idle.TimelineAudio`) for whoever plays the audio beside the
+    frames; a barge-in cuts them too. The reader frees what it played.
     """
 
     def __init__(self, session: Session, policy: LagPolicy | None = None, stats: StreamStats | None = None,
-                 queue_clips: int = 2, clock: Callable[[], float] = time.perf_counter, always_on: bool = False):
+                 queue_clips: int = 2, clock: Callable[[], float] = time.perf_counter, always_on: bool = False,
+                 keep_audio: bool = False):
         self.session, self.policy = session, policy or LagPolicy()
         self.clock = clock
         self.queue_clips = queue_clips
         self.always_on = always_on
+        self.keep_audio = keep_audio
         if always_on:
             session.keep_for_rewind(self.rewind_frames)
         self.stats = stats or self.new_stats()
@@ -294,6 +300,7 @@ class LiveSession:
         self._next_index = 0
         self._last_image = np.zeros((self.session.size, self.session.size, 3), np.uint8)
         self._timeline = AudioTimeline(self.clock, self.clock() if self.always_on else None)
+        self._audio_out = TimelineAudio() if self.keep_audio else None
         self._denoise = DenoiseStage(self.session, self._audio, latents, self.stats, self.policy, self.clock,
                                      self._interrupts, self.release_silence if self.always_on else None)
         self._decode = DecodeStage(self.session, latents, self._frames, self.stats, self._interrupts)
@@ -307,6 +314,19 @@ class LiveSession:
         for block in blocks:
             self.stats.audio_in(block.pcm.size)
             self._audio.put(block)
+            if self._audio_out is not None:
+                self._audio_out.append(block.pcm)
+
+    @property
+    def audio_out(self) -> TimelineAudio | None:
+        """With ``keep_audio``: the timeline's samples not yet freed by their reader (read and free them under
+        :attr:`audio_lock`); else None. A new one after :meth:`reset`."""
+        return self._audio_out
+
+    @property
+    def audio_lock(self) -> threading.Lock:
+        """The lock under which :attr:`audio_out` changes."""
+        return self._lock
 
     def push_audio(self, pcm: np.ndarray) -> None:
         """Append 16 kHz mono float32 PCM speech (any block size); never blocks."""
@@ -336,6 +356,8 @@ class LiveSession:
         with self._lock:
             frame = self._next_index
             dropped = self._timeline.truncate(self.session.audio.frame_sample(frame))
+            if self._audio_out is not None:
+                self._audio_out.truncate(self._timeline.samples)
             self.stats.audio_truncated(self._timeline.samples)
             self._interrupts.requested += 1
             self._audio.put(_Cut(self._interrupts.requested, frame, self._last_image))
@@ -413,6 +435,8 @@ def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
                on_frame: Callable[[Frame, LiveSession], None] | None = None) -> StreamStats:
     """Feed ``source`` into ``live`` from a thread and write every frame (and the audio) to ``sinks``.
 
+    The sinks get the source's audio as it was heard, or with ``live.keep_audio`` (always-on) the session's
+    timeline: the speech with the silence the clock released between it, so sound and frames stay in step.
     Ctrl-C stops the source and flushes what was already heard, so the output stays playable.
     On any other error the sinks are aborted (nothing half-written is left). Every sink is finished
     before any is closed, so the outputs appear together or not at all.
@@ -423,12 +447,27 @@ def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
     def feed() -> None:
         try:
             for block in source.blocks():
-                heard.append(block)
+                if live.audio_out is None:
+                    heard.append(block)
                 live.push_audio(block)
         except BaseException as exc:
             failure.append(exc)
         finally:
             live.end()
+
+    def write_audio() -> None:
+        blocks = []
+        while heard:
+            blocks.append(heard.popleft())
+        if live.audio_out is not None:
+            with live.audio_lock:
+                kept = live.audio_out
+                blocks.append(kept.read(kept.first, kept.end - kept.first))
+                kept.forget_before(kept.end)
+        for block in blocks:
+            if block.size:
+                for sink in sinks:
+                    sink.write_audio(block)
 
     feeder = threading.Thread(target=feed, name="emote-source", daemon=True)
     feeder.start()
@@ -442,10 +481,7 @@ def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
                 continue
             if frame is None:
                 break
-            while heard:
-                block = heard.popleft()
-                for sink in sinks:
-                    sink.write_audio(block)
+            write_audio()
             for sink in sinks:
                 sink.write(frame)
             if on_frame is not None:
@@ -453,10 +489,7 @@ def run_stream(source: AudioSource, live: LiveSession, sinks: list[FrameSink],
         feeder.join(timeout=5)
         if failure:
             raise failure[0]
-        while heard:
-            block = heard.popleft()
-            for sink in sinks:
-                sink.write_audio(block)
+        write_audio()
         for sink in sinks:
             sink.finish()
         for sink in sinks:
