@@ -105,3 +105,28 @@ def test_idle_steps_is_a_bounded_serve_option(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--idle-steps", "0"])
     assert "argument --idle-steps: must be 1 to 50, got 0" in capsys.readouterr().err
+
+
+def test_the_python_client_starts_always_on_and_interrupts(start_server):
+    from engine.serve.client import stream_session
+
+    server = start_server()
+    pcm = speech16()
+    result = asyncio.run(stream_session(server.ws_url, pcm, frames="raw", always_on=True, interrupt_after_frames=16,
+                                        frames_after_interrupt=12))
+    assert result.error is None and result.ready["always_on"] is True
+    cut = result.interrupted
+    assert cut is not None and cut["frame"] >= 16 and cut["pts"] == cut["frame"] / FPS
+    assert 0 < cut["speech_s"] < pcm.size / 16000, "speech queued but not shown was dropped"
+    indices = [f.index for f in result.frames]
+    assert indices == list(range(len(indices)))
+    after = result.frames[cut["frame"]:]
+    assert len(after) >= 12 and all(f.idle for f in after), "from the cut on, every frame is made from silence"
+    assert [i["frame"] for i in result.done["stats"]["interrupts"]] == [cut["frame"]]
+
+
+def test_the_python_client_refuses_an_interrupt_without_always_on():
+    from engine.serve.client import stream_session
+
+    with pytest.raises(ValueError, match="always_on"):
+        asyncio.run(stream_session("ws://127.0.0.1:9/session", speech16(), interrupt_after_frames=4))
