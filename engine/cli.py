@@ -203,7 +203,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                   first_clip_frames=args.first_clip, schedule=args.schedule,
                                   group_frames=args.group, motion_anchor=args.motion_anchor,
                                   idle_steps=args.idle_steps),
-        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms)
+        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms,
+        webrtc=args.webrtc, ice_servers=tuple(args.ice_server))
+    if args.ice_server and not args.webrtc:
+        raise ValueError("--ice-server needs --webrtc")
+    if args.webrtc:
+        if args.ray:
+            raise ValueError("--webrtc is served by the plain server only, not with --ray")
+        try:
+            import aiortc  # noqa: F401  (an optional extra: fail now, in one line, not at the first offer)
+        except ImportError as exc:
+            raise ValueError(f"--webrtc needs aiortc: pip install -e '.[webrtc]' ({exc})") from None
     if config.exposure_error() is not None:
         raise ValueError(config.exposure_error())
     if not args.ray and (args.autoscale is not None or args.replicas is not None or args.address is not None):
@@ -370,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")
     serve.add_argument("--max-lag", type=LAG_S, default=1.0, help="seconds of lag before --policy acts (default: 1)")
+    serve.add_argument("--webrtc", action="store_true",
+                       help="also serve WebRTC (the page's microphone in, video and voice out as media tracks; "
+                            "needs the webrtc extra); the WebSocket stays")
+    serve.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                       help="with --webrtc: a STUN or TURN server (stun:host:port) for clients beyond this "
+                            "machine's networks (repeatable; default: none, host candidates only)")
     serve.add_argument("--ray", action="store_true",
                        help="serve on Ray Serve: replicas each holding one model (needs the ray extra)")
     scaling = serve.add_mutually_exclusive_group()

@@ -35,6 +35,8 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
                            "frame-ancestors 'none'; form-action 'none'")
 HUB_KEY = web.AppKey("hub", SessionHub)
 SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet)
+WEBRTC_KEY = web.AppKey("webrtc", set)
+"""The open WebRTC sessions (:class:`engine.serve.webrtc.WebRtcSession`) of an application serving WebRTC."""
 
 
 SECURITY_HEADERS = {
@@ -94,8 +96,27 @@ async def _close_sockets(app: web.Application) -> None:
         await ws.close(code=1001, message=b"server shutting down")
 
 
+def _webrtc_routes(app: web.Application, hub: SessionHub) -> None:
+    """``POST /webrtc/offer`` (:mod:`engine.serve.webrtc`), same Host, Origin and token rules as the socket."""
+    from engine.serve.webrtc import close_all, offer_handler
+
+    sessions: set = set()
+    app[WEBRTC_KEY] = sessions
+
+    async def offer(request: web.Request) -> web.Response:
+        if not same_origin(request):
+            return web.json_response({"error": "forbidden", "message": "cross-origin offer refused"}, status=403)
+        return await offer_handler(request, hub, sessions)
+
+    async def close(app: web.Application) -> None:
+        await close_all(sessions)
+
+    app.router.add_post("/webrtc/offer", offer)
+    app.on_shutdown.append(close)
+
+
 def make_app(hub: SessionHub) -> web.Application:
-    """The application serving ``hub``'s sessions and the page."""
+    """The application serving ``hub``'s sessions and the page (and WebRTC when ``hub.config.webrtc``)."""
     app = web.Application(middlewares=[known_host], client_max_size=64 * 1024)
     app.on_response_prepare.append(security_headers)
     app[HUB_KEY] = hub
@@ -103,6 +124,8 @@ def make_app(hub: SessionHub) -> web.Application:
     for path, (file, content_type) in PAGE_FILES.items():
         app.router.add_get(path, _page_handler(file.read_bytes(), content_type))
     app.router.add_get("/session", session_handler)
+    if hub.config.webrtc:
+        _webrtc_routes(app, hub)
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -72,6 +72,9 @@ class ServeConfig:
         allowed_hosts: Host names (lower case, no port) requests may carry besides the loopback names on a
             loopback bind; on another bind, when given, the only ones accepted (:meth:`host_allowed`).
         open_server: the operator accepts a non-loopback bind without a token (:meth:`exposure_error`).
+        webrtc: also serve WebRTC sessions (``POST /webrtc/offer``, :mod:`engine.serve.webrtc`; needs aiortc).
+        ice_servers: STUN/TURN URLs the server's WebRTC side gathers candidates with (none: host candidates
+            only, enough on one machine or a LAN).
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +96,8 @@ class ServeConfig:
     batch_gather_ms: float | None = None
     allowed_hosts: tuple[str, ...] = ()
     open_server: bool = False
+    webrtc: bool = False
+    ice_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -232,10 +237,11 @@ class SessionHub:
             self._slots[session_id] = None
             return session_id
 
-    def build(self, session_id: str, image: np.ndarray | None,
-              always_on: bool = False) -> tuple[LiveSession, Portrait, float]:
+    def build(self, session_id: str, image: np.ndarray | None, always_on: bool = False,
+              keep_audio: bool = False) -> tuple[LiveSession, Portrait, float]:
         """The live session for slot ``session_id``: the sample portrait (``image`` None) or ``image``;
-        ``always_on``: frames at the stream's fps whether or not audio arrives (:class:`LiveSession`).
+        ``always_on``: frames at the stream's fps whether or not audio arrives; ``keep_audio``: the session
+        keeps its audio timeline for playback beside the frames (both: :class:`LiveSession`).
 
         Returns the session, the prepared portrait and the seconds it took (portrait + reference bank).
         Blocking (face detection, VAE encoding, ReferenceNet): call it from a worker thread.
@@ -248,7 +254,7 @@ class SessionHub:
         except BaseException:
             _detach(backend)
             raise
-        live = LiveSession(session, self.config.policy, always_on=always_on)
+        live = LiveSession(session, self.config.policy, always_on=always_on, keep_audio=keep_audio)
         with self._lock:
             if session_id not in self._slots:
                 _close(live)

@@ -45,11 +45,13 @@ class ServerThread:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="test-server", daemon=True)
         self._runner = None
+        self.app = None
         self.port = 0
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self._runner, self.port = self.loop.run_until_complete(start_site(make_app(self.hub), "127.0.0.1", 0))
+        self.app = make_app(self.hub)
+        self._runner, self.port = self.loop.run_until_complete(start_site(self.app, "127.0.0.1", 0))
         self._started.set()
         self.loop.run_forever()
 

@@ -1,6 +1,9 @@
 // The live avatar page: microphone -> AudioWorklet (16-bit PCM at the context rate) -> WebSocket;
 // JPEG frames with their presentation times <- WebSocket -> canvas, shown in step with the person's own
 // voice, which is played back delayed by the measured latency. Protocol: engine/serve/protocol.py.
+// With the WebRTC transport (RtcClient) the microphone goes out as an audio track and the face and the
+// voice that drove it come back as a video and an audio track, synchronised by the browser; the figures
+// are the receiver's own (getStats). Signalling: engine/serve/webrtc.py.
 "use strict";
 
 const FRAME_HEADER_BYTES = 16;
@@ -47,6 +50,7 @@ class Figures {
     this.lastMade = null;
     this.frames = 0;
     this.skipped = 0;
+    this.idle = 0;
   }
 
   audioSent(samples, now) {
@@ -66,7 +70,8 @@ class Figures {
     return lo < this.sendEnds.length ? this.sendTimes[lo] : null;
   }
 
-  frameIn(index, skipped, now) {
+  frameIn(index, skipped, idle, now) {
+    if (idle) this.idle += 1;
     if (this.firstFrame === null) {
       this.firstFrame = now;
       this.sentAtFirstFrame = this.sent / this.rate;
@@ -157,7 +162,7 @@ class LiveClient {
         ws.send(JSON.stringify({
           type: "start", token: $("token").value, portrait: portrait ? "upload" : "sample",
           portrait_bytes: portrait ? portrait.byteLength : 0, sample_rate: this.ctx.sampleRate,
-          frames: "jpeg", jpeg_quality: 85,
+          frames: "jpeg", jpeg_quality: 85, always_on: $("always-on").checked,
         }));
         if (portrait) ws.send(portrait);
         this.status("Preparing the portrait (reference features)...");
@@ -178,6 +183,7 @@ class LiveClient {
     if (m.type === "ready") this.onReady(m);
     else if (m.type === "stats") this.serverStats = m.stats;
     else if (m.type === "done") this.onDone(m.stats);
+    else if (m.type === "interrupted") this.onInterrupted(m);
     else if (m.type === "error") this.fail(`${m.message} (${m.code})`);
   }
 
@@ -192,6 +198,7 @@ class LiveClient {
     this.ctx.createMediaStreamSource(this.stream).connect(this.node);
     this.node.connect(this.ctx.destination);
     $("stop").disabled = false;
+    $("interrupt").disabled = !ready.always_on;
     const face = ready.face_detected ? "" : " No face was found: a centred crop is used.";
     const weights = ready.untrained ? ` Model '${ready.model}' has random weights: the video is not a face yet.` : "";
     this.status(`Live: talk now. ${ready.steps} step(s) per clip, ${ready.policy} policy.${face}${weights}`);
@@ -217,8 +224,8 @@ class LiveClient {
     const view = new DataView(buffer);
     const index = view.getUint32(0, true);
     const pts = view.getFloat64(4, true);
-    const skipped = (view.getUint8(15) & 1) === 1;
-    this.figures.frameIn(index, skipped, performance.now());
+    const flags = view.getUint8(15);
+    this.figures.frameIn(index, (flags & 1) === 1, (flags & 2) === 2, performance.now());
     if (this.delay === null && this.figures.latencies.length) this.updateDelay(true);
     const bitmap = await createImageBitmap(new Blob([buffer.slice(FRAME_HEADER_BYTES)], { type: "image/jpeg" }));
     let at = this.queue.length;
@@ -272,6 +279,7 @@ class LiveClient {
     $("fig-skipped").textContent = String(f.skipped);
     $("fig-frames").textContent = String(f.frames);
     $("fig-delay").textContent = ms(this.delay);
+    $("fig-idle").textContent = String(f.idle);
     const s = this.serverStats;
     if (s) {
       $("server-line").textContent = `engine: first frame ${ms(s.time_to_first_frame_s)}, latency p50 `
@@ -279,8 +287,18 @@ class LiveClient {
     }
   }
 
+  interrupt() {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "interrupt" }));
+  }
+
+  onInterrupted(m) {
+    this.interrupted = m;
+    this.status(`Interrupted: ${m.speech_s.toFixed(2)} s of speech dropped; idle from frame ${m.frame}.`);
+  }
+
   stop() {
     $("stop").disabled = true;
+    $("interrupt").disabled = true;
     if (this.node) {
       this.status("Finishing the last frames...");
       this.node.port.postMessage({ capturing: false });
@@ -320,6 +338,7 @@ class LiveClient {
     this.node = null;
     $("start").disabled = false;
     $("stop").disabled = true;
+    $("interrupt").disabled = true;
   }
 
   state() {
@@ -332,6 +351,174 @@ class LiveClient {
       ttffS: f ? f.ttff : null, latencyP50S: f ? percentile(f.latencies, 0.5) : null,
       latencyP95S: f ? percentile(f.latencies, 0.95) : null,
       fps: f ? f.framesPerSecond(now, this.finished) : null, delayS: this.delay,
+      idle: f ? f.idle : 0, interrupted: this.interrupted || null,
+    };
+  }
+}
+
+// WebRTC: the microphone as a track out; the avatar's video and voice as tracks in; interrupt and the
+// server's messages over the "control" data channel; the figures from the receiver's getStats().
+class RtcClient {
+  constructor() {
+    this.pc = null;
+    this.stream = null;
+    this.control = null;
+    this.ready = null;
+    this.serverStats = null;
+    this.interrupted = null;
+    this.failed = false;
+    this.finished = false;
+    this.rtc = null;
+    this.timer = null;
+    this.video = $("remote");
+  }
+
+  status(text, error = false) {
+    const el = $("status");
+    el.textContent = text;
+    el.classList.toggle("error", error);
+  }
+
+  async start() {
+    $("start").disabled = true;
+    this.status("Asking for the microphone...");
+    try {
+      if (document.querySelector("input[name=portrait]:checked").value === "upload") {
+        throw new Error("WebRTC sessions animate the sample portrait; pick the sample or use WebSocket");
+      }
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+      });
+      const pc = new RTCPeerConnection();
+      this.pc = pc;
+      this.stream.getAudioTracks().forEach((track) => pc.addTrack(track, this.stream));
+      pc.addTransceiver("video", { direction: "recvonly" });
+      const incoming = new MediaStream();
+      pc.ontrack = (event) => {
+        incoming.addTrack(event.track);
+        this.video.srcObject = incoming;
+      };
+      this.control = pc.createDataChannel("control");
+      this.control.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+      pc.onconnectionstatechange = () => {
+        if (["failed", "closed"].includes(pc.connectionState) && !this.finished) {
+          this.fail(`the connection ${pc.connectionState}`);
+        }
+      };
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((resolve) => {
+        if (pc.iceGatheringState === "complete") resolve();
+        else pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
+      });
+      this.status("Connecting (WebRTC)...");
+      const response = await fetch("/webrtc/offer", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ token: $("token").value, type: "offer", sdp: pc.localDescription.sdp }),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        throw new Error(response.status === 404 ? "this server was started without --webrtc"
+          : `${body.message || response.statusText} (${body.error || response.status})`);
+      }
+      await pc.setRemoteDescription(body);
+      $("video").hidden = true;
+      this.video.hidden = false;
+      $("rtc-figures").hidden = false;
+      $("stop").disabled = false;
+      this.timer = setInterval(() => this.poll(), 500);
+    } catch (err) {
+      this.fail(err.message || String(err));
+    }
+  }
+
+  onMessage(m) {
+    if (m.type === "ready") {
+      this.ready = m;
+      $("interrupt").disabled = false;
+      const weights = m.untrained ? ` Model '${m.model}' has random weights: the video is not a face yet.` : "";
+      this.status(`Live over WebRTC: talk now. ${m.steps} step(s) per clip, ${m.idle_steps} when idle.${weights}`);
+    } else if (m.type === "stats") {
+      this.serverStats = m.stats;
+    } else if (m.type === "interrupted") {
+      this.interrupted = m;
+      this.status(`Interrupted: ${m.speech_s.toFixed(2)} s of speech dropped; idle from frame ${m.frame}.`);
+    } else if (m.type === "error") {
+      this.status(`Error: ${m.message} (${m.code})`, true);
+    }
+  }
+
+  // The receiver's figures: frames decoded, mean jitter-buffer delay per track, and the estimated playout
+  // times of the two tracks (on the sender's clock, so their difference is the audio/video offset).
+  async poll() {
+    if (!this.pc) return;
+    const found = { video: null, audio: null, codecs: {} };
+    (await this.pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && (r.kind === "video" || r.kind === "audio")) found[r.kind] = r;
+      if (r.type === "codec") found.codecs[r.id] = r.mimeType;
+    });
+    const v = found.video;
+    const a = found.audio;
+    const jitter = (r) => (r && r.jitterBufferEmittedCount ? r.jitterBufferDelay / r.jitterBufferEmittedCount : null);
+    this.rtc = {
+      framesDecoded: v ? v.framesDecoded || 0 : 0, framesReceived: v ? v.framesReceived || 0 : 0,
+      framesDropped: v ? v.framesDropped || 0 : 0, frameWidth: v ? v.frameWidth || null : null,
+      videoJitterBufferS: jitter(v), audioJitterBufferS: jitter(a),
+      videoPlayoutMs: v && v.estimatedPlayoutTimestamp ? v.estimatedPlayoutTimestamp : null,
+      audioPlayoutMs: a && a.estimatedPlayoutTimestamp ? a.estimatedPlayoutTimestamp : null,
+      audioSamplesReceived: a ? a.totalSamplesReceived || 0 : 0,
+      videoCodec: v && v.codecId ? found.codecs[v.codecId] : null,
+      serverStats: this.serverStats,
+    };
+    const r = this.rtc;
+    $("fig-decoded").textContent = String(r.framesDecoded);
+    $("fig-jitter").textContent = `${ms(r.videoJitterBufferS)} / ${ms(r.audioJitterBufferS)}`;
+    $("fig-sync").textContent = r.videoPlayoutMs !== null && r.audioPlayoutMs !== null
+      ? `${Math.round(r.audioPlayoutMs - r.videoPlayoutMs)} ms` : "-";
+    $("fig-codec").textContent = r.videoCodec || "-";
+    $("fig-frames").textContent = String(r.framesReceived);
+    const s = this.serverStats;
+    if (s) {
+      $("fig-fps").textContent = s.sustained_fps === null ? "-" : s.sustained_fps.toFixed(1);
+      $("fig-skipped").textContent = String(s.frames_skipped);
+      $("fig-idle").textContent = String(s.frames_idle);
+      $("server-line").textContent = `engine: ${s.frames_out} frames out (${s.frames_idle} idle), `
+        + `${s.microphone_s.toFixed(1)} s of microphone in, ${s.sessions} session(s) on the server`;
+    }
+  }
+
+  interrupt() {
+    if (this.control && this.control.readyState === "open") this.control.send(JSON.stringify({ type: "interrupt" }));
+  }
+
+  stop() {
+    this.finished = true;
+    this.status("Stopped.");
+    this.teardown();
+  }
+
+  fail(message) {
+    this.failed = true;
+    this.status(`Error: ${message}`, true);
+    this.teardown();
+  }
+
+  teardown() {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    if (this.pc) this.pc.close();
+    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    this.pc = null;
+    this.stream = null;
+    $("start").disabled = false;
+    $("stop").disabled = true;
+    $("interrupt").disabled = true;
+  }
+
+  state() {
+    return {
+      transport: "webrtc", finished: this.finished, failed: this.failed, status: $("status").textContent,
+      ready: this.ready, interrupted: this.interrupted, rtc: this.rtc,
+      videoTime: this.video.currentTime, videoWidth: this.video.videoWidth,
     };
   }
 }
@@ -356,10 +543,15 @@ function setUp() {
     }
   });
   $("start").addEventListener("click", () => {
-    client = new LiveClient();
+    const webrtc = $("transport").value === "webrtc";
+    $("video").hidden = false;
+    $("remote").hidden = true;
+    $("rtc-figures").hidden = true;
+    client = webrtc ? new RtcClient() : new LiveClient();
     client.start();
   });
   $("stop").addEventListener("click", () => client && client.stop());
+  $("interrupt").addEventListener("click", () => client && client.interrupt());
   window.emote = { state: () => (client ? client.state() : null) };
 }
 
