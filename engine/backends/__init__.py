@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from engine.backends.base import Backend
+from engine.backends.compute_thread import ComputeThreadBackend
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.models.model import EmoteModel
 
@@ -21,13 +22,26 @@ BACKENDS = ("torch", "torch-cuda-graphs", "onnxruntime", "tensorrt")
 
 
 def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 **options: Any) -> Backend:
+                 threads: int | None = None, **options: Any) -> Backend:
     """The named backend over ``model``; ``options`` go to the backend's constructor.
+
+    On the CPU the backend's network calls all run on one thread of their own
+    (:class:`~engine.backends.compute_thread.ComputeThreadBackend`) with ``threads`` intra-op threads (None:
+    ``torch.get_num_threads()`` of the calling thread); ONNX Runtime's sessions get the same count.
 
     Raises:
         ValueError: an unknown name.
         RuntimeError: the backend's requirement (CUDA, onnxruntime, tensorrt) is missing here.
     """
+    if torch.device(device).type == "cpu":
+        threads = threads or torch.get_num_threads()
+        if name == "onnxruntime":
+            options["threads"] = threads
+        return ComputeThreadBackend(_make(name, model, device, dtype, **options), threads)
+    return _make(name, model, device, dtype, **options)
+
+
+def _make(name: str, model: EmoteModel, device: str, dtype: torch.dtype, **options: Any) -> Backend:
     if name == "torch":
         return TorchEagerBackend(model, device, dtype, **options)
     if name == "torch-cuda-graphs":
