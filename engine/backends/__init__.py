@@ -37,7 +37,7 @@ def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch
         threads = threads or torch.get_num_threads()
         if name == "onnxruntime":
             options["threads"] = threads
-        return ComputeThreadBackend(_make(name, model, device, dtype, **options), threads)
+        return ComputeThreadBackend(lambda: _make(name, model, device, dtype, **options), threads)
     return _make(name, model, device, dtype, **options)
 
 

@@ -47,12 +47,14 @@ class ComputeThread:
 
 
 class ComputeThreadBackend(Backend):
-    """``inner``'s networks, each call run on one :class:`ComputeThread`; any other attribute is ``inner``'s."""
+    """A backend made by ``make`` on one :class:`ComputeThread`, each of its network calls run there too; any
+    other attribute is the inner backend's. Made there, the inner backend's set-up work (moving the model,
+    ONNX Runtime's sessions) also stays off the calling thread."""
 
-    def __init__(self, inner: Backend, threads: int):
-        self.inner = inner
-        self.name, self.device, self.dtype = inner.name, inner.device, inner.dtype
+    def __init__(self, make: Callable[[], Backend], threads: int):
         self.compute = ComputeThread(threads)
+        self.inner = self.compute.run(make)
+        self.name, self.device, self.dtype = self.inner.name, self.inner.device, self.inner.dtype
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":
