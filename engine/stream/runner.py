@@ -328,13 +328,19 @@ class LiveSession:
         """The lock under which :attr:`audio_out` changes."""
         return self._lock
 
-    def push_audio(self, pcm: np.ndarray) -> None:
-        """Append 16 kHz mono float32 PCM speech (any block size); never blocks."""
+    def push_audio(self, pcm: np.ndarray) -> int:
+        """Append 16 kHz mono float32 PCM speech (any block size); never blocks.
+
+        Returns the timeline sample (16 kHz) at which this speech starts: frame ``i`` shows it from
+        ``pts = sample / 16000`` on. Always-on, that is after the silence the clock had released, so
+        integrations can play their own copy of the speech at the same time as the lips.
+        """
         if self._ended:
             raise RuntimeError("audio pushed after end(); call reset() for a new utterance")
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         with self._lock:
             self._queue(self._timeline.push(pcm))
+            return self._timeline.samples - pcm.size
 
     def release_silence(self) -> None:
         """Always-on: queue the silence the clock owes now (the denoise stage calls this whenever it finds no

@@ -1,0 +1,30 @@
+"""Fixtures of the voice-agent integration tests: the tiny preset with seeded weights, and a clock that moves
+only when a test says so (the portrait: tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import preset
+from engine.models.checkpoint import random_model
+from engine.models.model import EmoteModel
+
+
+class FakeClock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="session")
+def model() -> EmoteModel:
+    return random_model(preset("tiny"), seed=0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
