@@ -1,0 +1,156 @@
+"""LiveKit Agents: the engine as the avatar of a LiveKit voice agent (``pip install emote-engine[agents]``).
+
+Built on ``livekit.agents.voice.avatar``, the way LiveKit's own avatar plugins are:
+
+- :class:`EmoteVideoGenerator` is a ``VideoGenerator``: ``push_audio`` takes the agent's ``rtc.AudioFrame``
+  (16-bit, at the avatar's sample rate) and ``AudioSegmentEnd`` (the end of a reply); iterating it yields, per
+  video frame, an ``rtc.VideoFrame`` (RGB24, the session's size), then the ``rtc.AudioFrame`` of the agent's
+  audio that plays during that frame (only while the agent speaks), then an ``AudioSegmentEnd`` for each
+  reply whose last sample that frame played. ``clear_buffer`` is the barge-in
+  (:meth:`engine.integrations.avatar.AvatarStream.interrupt`): the speech not yet shown is dropped, and the
+  face is back on idle motion from the first frame not yet yielded. An ``AvatarRunner`` publishes the
+  frames through its audio/video synchroniser.
+- :class:`EmoteAvatarSession` is the agent-side helper: ``await avatar.start(agent_session, room)`` builds the
+  live session, runs the generator in an ``AvatarRunner`` inside the agent's own process (the avatar
+  publishes as the agent's participant), and routes the agent's audio to it through a ``QueueAudioOutput``.
+
+The session must be always-on: frames keep coming at the stream's fps while the agent is silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+from livekit import rtc
+from livekit.agents.voice.avatar import (
+    AudioSegmentEnd,
+    AvatarOptions,
+    AvatarRunner,
+    QueueAudioOutput,
+    VideoGenerator,
+)
+from livekit.agents.voice.avatar import AvatarSession as _AvatarSession
+
+from engine.integrations.avatar import AvatarFrame, AvatarInterruption, AvatarStream
+from engine.stream.runner import LiveSession
+
+DEFAULT_SAMPLE_RATE = 24000
+"""The agent's audio rate the helper asks LiveKit for, Hz (LiveKit resamples the TTS to it)."""
+POLL_S = 0.1
+"""How long one wait for a frame lasts before the generator checks whether it was closed (seconds)."""
+
+
+def _mono_int16(frame: rtc.AudioFrame) -> np.ndarray:
+    """An ``rtc.AudioFrame``'s samples as int16 [n], channels averaged."""
+    pcm = np.frombuffer(frame.data, dtype=np.int16)
+    if frame.num_channels == 1:
+        return pcm
+    return pcm.reshape(-1, frame.num_channels).mean(axis=1).round().astype(np.int16)
+
+
+class EmoteVideoGenerator(VideoGenerator):
+    """LiveKit's ``VideoGenerator`` over an :class:`AvatarStream` (see the module's docstring)."""
+
+    def __init__(self, stream: AvatarStream):
+        self.stream = stream
+        self.interruptions: list[AvatarInterruption] = []
+        """Every barge-in so far: the session's report and the replies cut short."""
+
+    @property
+    def options(self) -> AvatarOptions:
+        """What an ``AvatarRunner`` publishes: the session's square frame size and fps, mono audio at the
+        stream's rate."""
+        size = self.stream.live.session.size
+        return AvatarOptions(video_width=size, video_height=size, video_fps=self.stream.fps,
+                             audio_sample_rate=self.stream.sample_rate, audio_channels=1)
+
+    async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
+        """The agent's next audio frame (at the stream's rate; any channel count), or the end of its reply."""
+        if isinstance(frame, AudioSegmentEnd):
+            self.stream.end_segment()
+            return
+        if frame.sample_rate != self.stream.sample_rate:
+            raise ValueError(f"agent audio at {frame.sample_rate} Hz, the avatar expects {self.stream.sample_rate} Hz "
+                             "(give the QueueAudioOutput that sample_rate)")
+        self.stream.push_audio(_mono_int16(frame))
+
+    def clear_buffer(self) -> None:
+        """Barge-in: drop the speech not yet shown; frames go on from idle without a gap."""
+        self.interruptions.append(self.stream.interrupt())
+
+    def __aiter__(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
+        return self._frames()
+
+    def _as_livekit(self, item: AvatarFrame) -> list[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
+        image = np.ascontiguousarray(item.frame.image)
+        out: list[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd] = [
+            rtc.VideoFrame(image.shape[1], image.shape[0], rtc.VideoBufferType.RGB24, image.tobytes())]
+        if item.speech:
+            out.append(rtc.AudioFrame(item.audio.tobytes(), self.stream.sample_rate, 1, item.audio.size))
+        out.extend(AudioSegmentEnd() for _ in item.segments_done)
+        return out
+
+    async def _frames(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                item = await loop.run_in_executor(None, self.stream.next_frame, POLL_S)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            for out in self._as_livekit(item):
+                yield out
+
+    def close(self) -> None:
+        """Stop the live session."""
+        self.stream.close()
+
+
+class EmoteAvatarSession(_AvatarSession):
+    """The agent-side helper: ``await EmoteAvatarSession(open_live).start(agent_session, room)``.
+
+    ``open_live`` builds the always-on :class:`LiveSession` (blocking: portrait, reference bank; it runs in a
+    worker thread); ``sample_rate``: Hz of the agent's audio that the avatar takes in and plays out.
+    """
+
+    def __init__(self, open_live: Callable[[], LiveSession], *, sample_rate: int = DEFAULT_SAMPLE_RATE):
+        super().__init__()
+        self._open_live, self.sample_rate = open_live, sample_rate
+        self.generator: EmoteVideoGenerator | None = None
+        self.runner: AvatarRunner | None = None
+        self.audio_output: QueueAudioOutput | None = None
+        self._identity = ""
+
+    @property
+    def avatar_identity(self) -> str:
+        """The participant that publishes the avatar: the agent's own (the avatar runs in its process)."""
+        return self._identity
+
+    @property
+    def provider(self) -> str:
+        return "emote"
+
+    async def start(self, agent_session: object, room: rtc.Room) -> None:
+        """Build the session, start the runner in ``room`` and make it the agent's audio output."""
+        live = await asyncio.get_running_loop().run_in_executor(None, self._open_live)
+        self.generator = EmoteVideoGenerator(AvatarStream(live, self.sample_rate))
+        self._identity = room.local_participant.identity if room.isconnected() else ""
+        await super().start(agent_session, room)
+        self.audio_output = QueueAudioOutput(sample_rate=self.sample_rate)
+        self.runner = AvatarRunner(room, audio_recv=self.audio_output, video_gen=self.generator,
+                                   options=self.generator.options)
+        await self.runner.start()
+        agent_session.output.audio = self.audio_output
+
+    async def aclose(self) -> None:
+        """Stop the runner and the live session."""
+        if self.runner is not None:
+            await self.runner.aclose()
+            self.runner = None
+        if self.generator is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.generator.close)
+        await super().aclose()
