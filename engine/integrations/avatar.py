@@ -20,14 +20,18 @@ the agent's audio from the same instant, and the segments that had not finished 
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from engine import DEFAULT_MODEL
+from engine.pipeline import StreamRequest, open_session
 from engine.stream.idle import Interruption
-from engine.stream.runner import LiveSession
-from engine.stream.session import Frame
+from engine.stream.runner import LagPolicy, LiveSession
+from engine.stream.session import Frame, GenerationOptions
 from engine.stream.sources import StreamingResampler
 
 ENGINE_RATE = 16000
@@ -187,3 +191,14 @@ class AvatarStream:
     def close(self) -> None:
         """Stop the session's workers."""
         self.live.close()
+
+
+def open_live(image: str | Path, model: str = DEFAULT_MODEL, *, device: str = "cpu",
+              options: GenerationOptions | None = None, policy: LagPolicy | None = None) -> LiveSession:
+    """An always-on live session of ``model`` (a shipped model's name, a model directory or a preset) for the
+    portrait at ``image``: what the integrations' ``open_live`` argument builds. Blocking (face detection,
+    reference bank): the integrations call it from a worker thread."""
+    request = StreamRequest(image=Path(image), out=Path(os.devnull), model=model, device=device,
+                            options=options or GenerationOptions(), policy=policy or LagPolicy())
+    session, _ = open_session(request)
+    return LiveSession(session, request.policy, always_on=True)

@@ -7,11 +7,14 @@ agent's sample ``1.5 k``. Everything is asserted on frame indices and sample pos
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from engine.backends.torch_eager import TorchEagerBackend
-from engine.integrations.avatar import AvatarStream
+from engine.config import preset
+from engine.integrations.avatar import AvatarStream, open_live
 from engine.stream.runner import LiveSession
 from engine.stream.session import GenerationOptions, Session
 
@@ -151,3 +154,13 @@ def test_an_avatar_needs_an_always_on_session_and_int16_audio(model, portrait, c
         assert stream.end_segment() is None, "no speech, no segment"
     finally:
         stream.close()
+
+
+def test_open_live_builds_an_always_on_session_from_a_photo_and_a_model_name():
+    live = open_live(Path(__file__).parents[2] / "engine/assets/demo/portrait.png", "tiny",
+                     options=GenerationOptions(steps=1))
+    try:
+        assert live.always_on and live.session.size == preset("tiny").resolution
+        assert live.session.options.steps == 1
+    finally:
+        live.close()
