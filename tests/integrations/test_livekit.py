@@ -5,8 +5,11 @@ Exercised: ``QueueAudioOutput`` (the agent's audio output) feeding the generator
 ``rtc.VideoFrame`` / ``rtc.AudioFrame`` / ``AudioSegmentEnd``; and an ``AvatarRunner`` started by the helper in
 an unconnected ``rtc.Room`` with a real ``AgentSession``: audio captured by the agent reaches the live
 session, and ``clear_buffer`` interrupts it and reports an interrupted playback to the agent.
+For the avatar in a process of its own: its token (decoded with LiveKit's verifier), the helper's refusal
+without LiveKit's credentials, and the worker's refusal of bad input.
 Not exercised (no LiveKit server can run here): publishing the tracks and the runner's audio/video
-synchroniser, which start only once the room is connected.
+synchroniser, which start only once the room is connected; the worker joining a room and receiving the agent's
+audio over data streams (``DataStreamAudioOutput`` / ``DataStreamAudioReceiver`` need a connected room).
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ avatar_api = pytest.importorskip("livekit.agents.voice.avatar", reason="needs li
 
 from engine.backends.torch_eager import TorchEagerBackend  # noqa: E402
 from engine.integrations.avatar import AvatarStream  # noqa: E402
-from engine.integrations.livekit import EmoteAvatarSession, EmoteVideoGenerator  # noqa: E402
+from engine.integrations.livekit import (  # noqa: E402
+    TOKEN_ENV,
+    EmoteAvatarSession,
+    EmoteAvatarWorkerSession,
+    EmoteVideoGenerator,
+    main,
+)
 from engine.stream.runner import LiveSession  # noqa: E402
 from engine.stream.session import GenerationOptions, Session  # noqa: E402
 
@@ -134,3 +143,44 @@ def test_the_helper_routes_the_agents_audio_and_clear_buffer_is_a_barge_in(model
     assert cut.report.frame in (0, 1) and cut.segments == (0,)
     assert cut.report.speech_s > 0.39, "all of the reply was dropped (less what the resampler still held)"
     assert len(finished) == 1 and finished[0].interrupted, "the agent hears that its playback was interrupted"
+
+
+def test_the_worker_token_joins_one_room_and_publishes_on_the_agents_behalf():
+    lk_api = pytest.importorskip("livekit.api")
+    secret = "s" * 32
+    worker = EmoteAvatarWorkerSession("portrait.png", "tiny", identity="face")
+    claims = lk_api.TokenVerifier("key", secret).verify(worker.token("room-7", "agent-1", "key", secret))
+    assert claims.identity == "face" and claims.kind == "agent"
+    assert claims.video.room == "room-7" and claims.video.room_join
+    assert claims.attributes == {"lk.publish_on_behalf": "agent-1"}
+    command = worker.command()
+    assert command[1:3] == ["-m", "engine.integrations.livekit"] and "--photo" in command
+    assert not any(secret in part or "key" == part for part in command), "credentials never on the command line"
+
+
+def test_the_worker_helper_needs_livekits_credentials(monkeypatch):
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    worker = EmoteAvatarWorkerSession("portrait.png")
+
+    async def start() -> None:
+        await worker.start(object(), rtc.Room())
+
+    with pytest.raises(ValueError, match="LIVEKIT_URL"):
+        asyncio.run(start())
+    assert worker.process is None, "nothing was launched"
+
+
+@pytest.mark.parametrize("env, argv, message", [
+    ({}, ["--photo", "portrait.png"], "LIVEKIT_URL and EMOTE_LIVEKIT_TOKEN must be set"),
+    ({"LIVEKIT_URL": "ws://x", TOKEN_ENV: "t"}, ["--photo", "missing.png"], "missing.png: no such file"),
+    ({"LIVEKIT_URL": "ws://x", TOKEN_ENV: "t"}, ["--photo", __file__, "--sample-rate", "0"], "must be positive"),
+])
+def test_the_worker_refuses_bad_input_in_one_line(monkeypatch, capsys, env, argv, message):
+    monkeypatch.delenv("LIVEKIT_URL", raising=False)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
