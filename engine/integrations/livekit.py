@@ -140,12 +140,13 @@ class EmoteAvatarSession(_AvatarSession):
         self.generator: EmoteVideoGenerator | None = None
         self.runner: AvatarRunner | None = None
         self.audio_output: QueueAudioOutput | None = None
-        self._identity = ""
 
     @property
     def avatar_identity(self) -> str:
-        """The participant that publishes the avatar: the agent's own (the avatar runs in its process)."""
-        return self._identity
+        """The participant that publishes the avatar: the agent's own (the avatar runs in its process); empty
+        until the room is connected."""
+        room = self._room
+        return room.local_participant.identity if room is not None and room.isconnected() else ""
 
     @property
     def provider(self) -> str:
@@ -155,7 +156,6 @@ class EmoteAvatarSession(_AvatarSession):
         """Build the session, start the runner in ``room`` and make it the agent's audio output."""
         live = await asyncio.get_running_loop().run_in_executor(None, self._open_live)
         self.generator = EmoteVideoGenerator(AvatarStream(live, self.sample_rate))
-        self._identity = room.local_participant.identity if room.isconnected() else ""
         await super().start(agent_session, room)
         self.audio_output = QueueAudioOutput(sample_rate=self.sample_rate)
         self.runner = AvatarRunner(room, audio_recv=self.audio_output, video_gen=self.generator,
