@@ -43,7 +43,8 @@ from engine.config import PRESETS, preset
 from engine.models.checkpoint import load_model, model_directory
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
-from engine.stream.session import GenerationOptions, Session
+from engine.options import GenerationOptions
+from engine.stream.session import Session
 from emote_kernels import dispatch
 
 SCHEMA = "bench.backends/1"

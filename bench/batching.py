@@ -27,9 +27,10 @@ from bench.harness import build_model, log, random_portrait
 from bench.speech import session_speech
 from engine.backends import make_backend
 from engine.backends.base import Backend
+from engine.options import GenerationOptions
 from engine.config import ModelConfig, preset
 from engine.stream.batching import BatchScheduler
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 SCHEMA = "bench.batching/1"
 

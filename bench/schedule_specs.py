@@ -18,9 +18,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from engine.options import GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner, Clip
-from engine.stream.session import GenerationOptions
 from engine.stream.stats import latency_floor, ttff_floor
+from engine.timebase import frame_start
 
 SCHEDULES = ("clip", "rolling")
 
@@ -114,10 +115,10 @@ def frame_floors_s(release_frames: list[int], arrival: Callable[[int], float], s
         samples: samples in the stream (every count is clamped to it: the stream's end releases all).
         fps / sample_rate: video frames and audio samples per second.
 
-    Frame ``i``'s audio is complete with sample ``round((i + 1) * sample_rate / fps) - 1``, as
+    Frame ``i``'s audio is complete with sample ``frame_start(i + 1) - 1`` (:mod:`engine.timebase`), as
     :class:`engine.stream.stats.StreamStats` counts it, so a frame's latency is never below its floor.
     """
     def sample(frame: int) -> int:
-        return min(round(frame * sample_rate / fps), samples)
+        return min(frame_start(frame, fps, sample_rate), samples)
 
     return [arrival(sample(release)) - arrival(sample(i + 1)) for i, release in enumerate(release_frames)]

@@ -41,6 +41,7 @@ from bench.harness import log
 from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table
 from bench.speech import SAMPLE_RATE, SESSION_OFFSET_S, session_speech
 from engine.serve.client import SessionResult, stream_session, to_pcm16
+from engine.timebase import frame_start, frames_complete
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "emote-bench-sessions/1"
@@ -183,7 +184,7 @@ def frame_latencies(result: SessionResult, fps: float) -> list[float]:
     sent = np.asarray(result.sent_samples)
     latencies = []
     for frame, arrival in zip(result.frames, result.arrivals):
-        sample = math.floor(frame.index * SAMPLE_RATE / fps + 1e-9)
+        sample = frame_start(frame.index, fps)
         block = int(np.searchsorted(sent, sample, side="right"))
         if block < len(sent):
             latencies.append(arrival - result.sent_at[block])
@@ -208,7 +209,7 @@ def measure_point(replica: ReplicaProcess, mode: str, count: int, repeat: int, s
     cpu_used = replica.cpu_seconds() - cpu_before
     samples = round(settings.stream_s * SAMPLE_RATE)
     fps_video = next((r.ready["fps"] for r in results if r.ready is not None), 25.0)
-    expected = math.floor(samples * fps_video / SAMPLE_RATE + 1e-9)
+    expected = frames_complete(samples, fps_video)
     latencies, errors, ok, fps, server_p95, stages = [], [], 0, [], [], {}
     floor = None
     for result in results:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from engine.timebase import SAMPLE_RATE
+
 DEMO_SPEECH = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo" / "speech.wav"
 
 
@@ -22,7 +23,7 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 def speech_pcm(seconds: float, source: Path = DEMO_SPEECH) -> np.ndarray:
-    """float32 mono PCM at 16 kHz, ``round(seconds * 16000)`` samples: ``source`` repeated and cut."""
+    """float32 mono PCM at 16 kHz, ``round(seconds * SAMPLE_RATE)`` samples: ``source`` repeated and cut."""
     if not seconds > 0:
         raise ValueError(f"speech length must be positive, got {seconds} s")
     utterance = read_wav(source)

@@ -172,7 +172,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def _generation_options(args: argparse.Namespace):
     """The :class:`GenerationOptions` of ``generate`` / ``stream`` arguments."""
-    from engine.stream.session import GenerationOptions
+    from engine.options import GenerationOptions
 
     return GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
                              seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
@@ -182,10 +182,10 @@ def _generation_options(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The live avatar server: a page streams microphone audio, frames come back (engine/serve)."""
+    from engine.options import GenerationOptions
     from engine.serve.app import run_server
     from engine.serve.hub import ServeConfig
     from engine.stream.runner import LagPolicy
-    from engine.stream.session import GenerationOptions
 
     if args.device.startswith("cuda") and not args.ray:  # with --ray the replicas' nodes have the GPUs
         import torch

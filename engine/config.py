@@ -16,15 +16,189 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 from pydantic import TypeAdapter, ValidationError
 
-from engine.models.audio import AudioConfig, ProjectionConfig
-from engine.sampling.schedules import NoiseSchedule
+from engine.timebase import DEFAULT_FPS, SAMPLE_RATE, check_fps
 
 SD15_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD15_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+
+ENCODER_KINDS = ("wav2vec2", "whisper")
+
+
+@dataclass
+class ProjectionConfig:
+    """Sizes of the audio projection (:class:`engine.models.audio.AudioProjection`, wav2vec2 only); Hallo's
+    by default.
+
+    tokens: audio tokens per video frame; intermediate_dim: width of the two hidden layers;
+    output_dim: token width (the backbone's cross-attention dim).
+    """
+
+    tokens: int = 32
+    intermediate_dim: int = 512
+    output_dim: int = 768
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"projection.{f.name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class AudioConfig:
+    """Everything needed to build an audio encoder (:class:`engine.models.audio.AudioEncoder`) but the frame
+    rate, which is the model's (:attr:`ModelConfig.fps`); JSON round-trips via to_dict/from_dict.
+
+    kind: "wav2vec2" or "whisper".
+    encoder: keyword arguments of the transformers config (``Wav2Vec2Config`` / ``WhisperConfig``);
+        empty means that class's defaults (wav2vec2-base / whisper-tiny shapes).
+    window: m; frame f sees audio of frames f-m .. f+m (wav2vec2) or whisper steps c-2m .. c+2m+1.
+    layers: indices of the kept hidden states, ``None`` for all. wav2vec2: into the transformer layer
+        outputs (0 = first layer). whisper: into the levels (0 = after conv + positional embedding,
+        k = after block k).
+    normalize: wav2vec2 only; zero-mean unit-variance input as ``Wav2Vec2FeatureExtractor`` does.
+    projection: wav2vec2: :class:`ProjectionConfig` (``None`` means Hallo's sizes). whisper: must be
+        ``None`` (tokens go straight to the backbone).
+    sample_rate: PCM sample rate in Hz; both encoders need :data:`engine.timebase.SAMPLE_RATE`.
+    """
+
+    kind: str = "wav2vec2"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    window: int = 2
+    layers: list[int] | None = None
+    normalize: bool = True
+    projection: ProjectionConfig | None = None
+    sample_rate: int = SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"audio encoder kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
+        if not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"window must be a non-negative integer, got {self.window!r}")
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be {SAMPLE_RATE} (both encoders are {SAMPLE_RATE // 1000} kHz models), "
+                             f"got {self.sample_rate}")
+        if self.layers is not None:
+            self.layers = list(self.layers)
+            if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+                raise ValueError(f"layers must be distinct non-negative indices or None, got {self.layers!r}")
+        if isinstance(self.projection, Mapping):
+            unknown = sorted(set(self.projection) - {f.name for f in dataclasses.fields(ProjectionConfig)})
+            if unknown:
+                raise ValueError(f"unknown audio projection keys: {', '.join(unknown)}")
+            self.projection = ProjectionConfig(**self.projection)
+        if self.kind == "wav2vec2" and self.projection is None:
+            self.projection = ProjectionConfig()
+        if self.kind == "whisper" and self.projection is not None:
+            raise ValueError("whisper audio tokens go straight to the backbone: projection must be None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (the projection as a nested dict or None)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AudioConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown audio config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+BetaSchedule = Literal["linear", "scaled_linear"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+
+BETA_SCHEDULES = ("linear", "scaled_linear")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseScheduleConfig:
+    """The settings of a discrete noise schedule and the model's prediction type (diffusers DDIMScheduler names);
+    :class:`engine.sampling.schedules.NoiseSchedule` adds its tables.
+
+    Attributes:
+        beta_start, beta_end: first and last beta of the training schedule.
+        beta_schedule: "linear" (betas linear in t) or "scaled_linear" (sqrt(beta) linear in t, SD).
+        num_train_timesteps: T, the number of training timesteps.
+        rescale_betas_zero_snr: rescale so that alpha_bar_{T-1} = 0 (arXiv 2305.08891, Algorithm 1).
+        prediction_type: what the model outputs, "epsilon", "v_prediction" or "sample" (x0).
+        timestep_spacing: how inference timesteps are picked (see ``engine.sampling.schedules.spaced_timesteps``).
+        steps_offset: added to "leading" timesteps.
+        set_alpha_to_one: the alpha_bar after the last step is 1 (else alpha_bar_0).
+    """
+
+    beta_start: float
+    beta_end: float
+    beta_schedule: BetaSchedule
+    num_train_timesteps: int = 1000
+    rescale_betas_zero_snr: bool = False
+    prediction_type: PredictionType = "epsilon"
+    timestep_spacing: TimestepSpacing = "leading"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+
+    def __post_init__(self) -> None:
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+    @classmethod
+    def sd(cls) -> NoiseScheduleConfig:
+        """Stable Diffusion 1.5 (its scheduler_config.json): scaled_linear 0.00085-0.012, epsilon,
+        leading spacing, steps_offset 1, set_alpha_to_one false."""
+        return cls(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            prediction_type="epsilon",
+            timestep_spacing="leading",
+            steps_offset=1,
+            set_alpha_to_one=False,
+        )
+
+    @classmethod
+    def hallo(cls) -> NoiseScheduleConfig:
+        """What Hallo and EchoMimic (audio-driven) run: linear 0.00085-0.012, v_prediction,
+        zero-terminal-SNR rescale, trailing spacing, steps_offset 1 (the schedulers their inference
+        scripts build)."""
+        return cls(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="linear",
+            rescale_betas_zero_snr=True,
+            prediction_type="v_prediction",
+            timestep_spacing="trailing",
+            steps_offset=1,
+            set_alpha_to_one=True,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the settings."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NoiseScheduleConfig:
+        """Inverse of `to_dict`; unknown keys are an error, missing ones take the defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown noise schedule settings: {', '.join(unknown)}")
+        return cls(**data)
 
 
 @dataclass
@@ -205,9 +379,10 @@ class VAEConfig:
 class ModelConfig:
     """Everything needed to build the networks of one model, plus its generation defaults.
 
+    ``fps``: video frames per second, the one frame rate of the model (the audio encoder's too).
     ``motion_init``: what stands for the motion frames before any frame exists (the first clip):
     ``"zeros"`` (EMO) or ``"reference"`` (the reference image's own ReferenceNet features).
-    ``scheduler``: the training noise schedule (:class:`NoiseSchedule` fields).
+    ``scheduler``: the training noise schedule (:class:`NoiseScheduleConfig` fields).
     ``image_proj`` / ``audio_modules``: Hallo's face-embedding tokens and separate audio transformers
     (off in our presets). ``sampling``: steps and guidance the model's weights expect.
     """
@@ -215,7 +390,7 @@ class ModelConfig:
     name: str = "custom"
     resolution: int = 512
     latent_downscale: int = 8
-    fps: float = 25.0
+    fps: float = DEFAULT_FPS
     clip_frames: int = 12
     motion_frames: int = 4
     motion_init: str = "zeros"
@@ -231,7 +406,11 @@ class ModelConfig:
     audio_modules: AudioModulesConfig = field(default_factory=AudioModulesConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
+    def __post_init__(self) -> None:
+        self.fps = check_fps(self.fps)
+
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict, as ``config.json`` holds it."""
         out = dataclasses.asdict(self)
         out["audio"] = self.audio.to_dict()
         return out
@@ -241,10 +420,12 @@ class ModelConfig:
         """Build from a dict; ``"preset": name`` starts from that preset and applies the rest on top.
 
         The merged config is validated first (:func:`validate_config`); ConfigError if it does not fit.
+        Files written before the frame rate was stored once also hold it as ``audio.fps``: it is read as
+        ``fps`` (and must equal it where both are given).
         """
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got {_json_type(data)}")
-        data = dict(data)
+        data = _without_audio_fps(data)
         if "preset" in data and not isinstance(data["preset"], str):
             raise ConfigError(f"preset: must be a preset's name, got {_json_type(data['preset'])}")
         base = preset(data.pop("preset")).to_dict() if "preset" in data else {}
@@ -304,9 +485,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _without_audio_fps(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict whose ``audio.fps`` (the earlier second copy of the frame rate) is moved to ``fps``."""
+    data = dict(data)
+    audio = data.get("audio")
+    if not isinstance(audio, dict) or "fps" not in audio:
+        return data
+    audio = dict(audio)
+    fps = audio.pop("fps")
+    if "fps" in data and data["fps"] != fps:
+        raise ConfigError(f"audio.fps ({fps!r}) differs from fps ({data['fps']!r}); one frame rate drives both")
+    data["audio"], data["fps"] = audio, fps
+    return data
+
+
 def validate_config(data: dict[str, Any]) -> None:
     """Check a (merged) config dict against :class:`ModelConfig`'s fields and types, and its ``scheduler``
-    against :class:`NoiseSchedule`'s when one is given; ConfigError listing every mismatch as ``field.path: reason``.
+    against :class:`NoiseScheduleConfig`'s when one is given; ConfigError listing every mismatch as
+    ``field.path: reason``.
 
     Unknown fields are left to :meth:`ModelConfig.from_dict`, which names them.
     """
@@ -334,7 +530,7 @@ _SECTIONS = {"unet": UNetConfig, "temporal": TemporalConfig, "speed": SpeedConfi
 
 
 _MODEL_CONFIG = TypeAdapter(ModelConfig)
-_NOISE_SCHEDULE = TypeAdapter(NoiseSchedule)
+_NOISE_SCHEDULE = TypeAdapter(NoiseScheduleConfig)
 
 
 def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -357,21 +553,21 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 def _sd15() -> ModelConfig:
     return ModelConfig(
-        name="sd15", resolution=512, fps=25.0, clip_frames=12, motion_frames=4,
+        name="sd15", resolution=512, clip_frames=12, motion_frames=4,
         unet=UNetConfig(), temporal=TemporalConfig(), speed=SpeedConfig(),
         face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(16, 32, 64, 128)),
         reference_net=ReferenceNetConfig(cross_attention=True),
-        audio=AudioConfig(kind="wav2vec2", fps=25.0, window=2, projection=ProjectionConfig(32, 512, 768)),
+        audio=AudioConfig(kind="wav2vec2", window=2, projection=ProjectionConfig(32, 512, 768)),
         vae=VAEConfig(kind="kl", scaling_factor=0.18215, config=dict(
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
             layers_per_block=2, norm_num_groups=32, sample_size=512)),
-        scheduler=NoiseSchedule.hallo().to_dict())
+        scheduler=NoiseScheduleConfig.hallo().to_dict())
 
 
 def _tiny() -> ModelConfig:
     return ModelConfig(
-        name="tiny", resolution=128, fps=25.0, clip_frames=8, motion_frames=4,
+        name="tiny", resolution=128, clip_frames=8, motion_frames=4,
         unet=UNetConfig(block_out_channels=(32, 64, 64),
                         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -380,7 +576,7 @@ def _tiny() -> ModelConfig:
         speed=SpeedConfig(hidden_dim=32, tokens=2, dim=32),
         face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(8, 16, 32, 32)),
         reference_net=ReferenceNetConfig(cross_attention=False),
-        audio=AudioConfig(kind="wav2vec2", fps=25.0, window=2, projection=ProjectionConfig(4, 64, 64), encoder=dict(
+        audio=AudioConfig(kind="wav2vec2", window=2, projection=ProjectionConfig(4, 64, 64), encoder=dict(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             conv_dim=[32] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
@@ -388,7 +584,7 @@ def _tiny() -> ModelConfig:
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[16, 32, 32, 32],
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
             layers_per_block=1, norm_num_groups=8, sample_size=128)),
-        scheduler=NoiseSchedule.hallo().to_dict())
+        scheduler=NoiseScheduleConfig.hallo().to_dict())
 
 
 PRESETS = {"tiny": _tiny, "sd15": _sd15}

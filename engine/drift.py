@@ -33,9 +33,10 @@ from engine.faces import FaceBox, box_mask, prepare_portrait
 from engine.lipsync import generate, mouth_opening, portrait_mask, score
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
+from engine.options import GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner
-from engine.stream.session import GenerationOptions
 from engine.synthetic.clips import make_clip
+from engine.timebase import frame_start
 
 WINDOW_S = 5.0
 """Window length, seconds."""
@@ -158,7 +159,7 @@ def synthetic_streams(count: int, seconds: float, size: int, fps: float, first_s
             clip = make_clip(seed, "heldout", size, fps, head_motion=False, sentences=sentences)
         box = FaceBox(*clip.face_boxes[0].tolist())
         out.append(Stream(f"synthetic {seed}", clip.reference, portrait_mask(clip), box,
-                          clip.audio[:round(needed * clip.sample_rate / fps)], clip.frames[:needed], clip.mouth_box,
+                          clip.audio[:frame_start(needed, fps, clip.sample_rate)], clip.frames[:needed], clip.mouth_box,
                           clip.opening[:needed]))
     return out
 

@@ -34,7 +34,8 @@ from engine.backends import make_backend
 from engine.faces import FaceBox, box_mask
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
-from engine.stream.session import GenerationOptions, Session
+from engine.options import GenerationOptions
+from engine.stream.session import Session
 from engine.synthetic.clips import TalkingClip, make_clip
 
 DARK_LOW, DARK_HIGH = 30.0, 100.0

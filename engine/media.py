@@ -28,6 +28,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
+from engine.timebase import SAMPLE_RATE
+
 PathLike = str | os.PathLike
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -201,7 +203,7 @@ def _decode_audio(path: PathLike, sample_rate: int | None) -> tuple[np.ndarray, 
     return np.clip(pcm, -1.0, 1.0), rate
 
 
-def load_audio(path: PathLike, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read the first audio stream of any file PyAV opens (wav, mp3, m4a/aac, ogg/opus, flac, or a video).
 
     The track is resampled to ``sample_rate`` Hz with PyAV's resampler and its channels are averaged to
@@ -320,7 +322,7 @@ class VideoWriter:
         path: PathLike,
         fps: float | Fraction,
         size: tuple[int, int],
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         audio: np.ndarray | None = None,
         preset: str = "veryfast",
         crf: int = 18,

@@ -26,14 +26,15 @@ from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS
 from engine.media import MIN_PORTRAIT_SIDE, MediaError, check_outputs, load_image
 from engine.models.checkpoint import load_model, model_directory, random_model, resolve_config
 from engine.models.model import EmoteModel
+from engine.options import GenerationOptions
 from engine.region_masks import load_mask, portrait_region_masks
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
-from engine.stream.session import Frame, GenerationOptions, Session
+from engine.stream.session import Frame, Session
 from engine.stream.sinks import FrameSink, Mp4Sink, PngSink
 from engine.stream.sources import AudioSource, FileSource
 from engine.stream.stats import StreamStats
+from engine.timebase import check_fps
 
-SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
 OFFLINE_BLOCK_MS = 1000.0
 
@@ -119,14 +120,10 @@ def open_model(source: str, fps: float | None = None, seed: int = 0,
     """A preset with seeded random weights, or a model directory's weights; ``fps`` overrides the frame rate,
     ``region_weights`` Hallo's pose / face / lip weights (:func:`with_region_weights`)."""
     cfg = with_region_weights(resolve_config(source), region_weights)
-    directory = model_directory(source)
-    model = load_model(directory, config=cfg) if directory is not None else random_model(cfg, seed=seed)
     if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        model.config.fps = fps
-        model.config.audio.fps = fps
-    return model
+        cfg = replace(cfg, fps=check_fps(fps))
+    directory = model_directory(source)
+    return load_model(directory, config=cfg) if directory is not None else random_model(cfg, seed=seed)
 
 
 def is_untrained_preset(source: str) -> bool:

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.media import load_audio, load_video_frames
-
-SAMPLE_RATE = 16000
+from engine.timebase import SAMPLE_RATE
 
 
 def pick(count: int, frames: int) -> list[int]:

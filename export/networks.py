@@ -35,11 +35,12 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.audio import (SAMPLE_RATE, WHISPER_POSITIONS, AudioEncoder, frame_windows, whisper_frame_tokens,
-                                 whisper_steps)
+from engine.models.audio import WHISPER_POSITIONS, AudioEncoder, frame_windows, whisper_frame_tokens, whisper_steps
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank, ReferenceNet
+from engine.options import GenerationOptions
 from engine.sampling.guidance import GuidanceScales, branches_needed
+from engine.timebase import frames_covering, samples_per_frame
 
 Dim = int | str
 Shape = tuple[int, ...]
@@ -146,7 +147,7 @@ class StreamShapes:
         motion_frames: n, the previous clip's frames read through the ReferenceNet.
         batches: guidance branch counts served (1: no CFG; 2 or 3 branches batched).
         audio_frames: most frames one audio-encoder call covers (left context + clip + 2 x look-ahead).
-        samples_per_frame: ceil(16000 / fps).
+        samples_per_frame: the most audio samples of one frame (:func:`engine.timebase.samples_per_frame`).
     """
 
     size: int
@@ -184,16 +185,16 @@ class StreamShapes:
         return cls(size=size, latent=size // cfg.latent_downscale, frame_buckets=tuple(sorted(buckets)),
                    max_frames=max(buckets), motion_frames=cfg.motion_frames, batches=tuple(sorted(set(batches))),
                    audio_frames=context + max(clip, first_clip_frames or 0) + 2 * cfg.audio.window,
-                   samples_per_frame=math.ceil(SAMPLE_RATE / cfg.fps))
+                   samples_per_frame=samples_per_frame(cfg.fps))
 
     @classmethod
-    def for_options(cls, cfg: ModelConfig, options: Any, size: int | None = None) -> "StreamShapes":
-        """The shapes of a session run with ``options`` (a :class:`~engine.stream.session.GenerationOptions`):
+    def for_options(cls, cfg: ModelConfig, options: GenerationOptions, size: int | None = None) -> "StreamShapes":
+        """The shapes of a session run with ``options``:
         its clip sizes, audio context, schedule, and the guidance branch count of its scales (unset options:
         the model's sampling defaults, as the session takes them)."""
         options = options.with_model_defaults(cfg.sampling)
         branches = len(branches_needed(GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)))
-        rolling = (options.steps, options.group_frames) if getattr(options, "schedule", "clip") == "rolling" else None
+        rolling = (options.steps, options.group_frames) if options.schedule == "rolling" else None
         return cls.for_model(cfg, size=size, clip_frames=options.clip_frames,
                              first_clip_frames=options.first_clip_frames, batches=(branches,),
                              audio_context_s=options.audio_context_s, rolling=rolling)
@@ -492,7 +493,7 @@ class AudioNetwork(Network):
         generator = torch.Generator().manual_seed(seed)
         if self.kind == "wav2vec2":
             pcm = 0.1 * torch.randn(dims["samples"], generator=generator)
-            frames = max(dims["frames"], math.ceil(dims["samples"] * self.config.fps / SAMPLE_RATE))
+            frames = max(dims["frames"], frames_covering(dims["samples"], self.config.fps))
             feed = self.prepare(pcm, frames)
             return tuple(feed.inputs[name].to(device) for name in self.input_names)
         pcm = 0.1 * torch.randn(dims["windows"] * 2 * WHISPER_POSITIONS * 160, generator=generator)
@@ -515,7 +516,7 @@ class AudioNetwork(Network):
         if self.kind == "wav2vec2":
             return outputs["audio_tokens"]
         levels = outputs["levels"].flatten(0, 1)[: feed.steps][:, self.encoder.level_index]
-        return whisper_frame_tokens(levels, feed.frames, self.encoder.config.fps, self.encoder.config.window)
+        return whisper_frame_tokens(levels, feed.frames, self.encoder.fps, self.encoder.config.window)
 
 
 class _ReferenceGraph(nn.Module):

@@ -10,8 +10,8 @@ from engine.drift import (clip_starts, drift_report, measure, region_error, seam
                           synthetic_streams, windows)
 from engine.faces import FaceBox
 from engine.models.checkpoint import load_model
+from engine.options import GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner
-from engine.stream.session import GenerationOptions
 
 DRIFTING_TALKER = 100
 """The held-out talker of the 20-s test: one whose face drifts without the guard."""

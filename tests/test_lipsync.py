@@ -26,7 +26,7 @@ from engine.lipsync import (comparison_table, evaluate, generate, heldout_clips,
                             mouth_opening, portrait_mask, score)
 from engine.media import read_video_info
 from engine.models.checkpoint import load_model, model_directory, resolve_config
-from engine.stream.session import GenerationOptions
+from engine.options import GenerationOptions
 from engine.training.ship import MANIFEST, file_hashes, verify
 
 SHIPPED = Path(__file__).resolve().parents[1] / "engine" / "assets" / "models" / "talking64"

@@ -29,12 +29,12 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from engine.faces import detect_face
 from engine.media import audio_duration, load_audio
+from engine.timebase import SAMPLE_RATE
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 SPEECH_TEXT = "Hi! I am a talking portrait, made with code."
 SPEECH_VOICE = "en-us"
 SPEECH_WORDS_PER_MINUTE = 180
-SAMPLE_RATE = 16000
 
 BACKGROUND = (196, 208, 222)
 SKIN = (228, 184, 152)

@@ -34,6 +34,7 @@ import torch
 from engine.backends.base import Backend, TorchPerSessionNetworks
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
+from engine.options import GenerationOptions
 from export.engine_cache import EngineCache
 from export.networks import StreamShapes, make_network, select_profile
 from export.trt_build import BuildSettings, TensorRTUnavailable, cached_plan, cuda_device, import_tensorrt
@@ -265,7 +266,7 @@ class TensorRTBackend(TorchPerSessionNetworks, Backend):
         cache_dir: the engine cache (default :func:`export.engine_cache.default_cache_dir`).
         build: export and build missing or stale plans (else refuse them with a clear message).
         cuda_graphs: replay static-profile executions from CUDA graphs.
-        options: the session's :class:`~engine.stream.session.GenerationOptions`, so that the
+        options: the session's :class:`~engine.options.GenerationOptions`, so that the
             profiles' static buckets are its clip sizes and guidance batch (default: the model's
             clip size, 1-3 branches).
     """
@@ -274,7 +275,7 @@ class TensorRTBackend(TorchPerSessionNetworks, Backend):
 
     def __init__(self, model: EmoteModel, device: str | torch.device = "cuda", dtype: torch.dtype = torch.float16,
                  cache_dir: str | Path | None = None, build: bool = True, cuda_graphs: bool = True,
-                 options: Any = None):
+                 options: GenerationOptions | None = None):
         self.trt = import_tensorrt()
         if torch.device(device).type != "cuda":
             raise ValueError(f"the tensorrt backend runs on a CUDA device, not {device}")

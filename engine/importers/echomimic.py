@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ModelConfig, ReferenceNetConfig, SamplingDefaults, SpeedConfig, UNetConfig
+from engine.config import AudioConfig, ModelConfig, ReferenceNetConfig, SamplingDefaults, SpeedConfig, UNetConfig
 from engine.importers.keymap import KeyMap, Rule
 from engine.importers.sources import find, read_json, require
 from engine.importers.spec import (VAE_KEYMAP, SourceSpec, SystemSpec, attn2_context_dim, face_locator_config,
                                    temporal_config, vae_config, whisper_dims)
-from engine.models.audio import AudioConfig
 from engine.sampling.schedules import NoiseSchedule
 
 AUDIO_ATTENTION_SCALE = 3.0
@@ -98,7 +97,7 @@ def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant:
     unet.cross_attention_scale = AUDIO_ATTENTION_SCALE
     whisper_path = require(src, "whisper checkpoint", ("audio_processor/whisper_tiny.pt",))
     dims = whisper_dims(whisper_path)
-    audio = AudioConfig(kind="whisper", fps=24.0, window=2, projection=None, encoder=dict(
+    audio = AudioConfig(kind="whisper", window=2, projection=None, encoder=dict(
         d_model=dims["n_audio_state"], encoder_layers=dims["n_audio_layer"],
         encoder_attention_heads=dims["n_audio_head"], encoder_ffn_dim=4 * dims["n_audio_state"],
         num_mel_bins=dims["n_mels"], max_source_positions=dims["n_audio_ctx"]))

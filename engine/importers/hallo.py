@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 from transformers import Wav2Vec2Config
 
-from engine.config import (AudioModulesConfig, ImageProjConfig, ModelConfig, ReferenceNetConfig, SamplingDefaults,
-                           SpeedConfig, UNetConfig)
+from engine.config import (AudioConfig, AudioModulesConfig, ImageProjConfig, ModelConfig, ProjectionConfig,
+                           ReferenceNetConfig, SamplingDefaults, SpeedConfig, UNetConfig)
 from engine.importers.keymap import KeyMap, Rule
 from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS, VOCAL_SEPARATION, fallback_line
 from engine.importers.sources import find, read_json, require
 from engine.importers.spec import (VAE_KEYMAP, SourceSpec, SystemSpec, attn2_context_dim, face_locator_config,
                                    temporal_config, vae_config)
-from engine.models.audio import AudioConfig, ProjectionConfig
 from engine.models.checkpoint import CheckpointError
 from engine.sampling.schedules import NoiseSchedule
 
@@ -82,7 +81,7 @@ def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant:
     out_dim = int(net["audioproj.norm.weight"].shape[0])
     projection = ProjectionConfig(tokens=int(net["audioproj.proj3.weight"].shape[0]) // out_dim,
                                   intermediate_dim=int(net["audioproj.proj1.weight"].shape[0]), output_dim=out_dim)
-    audio = AudioConfig(kind="wav2vec2", encoder=encoder.to_diff_dict(), fps=25.0, window=(window_frames - 1) // 2,
+    audio = AudioConfig(kind="wav2vec2", encoder=encoder.to_diff_dict(), window=(window_frames - 1) // 2,
                         projection=projection)
     vae = vae_config(require(src, "VAE folder", ("sd-vae-ft-mse",)))
     sample_size = read_json(config_path).get("sample_size", 64) if config_path is not None else 64

@@ -22,10 +22,7 @@ for whisper the encoder is ``encoder.*`` (the keys of a transformers ``WhisperMo
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +37,8 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-SAMPLE_RATE = 16000
-"""Both encoders were trained on 16 kHz audio (samples per second)."""
+from engine.config import ENCODER_KINDS, AudioConfig
+from engine.timebase import SAMPLE_RATE, check_fps, frames_covering
 
 WHISPER_STEP_RATE = 50
 """Whisper encoder steps per second: hop of 160 samples, then a stride-2 conv."""
@@ -57,97 +54,6 @@ WHISPER_LOG_RANGE = 8.0
 
 NORM_EPS = 1e-7
 """Variance floor of Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation."""
-
-ENCODER_KINDS = ("wav2vec2", "whisper")
-
-
-@dataclass
-class ProjectionConfig:
-    """Sizes of :class:`AudioProjection` (wav2vec2 only). Defaults are Hallo's.
-
-    tokens: audio tokens per video frame; intermediate_dim: width of the two hidden layers;
-    output_dim: token width (the backbone's cross-attention dim).
-    """
-
-    tokens: int = 32
-    intermediate_dim: int = 512
-    output_dim: int = 768
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"projection.{f.name} must be a positive integer, got {value!r}")
-
-
-@dataclass
-class AudioConfig:
-    """Everything needed to build an :class:`AudioEncoder`; JSON round-trips via to_dict/from_dict.
-
-    kind: "wav2vec2" or "whisper".
-    encoder: keyword arguments of the transformers config (``Wav2Vec2Config`` / ``WhisperConfig``);
-        empty means that class's defaults (wav2vec2-base / whisper-tiny shapes).
-    fps: video frames per second.
-    window: m; frame f sees audio of frames f-m .. f+m (wav2vec2) or whisper steps c-2m .. c+2m+1.
-    layers: indices of the kept hidden states, ``None`` for all. wav2vec2: into the transformer layer
-        outputs (0 = first layer). whisper: into the levels (0 = after conv + positional embedding,
-        k = after block k).
-    normalize: wav2vec2 only; zero-mean unit-variance input as ``Wav2Vec2FeatureExtractor`` does.
-    projection: wav2vec2: :class:`ProjectionConfig` (``None`` means Hallo's sizes). whisper: must be
-        ``None`` (tokens go straight to the backbone).
-    sample_rate: PCM sample rate in Hz; both encoders need 16000.
-    """
-
-    kind: str = "wav2vec2"
-    encoder: dict[str, Any] = field(default_factory=dict)
-    fps: float = 25
-    window: int = 2
-    layers: list[int] | None = None
-    normalize: bool = True
-    projection: ProjectionConfig | None = None
-    sample_rate: int = SAMPLE_RATE
-
-    def __post_init__(self) -> None:
-        if self.kind not in ENCODER_KINDS:
-            raise ValueError(f"audio encoder kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
-        if not self.fps > 0:
-            raise ValueError(f"fps must be positive, got {self.fps!r}")
-        if not isinstance(self.window, int) or self.window < 0:
-            raise ValueError(f"window must be a non-negative integer, got {self.window!r}")
-        if self.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"sample_rate must be {SAMPLE_RATE} (both encoders are 16 kHz models), "
-                             f"got {self.sample_rate}")
-        if self.layers is not None:
-            self.layers = list(self.layers)
-            if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
-                raise ValueError(f"layers must be distinct non-negative indices or None, got {self.layers!r}")
-        if isinstance(self.projection, Mapping):
-            unknown = sorted(set(self.projection) - {f.name for f in fields(ProjectionConfig)})
-            if unknown:
-                raise ValueError(f"unknown audio projection keys: {', '.join(unknown)}")
-            self.projection = ProjectionConfig(**self.projection)
-        if self.kind == "wav2vec2" and self.projection is None:
-            self.projection = ProjectionConfig()
-        if self.kind == "whisper" and self.projection is not None:
-            raise ValueError("whisper audio tokens go straight to the backbone: projection must be None")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (the projection as a nested dict or None)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AudioConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown audio config keys: {', '.join(unknown)}")
-        return cls(**data)
-
-
-def frame_count(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
-    """Video frames covered by ``num_samples`` of audio: ``ceil(seconds * fps)``."""
-    return math.ceil(num_samples * fps / sample_rate)
-
 
 def frame_windows(features: Tensor, window: int) -> Tensor:
     """Give each frame its neighbours: ``[frames, ...]`` -> ``[frames, 2*window+1, ...]``.
@@ -216,15 +122,18 @@ class AudioProjection(nn.Module):
 class AudioEncoder(nn.Module):
     """Audio encoder (+ projection for wav2vec2): 16 kHz mono PCM -> per-frame audio tokens.
 
+    ``fps``: the model's video frames per second, to which the tokens are aligned (one set per frame).
     Construction allocates through the current default device, so ``with torch.device("meta"):
-    AudioEncoder(config)`` builds a weightless copy (for counting parameters). The module is put in
+    AudioEncoder(config, fps)`` builds a weightless copy (for counting parameters). The module is put in
     eval mode (no dropout, no SpecAugment; the masking vector is kept only so checkpoints load).
     """
 
-    def __init__(self, config: AudioConfig, pretrained: Wav2Vec2Model | WhisperEncoder | None = None):
-        """Build from ``config``; ``pretrained`` (used by :meth:`from_pretrained`) supplies loaded weights."""
+    def __init__(self, config: AudioConfig, fps: float, pretrained: Wav2Vec2Model | WhisperEncoder | None = None):
+        """Build from ``config`` for ``fps`` frames per second; ``pretrained`` (used by :meth:`from_pretrained`)
+        supplies loaded weights."""
         super().__init__()
         self.config = config
+        self.fps = check_fps(fps)
         if config.kind == "wav2vec2":
             model = pretrained if pretrained is not None else Wav2Vec2Model(Wav2Vec2Config(**config.encoder))
             self.encoder_config = model.config
@@ -262,14 +171,16 @@ class AudioEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, config: AudioConfig | None = None, dtype: torch.dtype = torch.float32
+        cls, path: str | os.PathLike, config: AudioConfig | None = None, dtype: torch.dtype = torch.float32, *,
+        fps: float,
     ) -> AudioEncoder:
         """Load the encoder from a local transformers directory (offline, no download).
 
         The directory's ``config.json`` decides the kind (``wav2vec2``: any Wav2Vec2 checkpoint, e.g.
         ``Wav2Vec2ForCTC`` files with the ``wav2vec2.`` prefix; ``whisper``: a Whisper model, whose
-        decoder is dropped). ``config`` gives the other settings (its ``encoder`` dict is replaced by
-        the directory's); the wav2vec2 projection stays randomly initialised. Weights are cast to ``dtype``.
+        decoder is dropped). ``fps``: the model's frame rate. ``config`` gives the other settings (its
+        ``encoder`` dict is replaced by the directory's); the wav2vec2 projection stays randomly initialised.
+        Weights are cast to ``dtype``.
         """
         model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         if model_type not in ENCODER_KINDS:
@@ -282,7 +193,7 @@ class AudioEncoder(nn.Module):
         else:
             pretrained = WhisperModel.from_pretrained(path, local_files_only=True).get_encoder()
         config = AudioConfig.from_dict({**config.to_dict(), "encoder": pretrained.config.to_diff_dict()})
-        return cls(config, pretrained).to(dtype)
+        return cls(config, fps, pretrained).to(dtype)
 
     @property
     def output_tokens(self) -> int:
@@ -305,11 +216,11 @@ class AudioEncoder(nn.Module):
         zero-pads the (normalised) audio by ``sample_rate // fps`` samples per extra frame, as Hallo
         pads a clip; a smaller count is an error (it would compress time). whisper: frames past the
         audio repeat its last step.
-        sample_rate: if given, checked against 16000.
+        sample_rate: if given, checked against the config's ``sample_rate``.
         Returns wav2vec2 ``[frames, layers, hidden]``; whisper ``[frames, output_tokens, d_model]``.
         """
         pcm = self._check_pcm(pcm, sample_rate)
-        natural = frame_count(pcm.numel(), self.config.fps)
+        natural = frames_covering(pcm.numel(), self.fps)
         frames = natural if num_frames is None else num_frames
         if frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {frames}")
@@ -331,7 +242,7 @@ class AudioEncoder(nn.Module):
         if self.config.kind != "wav2vec2":
             raise ValueError("wav2vec2_input needs a wav2vec2 audio encoder")
         pcm = self._check_pcm(pcm, None)
-        natural = frame_count(pcm.numel(), self.config.fps)
+        natural = frames_covering(pcm.numel(), self.fps)
         if num_frames < natural:
             raise ValueError(
                 f"num_frames={num_frames} is fewer than the {natural} frames of the audio; trim the audio instead"
@@ -403,7 +314,7 @@ class AudioEncoder(nn.Module):
         x = pcm.to(device=weight.device, dtype=torch.float64)
         if self.config.normalize:
             x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + NORM_EPS)
-        x = F.pad(x, (0, pad_frames * int(self.config.sample_rate // self.config.fps)))
+        x = F.pad(x, (0, pad_frames * int(self.config.sample_rate // self.fps)))
         return x.to(weight.dtype)
 
     def _wav2vec2_features(self, pcm: Tensor, frames: int, pad_frames: int) -> Tensor:
@@ -472,4 +383,4 @@ class AudioEncoder(nn.Module):
     def _whisper_tokens(self, pcm: Tensor, frames: int) -> Tensor:
         """[samples] -> [frames, (4m+2)*levels, d_model] (EchoMimic's per-frame token layout)."""
         levels = self._whisper_levels(pcm)[:, self.level_index]
-        return whisper_frame_tokens(levels, frames, self.config.fps, self.config.window)
+        return whisper_frame_tokens(levels, frames, self.fps, self.config.window)

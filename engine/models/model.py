@@ -40,7 +40,7 @@ class EmoteModel(nn.Module):
                 raise ValueError("image_proj needs audio_modules: attn2 reads the face tokens, the audio "
                                  "needs its own modules")
             self.image_proj = ImageProjection(cfg.image_proj, cfg.unet.cross_attention_dim)
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = AudioEncoder(cfg.audio, cfg.fps)
         self.vae = VAE(cfg.vae)
         if cfg.audio_modules.enabled:
             audio_dim, reader, setting = cfg.audio_modules.cross_attention_dim, "audio modules read", \

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from engine.backends.base import Backend
 from engine.sampling.guidance import GuidanceScales, branches_needed, combine, split_batched
 from engine.sampling.samplers import Sampler, sample
+
+if TYPE_CHECKING:
+    from engine.backends.base import Backend
 
 
 @dataclass

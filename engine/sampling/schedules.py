@@ -14,21 +14,12 @@ set_alpha_to_one is false).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
 
 import numpy as np
 import torch
 
-BetaSchedule = Literal["linear", "scaled_linear"]
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-TimestepSpacing = Literal["leading", "trailing", "linspace"]
-
-_BETA_SCHEDULES = ("linear", "scaled_linear")
-_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_SPACINGS = ("leading", "trailing", "linspace")
+from engine.config import PREDICTION_TYPES, TIMESTEP_SPACINGS, NoiseScheduleConfig, PredictionType, TimestepSpacing
 
 
 def spaced_timesteps(
@@ -48,8 +39,8 @@ def spaced_timesteps(
     Returns:
         LongTensor [num_steps], descending.
     """
-    if spacing not in _SPACINGS:
-        raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {spacing!r}")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
     if spacing == "leading":
@@ -128,88 +119,12 @@ def x0_eps_from_output(
         return sqrt_a * sample - sqrt_1ma * model_output, sqrt_a * model_output + sqrt_1ma * sample
     if prediction_type == "sample":
         return model_output, (sample - sqrt_a * model_output) / sqrt_1ma
-    raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}")
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class NoiseSchedule:
-    """A discrete noise schedule and the model's prediction type (diffusers DDIMScheduler names).
-
-    Attributes:
-        beta_start, beta_end: first and last beta of the training schedule.
-        beta_schedule: "linear" (betas linear in t) or "scaled_linear" (sqrt(beta) linear in t, SD).
-        num_train_timesteps: T, the number of training timesteps.
-        rescale_betas_zero_snr: rescale so that alpha_bar_{T-1} = 0 (arXiv 2305.08891, Algorithm 1).
-        prediction_type: what the model outputs, "epsilon", "v_prediction" or "sample" (x0).
-        timestep_spacing: how inference timesteps are picked (see `spaced_timesteps`).
-        steps_offset: added to "leading" timesteps.
-        set_alpha_to_one: the alpha_bar after the last step is 1 (else alpha_bar_0).
-    """
-
-    beta_start: float
-    beta_end: float
-    beta_schedule: BetaSchedule
-    num_train_timesteps: int = 1000
-    rescale_betas_zero_snr: bool = False
-    prediction_type: PredictionType = "epsilon"
-    timestep_spacing: TimestepSpacing = "leading"
-    steps_offset: int = 0
-    set_alpha_to_one: bool = True
-
-    def __post_init__(self) -> None:
-        if self.beta_schedule not in _BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {_BETA_SCHEDULES}, got {self.beta_schedule!r}")
-        if self.prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {self.prediction_type!r}")
-        if self.timestep_spacing not in _SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {self.timestep_spacing!r}")
-        if self.num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
-        if not 0 < self.beta_start < self.beta_end < 1:
-            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
-
-    @classmethod
-    def sd(cls) -> NoiseSchedule:
-        """Stable Diffusion 1.5 (its scheduler_config.json): scaled_linear 0.00085-0.012, epsilon,
-        leading spacing, steps_offset 1, set_alpha_to_one false."""
-        return cls(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            prediction_type="epsilon",
-            timestep_spacing="leading",
-            steps_offset=1,
-            set_alpha_to_one=False,
-        )
-
-    @classmethod
-    def hallo(cls) -> NoiseSchedule:
-        """What Hallo and EchoMimic (audio-driven) run: linear 0.00085-0.012, v_prediction,
-        zero-terminal-SNR rescale, trailing spacing, steps_offset 1 (the schedulers their inference
-        scripts build)."""
-        return cls(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="linear",
-            rescale_betas_zero_snr=True,
-            prediction_type="v_prediction",
-            timestep_spacing="trailing",
-            steps_offset=1,
-            set_alpha_to_one=True,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the settings."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NoiseSchedule:
-        """Inverse of `to_dict`; unknown keys are an error, missing ones take the defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown noise schedule settings: {', '.join(unknown)}")
-        return cls(**data)
+class NoiseSchedule(NoiseScheduleConfig):
+    """A :class:`~engine.config.NoiseScheduleConfig` with its tables: betas, alpha_bar, the inference
+    timesteps, and the conversions between model outputs, clean latents and noise."""
 
     @cached_property
     def betas(self) -> torch.Tensor:

@@ -14,6 +14,7 @@ import aiohttp
 import numpy as np
 
 from engine.serve.protocol import FrameMessage, unpack_frame
+from engine.timebase import SAMPLE_RATE
 
 
 @dataclass
@@ -44,7 +45,7 @@ def to_pcm16(pcm: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(pcm, dtype=np.float64) * 32768.0), -32768, 32767).astype("<i2")
 
 
-async def stream_session(url: str, pcm16: np.ndarray, sample_rate: int = 16000, *, block_ms: float = 20.0,
+async def stream_session(url: str, pcm16: np.ndarray, sample_rate: int = SAMPLE_RATE, *, block_ms: float = 20.0,
                          realtime: bool = False, token: str = "", portrait: bytes | None = None,
                          frames: str = "jpeg", end: bool = True, timeout_s: float = 120.0,
                          http: aiohttp.ClientSession | None = None, always_on: bool = False,

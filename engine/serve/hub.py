@@ -29,10 +29,11 @@ from engine.backends.base import Backend
 from engine.config import ModelConfig
 from engine.faces import Portrait, prepare_portrait
 from engine.media import load_image
+from engine.options import GenerationOptions
 from engine.pipeline import is_untrained_preset, open_model
 from engine.stream.batching import BatchScheduler, SlotBackend
 from engine.stream.runner import LagPolicy, LiveSession
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 SAMPLE_PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "demo" / "portrait.png"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

@@ -45,8 +45,11 @@ import json
 import struct
 from dataclasses import dataclass
 
+from engine.timebase import SAMPLE_RATE
+
 PROTOCOL_VERSION = 1
-ENGINE_SAMPLE_RATE = 16000
+ENGINE_SAMPLE_RATE = SAMPLE_RATE
+"""The rate sessions run at; a client's audio at another rate is resampled to it."""
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MAX_TEXT_BYTES = 4096

@@ -10,7 +10,7 @@ Each peer connection is one always-on :class:`~engine.stream.runner.LiveSession`
 - out: a video track (frame ``i`` with ``pts = i / fps``) and an audio track, the session's own timeline
   (the speech that drove the face, and the silence between it) with ``pts = k`` for sample ``k`` at 16 kHz.
   Both are paced against one origin: frame ``i`` leaves at ``T + i / fps`` and sample ``k`` at
-  ``T + k / 16000``, and audio never runs ahead of the frames already out, so the RTP timestamps and the
+  ``T + k / SAMPLE_RATE``, and audio never runs ahead of the frames already out, so the RTP timestamps and the
   sender reports of the two tracks put lips and voice at the same instant in the browser. A frame that
   comes later than its time moves ``T`` for both (:meth:`Playout.frame_ready`): delay grows, sync holds;
 - a data channel ``control``: the client sends ``{"type": "interrupt"}`` (barge-in), answered by

@@ -8,23 +8,22 @@ audio, so a file fed whole and a microphone fed in 10 ms blocks give the same to
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from engine.backends.base import Backend
 from engine.stream.chunk_planner import Clip
+from engine.timebase import SAMPLE_RATE, frame_start, frames_complete, frames_covering
 
 
 class StreamingAudioFeatures:
-    """A PCM buffer (16 kHz mono float32) that turns into audio tokens clip by clip.
+    """A PCM buffer (mono float32 at ``sample_rate``) that turns into audio tokens clip by clip.
 
-    Frame ``i`` covers samples ``[round(i * sr / fps), round((i + 1) * sr / fps))``. The buffer drops
+    Frame ``i`` covers samples ``[frame_start(i), frame_start(i + 1))`` (:mod:`engine.timebase`). The buffer drops
     audio no future clip can need, so memory stays bounded over long streams.
     """
 
-    def __init__(self, backend: Backend, fps: float, lookahead: int, left_context: int, sample_rate: int = 16000):
+    def __init__(self, backend: Backend, fps: float, lookahead: int, left_context: int, sample_rate: int = SAMPLE_RATE):
         self.backend, self.fps, self.sample_rate = backend, fps, sample_rate
         self.lookahead, self.left_context = lookahead, left_context
         self.reset()
@@ -38,7 +37,7 @@ class StreamingAudioFeatures:
 
     def frame_sample(self, frame: int) -> int:
         """First sample of ``frame``."""
-        return round(frame * self.sample_rate / self.fps)
+        return frame_start(frame, self.fps, self.sample_rate)
 
     def push(self, pcm: np.ndarray) -> None:
         """Append PCM samples (any block size)."""
@@ -61,11 +60,11 @@ class StreamingAudioFeatures:
     @property
     def frames_available(self) -> int:
         """Frames whose audio is completely in."""
-        return math.floor(self._samples * self.fps / self.sample_rate + 1e-9)
+        return frames_complete(self._samples, self.fps, self.sample_rate)
 
     def frame_count(self, samples: int) -> int:
         """Video frames of ``samples`` samples of audio: ceil(duration x fps)."""
-        return math.ceil(samples * self.fps / self.sample_rate - 1e-9)
+        return frames_covering(samples, self.fps, self.sample_rate)
 
     @property
     def total_frames(self) -> int | None:

@@ -1,6 +1,6 @@
 """Always-on sessions: the engine's sample timeline, where silence is released by the clock when no speech comes.
 
-An always-on session's audio is one timeline of 16 kHz samples: sample ``k`` belongs at ``start + k / 16000``
+An always-on session's audio is one timeline of samples: sample ``k`` belongs at ``start + k / SAMPLE_RATE``
 on the session's clock. Speech is appended as it is pushed; when the clock runs ahead of the audio (nobody
 speaks), :meth:`AudioTimeline.silence_due` releases zeros up to the clock. Silence is audio to the planner,
 so idle frames come from the same model path as speech, and speech joins at the next sample without a seam.
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from engine.timebase import SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class AudioTimeline:
     :class:`~engine.stream.runner.LiveSession` calls it under its own lock, together with queueing the blocks.
     """
 
-    def __init__(self, clock: Callable[[], float], start: float | None, sample_rate: int = 16000):
+    def __init__(self, clock: Callable[[], float], start: float | None, sample_rate: int = SAMPLE_RATE):
         """``clock`` returns seconds; ``start`` is the clock time of sample 0 (None: not always-on)."""
         self.clock, self.start, self.sample_rate = clock, start, sample_rate
         self.samples = 0
@@ -119,10 +121,11 @@ class AudioTimeline:
 class TimelineAudio:
     """The samples of a timeline kept for playback beside the video: speech and released silence, in order.
 
-    Sample ``k`` is the audio under video time ``k / 16000`` s (the frames' ``pts`` are on the same timeline),
-    so a player that sends samples ``[i * 16000 / fps, (i + 1) * 16000 / fps)`` with frame ``i`` keeps lips and
-    voice together. A barge-in :meth:`truncate` s it like the timeline; readers :meth:`forget_before` what they
-    have played, so an hours-long session holds only the samples not yet played. Not locked (the owner's lock).
+    Sample ``k`` is the audio under video time ``k / SAMPLE_RATE`` s (the frames' ``pts`` are on the same
+    timeline), so a player that sends samples ``[frame_start(i), frame_start(i + 1))`` (:mod:`engine.timebase`)
+    with frame ``i`` keeps lips and voice together. A barge-in :meth:`truncate` s it like the timeline;
+    readers :meth:`forget_before` what they have played, so an hours-long session holds only the samples not
+    yet played. Not locked (the owner's lock).
     """
 
     def __init__(self) -> None:

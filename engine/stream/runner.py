@@ -235,7 +235,7 @@ class LiveSession:
     portrait (the reference bank is not recomputed).
 
     ``always_on``: frames come at the stream's fps whether or not speech arrives. Sample ``k`` of the audio
-    timeline belongs at ``t0 + k / 16000`` on ``clock`` (``t0``: when the session started or was reset);
+    timeline belongs at ``t0 + k / SAMPLE_RATE`` on ``clock`` (``t0``: when the session started or was reset);
     pushed speech starts now or right after the speech still queued, and silence fills the rest. Frame ``i``
     has ``pts = i / fps`` on that same timeline. :meth:`interrupt` is a barge-in. This is the session API
     live integrations (the WebSocket server, and WebRTC or agent frameworks) build on.

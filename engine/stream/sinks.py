@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from engine.media import PathLike, PngSequenceWriter, VideoWriter
-from engine.stream.sources import SAMPLE_RATE
+from engine.timebase import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from engine.stream.session import Frame

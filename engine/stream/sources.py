@@ -22,8 +22,8 @@ import av
 import numpy as np
 
 from engine.media import MediaError, PathLike, load_audio
+from engine.timebase import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 PORTAUDIO_MISSING = "PortAudio library not found: install it with `apt-get install libportaudio2`"
 
 

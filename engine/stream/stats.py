@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from engine.stream.idle import Interruption
+from engine.timebase import SAMPLE_RATE, frame_start
 
 
 def latency_floor(clip_frames: int, lookahead: int, fps: float) -> float:
@@ -53,7 +54,7 @@ class StreamStats:
     Thread-safe: audio may be recorded from a source thread while frames are recorded elsewhere.
     """
 
-    def __init__(self, fps: float, clock: Callable[[], float] = time.perf_counter, *, sample_rate: int = 16000,
+    def __init__(self, fps: float, clock: Callable[[], float] = time.perf_counter, *, sample_rate: int = SAMPLE_RATE,
                  latency_floor_s: float | None = None, ttff_floor_s: float | None = None):
         """``fps`` of the video; ``clock`` returns seconds; the floors (see :func:`latency_floor`,
         :func:`ttff_floor`) are printed beside the measured values when given."""
@@ -154,7 +155,7 @@ class StreamStats:
 
     def _needed_samples(self, frame_index: int) -> int:
         """Samples that must be in for frame ``frame_index``'s audio to be complete (its last sample + 1)."""
-        return round((frame_index + 1) * self.sample_rate / self.fps)
+        return frame_start(frame_index + 1, self.fps, self.sample_rate)
 
     def _arrival(self, samples: int) -> float | None:
         """Clock time the block holding sample ``samples - 1`` entered (caller holds the lock)."""

@@ -12,15 +12,15 @@ features use; a clip has ``ceil(samples * fps / sr)`` frames.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.synthetic.face_drawing import Identity, Pose, render
-from engine.synthetic.speech import SAMPLE_RATE, Phoneme, Voice, synthesize
+from engine.synthetic.speech import Phoneme, Voice, synthesize
 from engine.synthetic.texts import utterance
 from engine.synthetic.visemes import mouth_track
+from engine.timebase import SAMPLE_RATE, frames_covering
 
 SPLITS = {"train": 0, "heldout": 1}
 VOICE_BASES = ("en", "en-us", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan",
@@ -159,7 +159,7 @@ def render_clip(rec: ClipRecipe, size: int = 64, fps: float = 25.0) -> TalkingCl
     audio = np.clip(audio + noise_rng.normal(0, rec.noise, audio.shape[0]), -1, 1).astype(np.float32)
     offset = lead.shape[0] / SAMPLE_RATE
     phonemes = tuple(Phoneme(p.symbol, p.start + offset, p.end + offset) for p in speech.phonemes)
-    frames = math.ceil(audio.shape[0] * fps / SAMPLE_RATE - 1e-9)
+    frames = frames_covering(audio.shape[0], fps)
     track = mouth_track(phonemes, offset + speech.duration, frames, fps)
     times = (np.arange(frames) + 0.5) / fps
     roll = rec.head.roll(times)

@@ -23,7 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from engine.timebase import SAMPLE_RATE
+
 """Sample rate of the returned PCM (what the audio encoders read)."""
 
 _LIBRARY = "libespeak-ng.so.1"

@@ -24,15 +24,10 @@ import torch
 from engine.config import ModelConfig
 from engine.faces import FaceBox, box_mask
 from engine.synthetic.clips import TalkingClip
+from engine.timebase import SAMPLE_RATE, frame_start
 
-SAMPLE_RATE = 16000
 MASK_MARGIN = 0.1
 """Face box growth of the face-locator mask (``engine.faces.prepare_portrait``'s ``mask_margin``)."""
-
-
-def frame_sample(frame: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
-    """First audio sample of video frame ``frame``."""
-    return round(frame * sample_rate / fps)
 
 
 def audio_window(start: int, end: int, total_frames: int, lookahead: int, left_context: int) -> tuple[int, int]:
@@ -42,7 +37,7 @@ def audio_window(start: int, end: int, total_frames: int, lookahead: int, left_c
 
 def window_pcm(audio: np.ndarray, first: int, last: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """float32 PCM of frames ``[first, last)``, zero-padded past the end of ``audio``."""
-    a, b = frame_sample(first, fps, sample_rate), frame_sample(last, fps, sample_rate)
+    a, b = frame_start(first, fps, sample_rate), frame_start(last, fps, sample_rate)
     out = audio[a:b]
     return np.pad(out, (0, b - a - out.shape[0])).astype(np.float32)
 

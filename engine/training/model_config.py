@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.config import (FaceLocatorConfig, ModelConfig, ReferenceNetConfig, SpeedConfig, TemporalConfig,
-                           UNetConfig, VAEConfig)
-from engine.models.audio import AudioConfig, ProjectionConfig
-from engine.sampling.schedules import NoiseSchedule
+from engine.config import (AudioConfig, FaceLocatorConfig, ModelConfig, NoiseScheduleConfig, ProjectionConfig,
+                           ReferenceNetConfig, SpeedConfig, TemporalConfig, UNetConfig, VAEConfig)
 
 MODEL_NAME = "talking64"
 PIXEL_SCALE = 2.5
@@ -41,10 +39,10 @@ def talking_head_config(name: str = MODEL_NAME) -> ModelConfig:
         face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(8, 16, 32), target="conv_in"),
         reference_net=ReferenceNetConfig(cross_attention=False),
         audio=AudioConfig(
-            kind="wav2vec2", fps=25.0, window=2, projection=ProjectionConfig(tokens=4, intermediate_dim=128, output_dim=64),
+            kind="wav2vec2", window=2, projection=ProjectionConfig(tokens=4, intermediate_dim=128, output_dim=64),
             encoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                          conv_dim=[32, 32, 48, 48, 64, 64, 64], conv_kernel=[10, 3, 3, 3, 3, 2, 2],
                          conv_stride=[5, 2, 2, 2, 2, 2, 2], num_conv_pos_embeddings=16,
                          num_conv_pos_embedding_groups=4)),
         vae=VAEConfig(kind="pixel", config=dict(factor=4, in_channels=3), scaling_factor=PIXEL_SCALE),
-        scheduler=dataclasses.replace(NoiseSchedule.hallo(), prediction_type="sample").to_dict())
+        scheduler=dataclasses.replace(NoiseScheduleConfig.hallo(), prediction_type="sample").to_dict())

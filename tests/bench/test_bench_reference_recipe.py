@@ -17,9 +17,10 @@ from bench.recording import RecordingBackend, count_calls
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import preset
 from engine.models.checkpoint import random_model
+from engine.options import GenerationOptions
 from engine.sampling.clip_denoiser import GuidedBackbone
 from engine.sampling.guidance import GuidanceScales, branches_needed
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 SR = 16000
 SIZE = 32

@@ -13,7 +13,8 @@ from engine.backends.base import Backend
 from engine.config import preset
 from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
-from engine.stream.session import GenerationOptions, Session
+from engine.options import GenerationOptions
+from engine.stream.session import Session
 from export.engine_cache import EngineCache
 from export.networks import NETWORK_NAMES, StreamShapes, make_network
 from export.onnx_export import cached_export

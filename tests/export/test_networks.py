@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.models.model import EmoteModel
-from engine.stream.session import GenerationOptions
+from engine.options import GenerationOptions
 from export.networks import (NETWORK_NAMES, BackboneNetwork, Network, Profile, StreamShapes, linear_resample_matrix,
                              make_network, select_profile)
 

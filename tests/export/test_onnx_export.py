@@ -16,8 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine.config import preset
-from engine.models.audio import AudioConfig
+from engine.config import AudioConfig, preset
 from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
 from export.engine_cache import EngineCache
@@ -164,7 +163,7 @@ def test_command_line_exports_and_reports(tmp_path: Path, capsys: pytest.Capture
 def test_whisper_audio_graph_gives_the_encoders_tokens(tmp_path: Path) -> None:
     """EchoMimic's whisper path: log-mel windows through the graph, the per-frame gather outside it."""
     cfg = preset("tiny")
-    cfg.audio = AudioConfig(kind="whisper", fps=25, window=2, encoder=dict(
+    cfg.audio = AudioConfig(kind="whisper", window=2, encoder=dict(
         d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
         encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, pad_token_id=50, bos_token_id=50,
         eos_token_id=50, decoder_start_token_id=50, max_source_positions=1500, num_mel_bins=80))

@@ -18,8 +18,9 @@ from engine.faces import FaceBox, box_mask
 from engine.importers.provenance import FACE_EMBEDDING, PROVENANCE_FILE, REGION_MASKS, fallback_note
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
+from engine.options import GenerationOptions
 from engine.pipeline import GenerateRequest, generate, supplied_inputs
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "portrait.png"
 SR, SIZE = 16000, 128

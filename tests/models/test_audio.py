@@ -13,14 +13,8 @@ import torch.nn.functional as F
 from support import COMPAT, read_manifest
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model, WhisperConfig, WhisperModel
 
-from engine.models.audio import (
-    AudioConfig,
-    AudioEncoder,
-    AudioProjection,
-    ProjectionConfig,
-    frame_windows,
-    whisper_frame_tokens,
-)
+from engine.config import AudioConfig, ProjectionConfig
+from engine.models.audio import AudioEncoder, AudioProjection, frame_windows, whisper_frame_tokens
 
 # Kernels equal to strides: receptive field 320 samples = one 50 Hz step, so at fps=50 the conv
 # frame count equals ceil(seconds * 50) when the sample count is a multiple of 320.
@@ -63,7 +57,7 @@ def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_config_json_round_trip_and_validation() -> None:
-    cfg = AudioConfig(encoder=TINY_WAV2VEC2, fps=24, layers=[1], projection=TINY_PROJECTION)
+    cfg = AudioConfig(encoder=TINY_WAV2VEC2, layers=[1], projection=TINY_PROJECTION)
     assert AudioConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert AudioConfig().projection == ProjectionConfig(32, 512, 768)
     assert AudioConfig(kind="whisper").projection is None
@@ -74,15 +68,15 @@ def test_config_json_round_trip_and_validation() -> None:
     with pytest.raises(ValueError, match="sample_rate"):
         AudioConfig(sample_rate=22050)
     with pytest.raises(ValueError, match="out of range"):
-        AudioEncoder(AudioConfig(encoder=TINY_WAV2VEC2, layers=[2], projection=TINY_PROJECTION))
+        AudioEncoder(AudioConfig(encoder=TINY_WAV2VEC2, layers=[2], projection=TINY_PROJECTION), 25)
 
 
 @pytest.mark.parametrize("stable_layer_norm", [False, True])
 def test_wav2vec2_matches_transformers_at_50_fps(tmp_path: Path, stable_layer_norm: bool) -> None:
     torch.manual_seed(1)
     Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC2, do_stable_layer_norm=stable_layer_norm)).save_pretrained(tmp_path)
-    cfg = AudioConfig(fps=50, normalize=False, projection=TINY_PROJECTION)
-    ours = AudioEncoder.from_pretrained(tmp_path, cfg)
+    cfg = AudioConfig(normalize=False, projection=TINY_PROJECTION)
+    ours = AudioEncoder.from_pretrained(tmp_path, cfg, fps=50)
     ref = Wav2Vec2Model.from_pretrained(tmp_path).eval()
     pcm = torch.randn(320 * 40)
     with torch.no_grad():
@@ -95,7 +89,7 @@ def test_wav2vec2_matches_transformers_at_50_fps(tmp_path: Path, stable_layer_no
 def test_wav2vec2_interpolates_before_the_transformer(wav2vec2_dir: Path) -> None:
     """fps 25, normalised input, 3 frames of Hallo-style padding: reference from transformers' own forward
     with the conv features resampled by a hook (feature_extractor -> linear interpolation -> the rest)."""
-    ours = AudioEncoder.from_pretrained(wav2vec2_dir, AudioConfig(fps=25, projection=TINY_PROJECTION))
+    ours = AudioEncoder.from_pretrained(wav2vec2_dir, AudioConfig(projection=TINY_PROJECTION), fps=25)
     ref = Wav2Vec2Model.from_pretrained(wav2vec2_dir).eval()
     pcm = 0.3 * torch.randn(16000 + 123) + 0.05
     frames = math.ceil(pcm.numel() * 25 / 16000) + 3
@@ -113,7 +107,7 @@ def test_wav2vec2_interpolates_before_the_transformer(wav2vec2_dir: Path) -> Non
     assert (got - want).abs().max() <= 1e-5
     assert tokens.shape == (26, ours.output_tokens, ours.output_dim) == (26, 4, 24)
 
-    last_only = AudioEncoder.from_pretrained(wav2vec2_dir, AudioConfig(layers=[1], projection=TINY_PROJECTION))
+    last_only = AudioEncoder.from_pretrained(wav2vec2_dir, AudioConfig(layers=[1], projection=TINY_PROJECTION), fps=25)
     with torch.no_grad():
         assert torch.equal(last_only.features(pcm, num_frames=frames), got[:, [1]])
 
@@ -121,7 +115,7 @@ def test_wav2vec2_interpolates_before_the_transformer(wav2vec2_dir: Path) -> Non
 def test_hallo_style_state_dict_loads_without_renaming(wav2vec2_dir: Path) -> None:
     """Legacy weight-norm names (weight_g / weight_v, as in Hallo's file) load strictly."""
     cfg = AudioConfig(encoder=TINY_WAV2VEC2, projection=TINY_PROJECTION)
-    source = AudioEncoder.from_pretrained(wav2vec2_dir, cfg)
+    source = AudioEncoder.from_pretrained(wav2vec2_dir, cfg, fps=25)
     legacy = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
     state = {}
     for key, value in source.state_dict().items():
@@ -130,7 +124,7 @@ def test_hallo_style_state_dict_loads_without_renaming(wav2vec2_dir: Path) -> No
         state[key] = value
     assert "encoder.pos_conv_embed.conv.weight_g" in state
     torch.manual_seed(5)
-    target = AudioEncoder(cfg)
+    target = AudioEncoder(cfg, 25)
     target.load_state_dict(state, strict=True)
     pcm = torch.randn(8000)
     with torch.no_grad():
@@ -148,7 +142,7 @@ def echomimic_fixture_waveform() -> np.ndarray:
 def test_whisper_log_mel_is_echomimics() -> None:
     """EchoMimic's own log-mel of the fixture waveform: the audio's own (reflect-padded) STFT, floor from
     the audio's maximum, windows padded with 0.0 -- not the log-mel of the waveform zero-padded to 30 s."""
-    ours = AudioEncoder(AudioConfig(kind="whisper", encoder=TINY_WHISPER, fps=25))
+    ours = AudioEncoder(AudioConfig(kind="whisper", encoder=TINY_WHISPER), 25)
     want = torch.from_numpy(np.load(COMPAT.parent / "echomimic_frontend" / "whisper_log_mel.npz")["mel"])
     got = ours.whisper_mel(torch.from_numpy(echomimic_fixture_waveform()))
     assert got.shape == want.shape == (1, 80, 3000)
@@ -157,7 +151,7 @@ def test_whisper_log_mel_is_echomimics() -> None:
 
 def test_whisper_levels_match_transformers(whisper_dir: Path) -> None:
     """30.5 s of audio: two 30 s windows; levels = hidden states before the final layer norm."""
-    ours = AudioEncoder.from_pretrained(whisper_dir, AudioConfig(kind="whisper", fps=25))
+    ours = AudioEncoder.from_pretrained(whisper_dir, AudioConfig(kind="whisper"), fps=25)
     ref = WhisperModel.from_pretrained(whisper_dir).eval().encoder
     pcm = 0.1 * torch.randn(480000 + 8000)
     captured = []
@@ -226,7 +220,7 @@ def test_projection_layout_matches_hallo_audioproj() -> None:
 def test_wav2vec2_base_layout_matches_hallo_manifest() -> None:
     cfg = AudioConfig(encoder=json.loads((COMPAT / "tools/configs/wav2vec2-base-960h/config.json").read_text()))
     with torch.device("meta"):
-        encoder = AudioEncoder(cfg)
+        encoder = AudioEncoder(cfg, 25)
     ours = shapes(encoder)
     manifest = read_manifest("hallo/audio_encoder_wav2vec2.tsv")
     audioproj = read_manifest("hallo/audioproj.tsv")
@@ -247,7 +241,7 @@ def test_wav2vec2_base_layout_matches_hallo_manifest() -> None:
 @pytest.fixture(scope="module")
 def tiny_wav2vec2() -> AudioEncoder:
     torch.manual_seed(3)
-    return AudioEncoder(AudioConfig(encoder=TINY_WAV2VEC2, projection=TINY_PROJECTION))
+    return AudioEncoder(AudioConfig(encoder=TINY_WAV2VEC2, projection=TINY_PROJECTION), 25)
 
 
 @pytest.mark.parametrize(
@@ -271,8 +265,8 @@ def test_bad_audio_raises(tiny_wav2vec2: AudioEncoder, pcm: torch.Tensor, kwargs
 
 
 def test_whisper_rejects_empty_audio_and_wrong_directory(whisper_dir: Path) -> None:
-    encoder = AudioEncoder.from_pretrained(whisper_dir, AudioConfig(kind="whisper"))
+    encoder = AudioEncoder.from_pretrained(whisper_dir, AudioConfig(kind="whisper"), fps=25)
     with pytest.raises(ValueError, match="audio is empty"):
         encoder.tokens(torch.zeros(0))
     with pytest.raises(ValueError, match="holds a whisper model but the config asks for wav2vec2"):
-        AudioEncoder.from_pretrained(whisper_dir, AudioConfig())
+        AudioEncoder.from_pretrained(whisper_dir, AudioConfig(), fps=25)

@@ -18,8 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from support import read_manifest  # noqa: E402
 
-from engine.config import ModelConfig, preset  # noqa: E402
-from engine.models.audio import AudioConfig  # noqa: E402
+from engine.config import AudioConfig, ModelConfig, preset  # noqa: E402
 from engine.models.model import EmoteModel  # noqa: E402
 
 BASELINE = Path(__file__).with_name("layout_baseline.json")

@@ -23,11 +23,11 @@ import pytest
 from engine.backends import make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig
+from engine.options import GenerationOptions
 from engine.pipeline import open_model
 from engine.serve.app import make_app, start_site
 from engine.serve.hub import ServeConfig, SessionHub
 from engine.stream.runner import LagPolicy
-from engine.stream.session import GenerationOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"

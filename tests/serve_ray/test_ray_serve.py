@@ -31,11 +31,11 @@ pytest.importorskip("ray.serve", exc_type=ImportError, reason=NO_RAY)
 pytest.importorskip("fastapi", exc_type=ImportError, reason=NO_RAY)
 
 from engine.cli import main  # noqa: E402
+from engine.options import GenerationOptions  # noqa: E402
 from engine.serve.client import stream_session  # noqa: E402
 from engine.serve.hub import ServeConfig  # noqa: E402
 from engine.serve.ray_app import APP_NAME, deploy, replica_actor_name  # noqa: E402
 from engine.stream.runner import LagPolicy  # noqa: E402
-from engine.stream.session import GenerationOptions  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

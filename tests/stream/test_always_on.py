@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
+from engine.options import GenerationOptions
 from engine.stream.chunk_planner import Clip
 from engine.stream.idle import AudioTimeline, SpeechSpans
 from engine.stream.runner import LagPolicy, LiveSession
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 from engine.stream.stats import StreamStats
 
 SR, FPS = 16000, 25

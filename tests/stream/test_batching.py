@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
+from engine.options import GenerationOptions
 from engine.stream.batching import BatchScheduler
 from engine.stream.runner import LiveSession
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 SR = 16000
 Output = list[tuple[int, torch.Tensor, np.ndarray]]

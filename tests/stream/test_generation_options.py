@@ -9,7 +9,8 @@ import pytest
 
 from engine.backends import make_backend
 from engine.config import SamplingDefaults
-from engine.stream.session import ENGINE_DEFAULTS, GenerationOptions, Session
+from engine.options import ENGINE_DEFAULTS, GenerationOptions
+from engine.stream.session import Session
 
 
 def test_unset_options_take_the_models_defaults_then_the_engines():

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from engine.backends.torch_eager import TorchEagerBackend
+from engine.options import GenerationOptions
 from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.runner import LiveSession
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 SR = 16000
 

@@ -14,9 +14,10 @@ import torch
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.cli import main
 from engine.media import MediaError, read_video_info
+from engine.options import GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 from engine.stream.sinks import CallbackSink, Mp4Sink, PngSink
 from engine.stream.sources import FileSource
 

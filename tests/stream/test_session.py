@@ -10,8 +10,9 @@ import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import SamplingDefaults, preset
+from engine.options import GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner, Clip
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 SR = 16000
 

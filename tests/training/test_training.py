@@ -12,8 +12,9 @@ import torch
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.lipsync import portrait_mask
 from engine.models.checkpoint import load_model, random_model
+from engine.options import GenerationOptions
 from engine.sampling.schedules import NoiseSchedule
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 from engine.synthetic.clips import make_clip
 from engine.training.data import ClipSampler, audio_window, window_pcm
 from engine.training.distill import distill_stage, temporal_error
