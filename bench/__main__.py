@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cli import cuda_missing, int_tuple, results_dir, write_atomic
+from bench.cli import add_common_flags, cuda_missing, int_tuple, results_dir, write_atomic
 from bench.harness import default_settings, result_stem, run
 from bench.report import markdown, plot, validate
 
@@ -36,25 +36,17 @@ def _decoders(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny (default) or sd15")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    add_common_flags(parser, "preset", "device", stream_s="speech in the engine's paced streams (default: 1.6 on "
+                     "CPU, 30 on GPU)", repeats="runs of every stream and stage timing (default 3)")
     parser.add_argument("--resolution", type=int, help="portrait side in pixels (default: the preset's)")
-    parser.add_argument("--stream-seconds", type=float, dest="stream_s",
-                        help="speech in the engine's paced streams (default: 1.6 on CPU, 30 on GPU)")
     parser.add_argument("--offline-seconds", type=float, dest="offline_s",
                         help="speech in the engine's unpaced streams (default: as paced on CPU, 10 on GPU)")
     parser.add_argument("--reference-clips", type=int, help="clips in the reference's end-to-end stream (default 2)")
-    parser.add_argument("--repeats", type=int, help="runs of every stream and stage timing (default 3)")
     parser.add_argument("--steps", type=int_tuple, help="engine step counts, comma-separated (default 4,2,1)")
     parser.add_argument("--decoders", type=_decoders, help="engine decoders: kl,tiny (default both)")
     parser.add_argument("--first-clip-frames", type=int, help="engine's first clip in frames (default 1)")
-    parser.add_argument("--backend", help="engine backend (default auto: the fastest present)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 on CPU, torch's on GPU)")
-    parser.add_argument("--seed", type=int, help="weights and noise seed (default 0)")
-    parser.add_argument("--smoke", action="store_true", help="one short iteration; checks the harness, not speed")
-    parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
-    parser.add_argument("--render", type=Path, metavar="JSON",
-                        help="measure nothing: redraw the .md and .png beside an existing results JSON")
+    add_common_flags(parser, "backend", "threads", "seed", "out_dir", "render",
+                     smoke="one short iteration; checks the harness, not speed")
     return parser.parse_args(argv)
 
 

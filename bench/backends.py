@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bench.cli import cuda_missing, results_dir, select_device, write_atomic
+from bench.cli import add_common_flags, cuda_missing, results_dir, select_device, write_atomic
 from bench.environment import describe
 from bench.harness import STAGES, build_model, log, random_portrait
 from bench.recording import Call, RecordingBackend
@@ -337,19 +337,14 @@ def variant_list(text: str) -> tuple[str, ...]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="talking64", help="preset (tiny, sd15) or model directory (default talking64)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--size", type=int, help="portrait side in pixels (default: the model's)")
     parser.add_argument("--variants", type=variant_list,
                         help=f"comma-separated, the first is the baseline (default: torch,onnxruntime on the CPU, "
                              f"{','.join(VARIANTS)} on CUDA)")
-    parser.add_argument("--stream-seconds", type=float, dest="stream_s", help="speech in the session (default 2 s)")
-    parser.add_argument("--steps", type=int, help="sampler steps (default 4)")
-    parser.add_argument("--warmup", type=int, help="untimed calls before the first timed one (default 2)")
-    parser.add_argument("--repeats", type=int, help="timed calls of each distinct call per variant (default 5)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 on the CPU, torch's on CUDA)")
-    parser.add_argument("--smoke", action="store_true", help="tiny model at 64x64, 0.5 s, 1 step, 1 repeat")
-    parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
-    parser.add_argument("--render", type=Path, metavar="JSON", help="redraw the .md and .png of a results file")
+    add_common_flags(parser, "device", "threads", "out_dir", "render", stream_s="speech in the session (default 2 s)",
+                     steps="sampler steps (default 4)", warmup="untimed calls before the first timed one (default 2)",
+                     repeats="timed calls of each distinct call per variant (default 5)",
+                     smoke="tiny model at 64x64, 0.5 s, 1 step, 1 repeat")
     return parser.parse_args(argv)
 
 

@@ -16,19 +16,18 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.cli import cuda_missing, results_dir
+from bench.cli import add_common_flags, cuda_missing, results_dir
 from bench.environment import describe
 from bench.harness import build_model, log, random_portrait
 from bench.speech import session_speech
 from engine.backends import make_backend
 from engine.backends.base import Backend
-from engine.options import GenerationOptions
 from engine.config import ModelConfig, preset
+from engine.options import GenerationOptions
 from engine.stream.batching import BatchScheduler
 from engine.stream.session import Session
 
@@ -185,16 +184,12 @@ def markdown(results: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=4, help="sessions (= scheduler slots), default 4")
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny (default) or sd15")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--backend", default="torch", help="engine backend (default torch)")
-    parser.add_argument("--stream-seconds", type=float, dest="stream_s", help="speech per session (default 1.6 s)")
-    parser.add_argument("--steps", type=int, help="sampler steps (default 2)")
-    parser.add_argument("--repeats", type=int, help="rounds of both modes (default 3)")
     parser.add_argument("--gather-ms", type=float, help="the scheduler's gather window (default 5 ms)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
-    parser.add_argument("--smoke", action="store_true", help="2 sessions, 0.3 s, 1 step, 1 round: checks the benchmark")
-    parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
+    add_common_flags(parser, "preset", "device", "out_dir", backend="engine backend (default torch)",
+                     stream_s="speech per session (default 1.6 s)", steps="sampler steps (default 2)",
+                     repeats="rounds of both modes (default 3)", threads="torch intra-op threads (default 1)",
+                     smoke="2 sessions, 0.3 s, 1 step, 1 round: checks the benchmark")
+    parser.set_defaults(backend="torch")
     args = parser.parse_args(argv)
     if args.sessions < 1:
         parser.error("--sessions must be at least 1")

@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_kernels.py)
 import torch
 import torch.nn.functional as F
 
-from bench.cli import RESULTS, int_tuple, write_atomic
+from bench.cli import RESULTS, add_common_flags, int_tuple, write_atomic
 from bench.environment import gpu_driver, slug
 from emote_kernels import group_norm as gn
 from emote_kernels import reference_attention as ra
@@ -316,11 +316,11 @@ def layer_norm_decision(rows: list[dict]) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, help="where kernels.json and kernels.md go "
-                        "(default bench/results/<gpu name>/)")
+    add_common_flags(parser, out_dir="where kernels.json and kernels.md go (default bench/results/<gpu name>/)")
     parser.add_argument("--batches", type=int_tuple, default=(1, 2), help="clip batches (default 1,2)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
-    parser.add_argument("--repeats", type=int, default=50, help="timed calls; the median is reported (default 50)")
+    add_common_flags(parser, warmup="untimed calls before timing (default 10)",
+                     repeats="timed calls; the median is reported (default 50)")
+    parser.set_defaults(warmup=10, repeats=50)
     parser.add_argument("--ops", choices=("all",) + OPS, default="all", help="which kernels to time")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile baseline (b) (not for layer_norm, which is measured against it)")

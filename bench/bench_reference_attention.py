@@ -30,11 +30,10 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from bench.cli import int_tuple, results_dir, write_atomic
+from bench.cli import add_common_flags, int_tuple, results_dir, write_atomic
 from bench.environment import describe
 from bench.timing import time_call
 from engine.models.blocks import Attention
@@ -139,13 +138,13 @@ def markdown(results: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_reference_attention",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the smoke run)")
     parser.add_argument("--batches", type=int_tuple, default=(1, 2), help="clip batches (default 1,2)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls; the median is reported (default 20)")
-    parser.add_argument("--smoke", action="store_true", help="two small levels, one repeat: checks the benchmark")
-    parser.add_argument("--out-dir", type=Path, help="where reference-attention.{json,md} go "
-                        "(default bench/results/<device>/)")
+    add_common_flags(parser, device="cuda (default) or cpu (the smoke run)",
+                     warmup="untimed calls before timing (default 5)",
+                     repeats="timed calls; the median is reported (default 20)",
+                     smoke="two small levels, one repeat: checks the benchmark",
+                     out_dir="where reference-attention.{json,md} go (default bench/results/<device>/)")
+    parser.set_defaults(device="cuda", warmup=5, repeats=20)
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,5 @@
-"""What the benchmark commands share: their argument types, the device set-up and atomic result files."""
+"""What the benchmark commands share: their common flags and argument types, the device set-up and atomic
+result files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +28,32 @@ def int_tuple(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+COMMON_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "preset": ("--preset", dict(default="tiny", help="model preset: tiny (default) or sd15")),
+    "device": ("--device", dict(default="cpu", help="cpu (default) or cuda")),
+    "backend": ("--backend", dict(help="engine backend (default auto: the fastest present)")),
+    "stream_s": ("--stream-seconds", dict(type=float, dest="stream_s")),
+    "steps": ("--steps", dict(type=int)),
+    "warmup": ("--warmup", dict(type=int)),
+    "repeats": ("--repeats", dict(type=int)),
+    "threads": ("--threads", dict(type=int, help="torch intra-op threads (default: 1 on CPU, torch's on GPU)")),
+    "seed": ("--seed", dict(type=int, help="weights and noise seed (default 0)")),
+    "smoke": ("--smoke", dict(action="store_true")),
+    "out_dir": ("--out-dir", dict(type=Path, help="where the files go (default bench/results/<device>/)")),
+    "render": ("--render", dict(type=Path, metavar="JSON",
+                                help="measure nothing: redraw the .md and .png beside an existing results JSON")),
+}
+"""The flags several benchmark commands take: destination -> (flag, its add_argument keywords)."""
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *names: str, **helps: str) -> None:
+    """Add the :data:`COMMON_FLAGS` named by destination, in the order given: ``names`` with their usual help,
+    ``helps`` with the command's own. A command whose default differs says so with ``parser.set_defaults``."""
+    for dest, text in [*((name, None) for name in names), *helps.items()]:
+        flag, keywords = COMMON_FLAGS[dest]
+        parser.add_argument(flag, **{**keywords, **({"help": text} if text is not None else {})})
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.cli import cuda_missing, int_tuple, results_dir, select_device, write_atomic
+from bench.cli import add_common_flags, cuda_missing, int_tuple, results_dir, select_device, write_atomic
 from bench.environment import describe
 from bench.harness import DEMO_PORTRAIT, build_model, log
 from bench.recipes import engine_backend
@@ -299,22 +299,14 @@ def run(settings: ScheduleSettings, progress: Callable[[str], None] = log) -> di
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.schedules", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny (default) or sd15")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--resolution", type=int, help="portrait side in pixels (default: the preset's)")
-    parser.add_argument("--stream-seconds", type=float, dest="stream_s",
-                        help="speech in every paced stream (default: 8 on CPU, 15 on GPU)")
-    parser.add_argument("--repeats", type=int, help="paced streams of every configuration (default 3)")
-    parser.add_argument("--steps", type=int, help="sampler steps of every configuration (default 4)")
     parser.add_argument("--clips", type=int_tuple, help="clip-wise clip lengths, comma-separated (default 12,4,2)")
     parser.add_argument("--groups", type=int_tuple, help="rolling group sizes, comma-separated (default 1,2,4)")
-    parser.add_argument("--backend", help="engine backend (default auto: the fastest present)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 on CPU, torch's on GPU)")
-    parser.add_argument("--seed", type=int, help="weights and noise seed (default 0)")
-    parser.add_argument("--smoke", action="store_true", help="one short iteration; checks the benchmark, not speed")
-    parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
-    parser.add_argument("--render", type=Path, metavar="JSON",
-                        help="measure nothing: redraw the .md and .png beside an existing results JSON")
+    add_common_flags(parser, "preset", "device", "backend", "threads", "seed", "out_dir", "render",
+                     stream_s="speech in every paced stream (default: 8 on CPU, 15 on GPU)",
+                     repeats="paced streams of every configuration (default 3)",
+                     steps="sampler steps of every configuration (default 4)",
+                     smoke="one short iteration; checks the benchmark, not speed")
     return parser.parse_args(argv)
 
 

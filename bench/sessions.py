@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import cuda_missing, int_tuple, results_dir, write_atomic
+from bench.cli import add_common_flags, cuda_missing, int_tuple, results_dir, write_atomic
 from bench.environment import describe, slug
 from bench.harness import log
 from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table
@@ -385,22 +385,20 @@ def plot(results: dict, path: Path) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="talking64", help="model name, preset or directory (default talking64)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--backend", default="torch", help="engine backend (default torch)")
     parser.add_argument("--sessions", type=int_tuple, help="session counts to try (default 1,2,3,4)")
     parser.add_argument("--modes", default="plain,batched",
                         help="comma-separated, of plain, batched, ray (needs the ray extra); default plain,batched")
-    parser.add_argument("--stream-seconds", type=float, dest="stream_s", help="speech per session (default 8 s)")
-    parser.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     parser.add_argument("--schedule", choices=["clip", "rolling"], help="clip (default) or rolling")
     parser.add_argument("--group", type=int, help="frames per group of the rolling schedule (default 2)")
     parser.add_argument("--budget-ms", type=float, help="latency allowed above the floor at p95 (default 250)")
     parser.add_argument("--gather-ms", type=float, help="the batched mode's gather window (default 5 ms)")
-    parser.add_argument("--repeats", type=int, help="fresh replicas per point (default 1)")
-    parser.add_argument("--threads", type=int, help="the server's torch threads (default: torch's)")
     parser.add_argument("--price-per-hour", type=float, help="replica price in $/h (default 2.50 cuda, 0.085 cpu)")
-    parser.add_argument("--smoke", action="store_true", help="tiny model, 1 session, 1 s, 1 step: checks the benchmark")
-    parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
+    add_common_flags(parser, "device", "out_dir", backend="engine backend (default torch)",
+                     stream_s="speech per session (default 8 s)", steps="sampler steps (default: the model's)",
+                     repeats="fresh replicas per point (default 1)",
+                     threads="the server's torch threads (default: torch's)",
+                     smoke="tiny model, 1 session, 1 s, 1 step: checks the benchmark")
+    parser.set_defaults(backend="torch")
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes or not set(modes) <= set(MODES):

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine import DEFAULT_MODEL, __version__
+from engine.backends import BACKENDS
+from engine.options import SAMPLER_NAMES, SCHEDULES
+
+if TYPE_CHECKING:
+    from engine.options import GenerationOptions
+    from engine.pipeline import StreamRequest
 
 MODEL_HELP = (f"a shipped model's name ({DEFAULT_MODEL}), a model directory, or a preset with random weights "
               f"(tiny, sd15) (default: {DEFAULT_MODEL})")
@@ -28,7 +33,7 @@ def bounded(kind: type[int] | type[float], low: float, high: float, multiple_of:
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not low <= value <= high or value % multiple_of:
+        if not low <= value <= high or (multiple_of > 1 and value % multiple_of):
             extra = f", a multiple of {multiple_of}" if multiple_of > 1 else ""
             raise argparse.ArgumentTypeError(f"must be {kind(low)} to {kind(high)}{extra}, got {text}")
         return value
@@ -99,32 +104,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Photo + speech -> MP4 with the speech muxed in."""
-    from engine.faces import FaceBox
-    from engine.importers.provenance import fallback_note
-    from engine.pipeline import GenerateRequest, generate, is_untrained_preset, supplied_inputs
+    from engine.pipeline import GenerateRequest, generate
 
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
-    options = _generation_options(args)
-    request = GenerateRequest(
-        image=Path(args.image), audio=Path(args.audio), out=Path(args.out), model=args.model, size=args.size,
-        fps=args.fps, face_box=FaceBox.parse(args.face_box) if args.face_box else None,
-        on_missing_face="error" if args.require_face else "center",
-        face_embedding=Path(args.face_embedding) if args.face_embedding else None,
-        face_mask=Path(args.face_mask) if args.face_mask else None,
-        lip_mask=Path(args.lip_mask) if args.lip_mask else None,
-        region_weights=(args.pose_weight, args.face_weight, args.lip_weight),
-        png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, backend=args.backend,
-        options=options)
-    if is_untrained_preset(args.model):
-        print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
-              file=sys.stderr)
-    fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
-    if fallbacks:
-        print(fallbacks, file=sys.stderr)
+    _check_device(args.device)
+    request = _request(GenerateRequest, args, _generation_options(args), audio=Path(args.audio))
     result = generate(request, progress=not args.quiet)
     rate = result.wall_seconds / max(result.media_seconds, 1e-9)
     print(f"wrote {result.out} ({result.frames} frames, {result.media_seconds:.2f} s of video) in "
@@ -134,12 +117,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """Frames out as audio comes in, from the microphone, a (paced) file or raw PCM on stdin."""
-    from engine.faces import FaceBox
-    from engine.importers.provenance import fallback_note
-    from engine.pipeline import StreamRequest, is_untrained_preset, stream, supplied_inputs
+    from engine.pipeline import StreamRequest, stream
     from engine.stream.runner import LagPolicy
     from engine.stream.sources import FileSource, MicrophoneSource, StdinPcmSource
 
+    _check_device(args.device)
     if args.mic:
         device = int(args.input_device) if args.input_device and args.input_device.isdigit() else args.input_device
         source = MicrophoneSource(device=device)
@@ -147,51 +129,70 @@ def cmd_stream(args: argparse.Namespace) -> int:
         source = FileSource(args.audio, realtime=args.realtime)
     else:
         source = StdinPcmSource(args.stdin_pcm)
-    options = _generation_options(args)
-    request = StreamRequest(
-        image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
-        face_box=FaceBox.parse(args.face_box) if args.face_box else None,
-        on_missing_face="error" if args.require_face else "center",
-        face_embedding=Path(args.face_embedding) if args.face_embedding else None,
-        face_mask=Path(args.face_mask) if args.face_mask else None,
-        lip_mask=Path(args.lip_mask) if args.lip_mask else None,
-        region_weights=(args.pose_weight, args.face_weight, args.lip_weight), device=args.device, backend=args.backend,
-        options=dataclasses.replace(options, idle_steps=args.idle_steps),
-        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), always_on=args.always_on)
-    if is_untrained_preset(args.model):
-        print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
-              file=sys.stderr)
-    fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
-    if fallbacks:
-        print(fallbacks, file=sys.stderr)
+    request = _request(StreamRequest, args, _generation_options(args, idle_steps=args.idle_steps),
+                       policy=LagPolicy(args.policy, max_lag_s=args.max_lag), always_on=args.always_on)
     stats = stream(request, source, live_status=not args.quiet)
     print(stats.table())
     print(f"wrote {args.out}")
     return 0
 
 
-def _generation_options(args: argparse.Namespace):
-    """The :class:`GenerationOptions` of ``generate`` / ``stream`` arguments."""
+def _check_device(device: str) -> None:
+    """Refuse ``--device cuda[:N]`` on a machine without CUDA (ValueError: one line, exit 2)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+
+
+def _generation_options(args: argparse.Namespace, **extra: Any) -> GenerationOptions:
+    """The :class:`~engine.options.GenerationOptions` of the flags :func:`_add_generation_flags` added, with
+    ``extra`` fields (a command's own flags) on top."""
     from engine.options import GenerationOptions
 
     return GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
                              seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
                              first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group,
-                             motion_anchor=args.motion_anchor)
+                             motion_anchor=args.motion_anchor, **extra)
+
+
+def _request(kind: type[StreamRequest], args: argparse.Namespace, options: GenerationOptions,
+             **extra: Any) -> StreamRequest:
+    """The request of type ``kind`` (a :class:`~engine.pipeline.StreamRequest`) that ``generate`` / ``stream``
+    flags ask for, generating with ``options``, with ``extra`` fields on top; notes on stderr when the model is
+    an untrained preset or falls back where an input is missing."""
+    from engine.faces import FaceBox
+    from engine.importers.provenance import fallback_note
+    from engine.pipeline import is_untrained_preset, supplied_inputs
+
+    request = kind(
+        image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
+        face_box=FaceBox.parse(args.face_box) if args.face_box else None,
+        on_missing_face="error" if args.require_face else "center",
+        face_embedding=Path(args.face_embedding) if args.face_embedding else None,
+        face_mask=Path(args.face_mask) if args.face_mask else None,
+        lip_mask=Path(args.lip_mask) if args.lip_mask else None,
+        region_weights=(args.pose_weight, args.face_weight, args.lip_weight),
+        png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, backend=args.backend,
+        options=options, **extra)
+    if is_untrained_preset(args.model):
+        print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
+              file=sys.stderr)
+    fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
+    if fallbacks:
+        print(fallbacks, file=sys.stderr)
+    return request
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The live avatar server: a page streams microphone audio, frames come back (engine/serve)."""
-    from engine.options import GenerationOptions
     from engine.serve.app import run_server
     from engine.serve.hub import ServeConfig
     from engine.stream.runner import LagPolicy
 
-    if args.device.startswith("cuda") and not args.ray:  # with --ray the replicas' nodes have the GPUs
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    if not args.ray:  # with --ray the replicas' nodes have the GPUs
+        _check_device(args.device)
     config = ServeConfig(
         host=args.host, port=args.port, model=args.model, device=args.device, backend=args.backend,
         max_sessions=args.max_sessions, token=_serve_token(args),
@@ -199,10 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         max_pending_uploads=args.max_pending_uploads,
         max_pending_uploads_per_client=args.max_pending_uploads_per_client,
-        options=GenerationOptions(steps=args.steps, sampler=args.sampler, seed=args.seed, clip_frames=args.clip,
-                                  first_clip_frames=args.first_clip, schedule=args.schedule,
-                                  group_frames=args.group, motion_anchor=args.motion_anchor,
-                                  idle_steps=args.idle_steps),
+        options=_generation_options(args, idle_steps=args.idle_steps),
         policy=LagPolicy(args.policy, max_lag_s=args.max_lag), batch_gather_ms=args.batch_ms,
         webrtc=args.webrtc, ice_servers=tuple(args.ice_server))
     if args.ice_server and not args.webrtc:
@@ -246,31 +244,53 @@ def _serve_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("EMOTE_TOKEN") or None
 
 
-def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_flags(parser: argparse.ArgumentParser, size_help: str) -> None:
+    """The model, where and how its networks run, and the portrait side (``size_help``: the flag's help)."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS,
+                        help=f"how the networks run (default: {BACKENDS[0]}; see README, Backends)")
+    parser.add_argument("--size", type=SIZE, default=None, help=size_help)
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser, first_clip: int | None = None) -> None:
+    """The flags of :func:`_generation_options` (``first_clip``: the default of ``--first-clip``; None: --clip)."""
     parser.add_argument("--steps", type=STEPS, default=None,
                         help="sampler steps per clip, 1-50 (default: the model's, else 4)")
-    parser.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
+    parser.add_argument("--sampler", default=None, choices=SAMPLER_NAMES,
                         help="sampler (default: the model's, else ddim)")
     parser.add_argument("--cfg-audio", type=GUIDANCE, default=None,
                         help="audio guidance scale, 1 = off (default: the model's, else 1)")
     parser.add_argument("--cfg-ref", type=GUIDANCE, default=None,
                         help="reference guidance scale, 1 = off (default: the model's, else 1)")
-    parser.add_argument("--fps", type=FPS, default=None, help="video frame rate (default: the model's, 25)")
-    parser.add_argument("--size", type=SIZE, default=None,
-                        help="output side in pixels, a multiple of 8, 32-2048 (default: the model's)")
-    parser.add_argument("--head-speed", type=bounded(float, -20, 20), default=0.0, help="head rotation speed, rad/s (default: 0)")
+    parser.add_argument("--head-speed", type=bounded(float, -20, 20), default=0.0,
+                        help="head rotation speed, rad/s (default: 0)")
     parser.add_argument("--clip", type=CLIP_FRAMES, default=None, help="frames per clip (default: the model's)")
-    parser.add_argument("--first-clip", type=CLIP_FRAMES, default=None, help="frames in the first clip (default: --clip)")
-    parser.add_argument("--schedule", default="clip", choices=["clip", "rolling"],
+    parser.add_argument("--first-clip", type=CLIP_FRAMES, default=first_clip,
+                        help=f"frames in the first clip (default: {first_clip or '--clip'})")
+    parser.add_argument("--schedule", default=SCHEDULES[0], choices=SCHEDULES,
                         help="clip: each clip through all steps; rolling: groups at staggered noise levels, "
                              "one backbone call per group (default: clip)")
-    parser.add_argument("--group", type=CLIP_FRAMES, default=2, help="frames per group of the rolling schedule (default: 2)")
-    parser.add_argument("--seed", type=SEED, default=0, help="noise seed; same seed + same inputs = same video")
-    _add_motion_anchor(parser)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--backend", default="torch", choices=["torch", "torch-cuda-graphs", "onnxruntime", "tensorrt"],
-                        help="how the networks run (default: torch; see README, Backends)")
+    parser.add_argument("--group", type=CLIP_FRAMES, default=2,
+                        help="frames per group of the rolling schedule (default: 2)")
+    parser.add_argument("--seed", type=SEED, default=0,
+                        help="noise seed; same seed + same inputs = same video (default: 0)")
+    parser.add_argument("--motion-anchor", type=SHARE, default=None, metavar="SHARE",
+                        help="drift guard, 0-1: how far the motion frames are pulled back toward the reference "
+                             "image's features at each clip, so the face does not drift over a long stream "
+                             "(0 = off; default: the model's, talking64: 0.5, else off)")
+
+
+def _add_idle_steps_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--idle-steps`` (:attr:`~engine.options.GenerationOptions.idle_steps`), ``what`` leading its help."""
+    parser.add_argument("--idle-steps", type=STEPS, default=1, help=f"{what} (at most --steps; default: 1)")
+
+
+def _add_video_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of :func:`_request` that are not the model's or the generation's: outputs, frame rate, face."""
+    parser.add_argument("--out", required=True, help="output .mp4 path")
+    parser.add_argument("--png-dir", default=None, help="also write the frames as PNG files into this directory")
+    parser.add_argument("--fps", type=FPS, default=None, help="video frame rate (default: the model's, 25)")
     parser.add_argument("--face-box", default=None, metavar="X0,Y0,X1,Y1", help="face box in photo pixels")
     parser.add_argument("--face-embedding", default=None, metavar="NPY",
                         help="Hallo models: the face's embedding (insightface's 512-d 'embedding', saved with "
@@ -287,11 +307,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_motion_anchor(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--motion-anchor", type=SHARE, default=None, metavar="SHARE",
-                        help="drift guard, 0-1: how far the motion frames are pulled back toward the reference "
-                             "image's features at each clip, so the face does not drift over a long stream "
-                             "(0 = off; default: the model's, talking64: 0.5, else off)")
+OUTPUT_SIZE_HELP = "output side in pixels, a multiple of 8, 32-2048 (default: the model's)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="photo + speech file -> talking-head MP4 (H.264 + AAC)")
     gen.add_argument("--image", required=True, help="portrait photo (any common format)")
     gen.add_argument("--audio", required=True, help="speech (any format PyAV reads)")
-    gen.add_argument("--out", required=True, help="output .mp4 path")
-    gen.add_argument("--png-dir", default=None, help="also write the frames as PNG files into this directory")
-    _add_generation_options(gen)
+    _add_video_flags(gen)
+    _add_model_flags(gen, OUTPUT_SIZE_HELP)
+    _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
     live = sub.add_parser("stream", help="frames out as audio comes in (microphone, paced file, stdin PCM)")
     live.add_argument("--image", required=True, help="portrait photo (any common format)")
@@ -327,22 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--stdin-pcm", type=bounded(int, 8000, 192000), metavar="RATE", help="raw s16le mono PCM at RATE Hz on stdin")
     live.add_argument("--input-device", default=None, help="microphone index or name (default: the system's)")
     live.add_argument("--realtime", action="store_true", help="pace --audio at real time (as a live source)")
-    live.add_argument("--out", required=True, help="output .mp4 path")
+    _add_video_flags(live)
     live.add_argument("--policy", default="grow", choices=["grow", "skip", "steps"],
                       help="when generation falls behind: let latency grow, skip clips, or use fewer steps")
     live.add_argument("--max-lag", type=LAG_S, default=1.0, help="seconds of lag before --policy acts (default: 1)")
     live.add_argument("--always-on", action="store_true",
                       help="frames at the video's fps even while no audio arrives (idle motion in the pauses of "
                            "--mic or --stdin-pcm, e.g. a TTS that writes in bursts); the MP4's sound keeps the pauses")
-    live.add_argument("--idle-steps", type=STEPS, default=1,
-                      help="with --always-on: sampler steps of a clip made from silence (at most --steps; default: 1)")
-    _add_generation_options(live)
+    _add_idle_steps_flag(live, "with --always-on: sampler steps of a clip made from silence")
+    _add_model_flags(live, OUTPUT_SIZE_HELP)
+    _add_generation_flags(live)
     live.set_defaults(func=cmd_stream)
     serve = sub.add_parser("serve", help="live avatar web server: talk in the browser, watch the face answer")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    _add_model_flags(serve, "portrait side in pixels, a multiple of 8, 32-2048 (default: the model's)")
+    _add_generation_flags(serve, first_clip=4)
+    _add_idle_steps_flag(serve, "sampler steps of a clip made from silence in an always-on session")
     serve.add_argument("--max-sessions", "--sessions-per-replica", dest="max_sessions", type=int, default=4,
                        help="sessions at once (with --ray: per replica); more are refused (default: 4)")
     secret = serve.add_mutually_exclusive_group()
@@ -357,25 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--open-server", action="store_true",
                        help="accept a non-loopback --host without a token (anyone who reaches the port may "
                             "start sessions); refused otherwise")
-    serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    serve.add_argument("--backend", default="torch", help="how the networks run (default: torch)")
-    serve.add_argument("--steps", type=STEPS, default=None,
-                       help="sampler steps per clip, 1-50 (default: the model's, else 4)")
-    serve.add_argument("--sampler", default=None, choices=["ddim", "lcm", "euler"],
-                       help="sampler (default: the model's, else ddim)")
-    serve.add_argument("--idle-steps", type=STEPS, default=1,
-                       help="sampler steps of a clip made from silence in an always-on session (at most "
-                            "--steps; default: 1)")
-    serve.add_argument("--seed", type=SEED, default=0, help="noise seed (default: 0)")
-    serve.add_argument("--clip", type=CLIP_FRAMES, default=None, help="frames per clip (default: the model's)")
-    serve.add_argument("--first-clip", type=CLIP_FRAMES, default=4, help="frames in the first clip (default: 4)")
-    serve.add_argument("--schedule", default="clip", choices=["clip", "rolling"],
-                       help="clip: each clip through all steps; rolling: groups at staggered noise levels, "
-                            "one backbone call per group (default: clip)")
-    serve.add_argument("--group", type=CLIP_FRAMES, default=2, help="frames per group of the rolling schedule (default: 2)")
-    serve.add_argument("--size", type=SIZE, default=None,
-                       help="portrait side in pixels, a multiple of 8, 32-2048 (default: the model's)")
-    _add_motion_anchor(serve)
     serve.add_argument("--policy", default="skip", choices=["grow", "skip", "steps"],
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")

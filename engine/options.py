@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 from engine.config import SamplingDefaults
 
+SAMPLER_NAMES = ("ddim", "lcm", "euler")
+"""The samplers a run may name (:data:`engine.sampling.samplers.SAMPLERS` builds them)."""
+SCHEDULES = ("clip", "rolling")
+"""How a clip goes through the steps (:attr:`GenerationOptions.schedule`)."""
+
+
 @dataclass
 class GenerationOptions:
     """What the user chooses per run (the model's config supplies the rest).
@@ -58,8 +64,10 @@ class GenerationOptions:
             raise ValueError(f"steps must be between 1 and 50, got {self.steps}")
         if not 1 <= self.idle_steps <= 50:
             raise ValueError(f"idle_steps must be between 1 and 50, got {self.idle_steps}")
-        if self.schedule not in ("clip", "rolling"):
+        if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be 'clip' or 'rolling', not {self.schedule!r}")
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
         for name in ("clip_frames", "first_clip_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

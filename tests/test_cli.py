@@ -81,3 +81,60 @@ def test_a_config_of_wrong_types_is_one_line_naming_field_and_file(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"emote: error: {config}: ") and field in err[0], err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def _flags(parser) -> dict[str, object]:
+    """Every option string of ``parser`` -> its action."""
+    return {flag: action for action in parser._actions for flag in action.option_strings}
+
+
+def _subparser(name: str):
+    from engine.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return commands.choices[name]
+
+
+def test_generation_flags_are_the_same_in_every_command():
+    """generate, stream and serve read the same generation flags (one declaration), with the same choices."""
+    from engine.backends import BACKENDS
+    from engine.options import SAMPLER_NAMES
+    from engine.sampling.samplers import SAMPLERS
+
+    shared = ["--model", "--device", "--backend", "--size", "--steps", "--sampler", "--cfg-audio", "--cfg-ref",
+              "--head-speed", "--clip", "--first-clip", "--schedule", "--group", "--seed", "--motion-anchor"]
+    assert tuple(SAMPLERS) == SAMPLER_NAMES
+    commands = {name: _flags(_subparser(name)) for name in ("generate", "stream", "serve")}
+    for flags in commands.values():
+        assert set(shared) <= set(flags)
+        assert tuple(flags["--backend"].choices) == BACKENDS and tuple(flags["--sampler"].choices) == SAMPLER_NAMES
+    video = ["--out", "--png-dir", "--fps", "--face-box", "--require-face", "--quiet"]
+    assert set(video) <= set(commands["generate"]) and set(video) <= set(commands["stream"])
+    assert commands["serve"]["--first-clip"].default == 4 and commands["generate"]["--first-clip"].default is None
+
+
+def test_serve_options_come_from_the_shared_flags():
+    from engine.cli import _generation_options, build_parser
+
+    args = build_parser().parse_args(["serve", "--steps", "3", "--cfg-audio", "2.5", "--head-speed", "0.5",
+                                      "--schedule", "rolling", "--group", "3", "--idle-steps", "2"])
+    options = _generation_options(args, idle_steps=args.idle_steps)
+    assert (options.steps, options.cfg_audio, options.head_speed, options.schedule, options.group_frames,
+            options.idle_steps, options.first_clip_frames) == (3, 2.5, 0.5, "rolling", 3, 2, 4)
+
+
+def test_an_unknown_backend_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--backend", "jax"])
+    assert exc.value.code == 2 and "invalid choice: 'jax'" in capsys.readouterr().err
+
+
+def test_fractional_values_are_accepted_where_a_number_is_asked():
+    """Only --size asks for a multiple (of 8): a guidance scale, a share or a frame rate may have a fraction."""
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--image", "a.png", "--audio", "a.wav", "--out", "a.mp4",
+                                      "--cfg-ref", "3.5", "--motion-anchor", "0.5", "--fps", "29.97"])
+    assert (args.cfg_ref, args.motion_anchor, args.fps) == (3.5, 0.5, 29.97)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--size", "100"])

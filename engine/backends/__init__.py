@@ -3,27 +3,36 @@
 ``torch``: eager PyTorch (any device). ``torch-cuda-graphs``: eager modules captured into CUDA
 graphs per static shape (CUDA only). ``onnxruntime``: exported ONNX graphs in ONNX Runtime (CPU
 here; CUDA with onnxruntime-gpu). ``tensorrt``: TensorRT plans from the engine cache (CUDA and the
-tensorrt package). The optional backends are imported only when asked for, so a missing package
-is a clear error at that point, never an import failure elsewhere.
+tensorrt package). Each backend's module is imported only when it is asked for, so a missing package
+is a clear error at that point, never an import failure elsewhere, and the names cost no import.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from engine.backends.base import Backend
-from engine.backends.compute_thread import ComputeThreadBackend
-from engine.backends.torch_eager import TorchEagerBackend
-from engine.models.model import EmoteModel
+    from engine.backends.base import Backend
+    from engine.models.model import EmoteModel
 
-BACKENDS = ("torch", "torch-cuda-graphs", "onnxruntime", "tensorrt")
+_CLASSES = {
+    "torch": ("engine.backends.torch_eager", "TorchEagerBackend"),
+    "torch-cuda-graphs": ("engine.backends.torch_cuda_graphs", "TorchCudaGraphsBackend"),
+    "onnxruntime": ("engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "tensorrt": ("engine.backends.tensorrt_backend", "TensorRTBackend"),
+}
+"""The registry: each backend's name -> (its module, its class). Importing this package imports none of them."""
+
+BACKENDS = tuple(_CLASSES)
+"""The backends' names, the first the default."""
 
 
-def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch.dtype = torch.float32,
+def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch.dtype | None = None,
                  threads: int | None = None, **options: Any) -> Backend:
-    """The named backend over ``model``; ``options`` go to the backend's constructor.
+    """The named backend over ``model`` (``dtype`` None: float32); ``options`` go to the backend's constructor.
 
     On the CPU the backend's network calls all run on one thread of their own
     (:class:`~engine.backends.compute_thread.ComputeThreadBackend`) with ``threads`` intra-op threads (None:
@@ -33,6 +42,13 @@ def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch
         ValueError: an unknown name.
         RuntimeError: the backend's requirement (CUDA, onnxruntime, tensorrt) is missing here.
     """
+    if name not in _CLASSES:
+        raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    import torch
+
+    from engine.backends.compute_thread import ComputeThreadBackend
+
+    dtype = torch.float32 if dtype is None else dtype
     if torch.device(device).type == "cpu":
         threads = threads or torch.get_num_threads()
         if name == "onnxruntime":
@@ -42,21 +58,9 @@ def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch
 
 
 def _make(name: str, model: EmoteModel, device: str, dtype: torch.dtype, **options: Any) -> Backend:
-    if name == "torch":
-        return TorchEagerBackend(model, device, dtype, **options)
-    if name == "torch-cuda-graphs":
-        from engine.backends.torch_cuda_graphs import TorchCudaGraphsBackend
-
-        return TorchCudaGraphsBackend(model, device, dtype, **options)
-    if name == "onnxruntime":
-        from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, device, dtype, **options)
-    if name == "tensorrt":
-        from engine.backends.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(model, device, dtype, **options)
-    raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    """The registered class of backend ``name``, imported now and built over ``model``."""
+    module, cls = _CLASSES[name]
+    return getattr(importlib.import_module(module), cls)(model, device, dtype, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "TorchEagerBackend", "make_backend"]
+__all__ = ["BACKENDS", "make_backend"]

@@ -133,3 +133,27 @@ def test_result_file_names_name_a_subset_of_configurations():
     assert result_stem(default_settings("tiny", "cpu"), 128) == "tiny-128"
     assert result_stem(default_settings("sd15", "cuda", decoders=("kl",)), 512) == "sd15-512-kl"
     assert result_stem(default_settings("sd15", "cuda", steps=(4,)), 512) == "sd15-512-steps4"
+
+
+@pytest.mark.parametrize("module", ["bench.__main__", "bench.backends", "bench.batching", "bench.schedules",
+                                    "bench.sessions"])
+def test_bench_commands_share_their_common_flags(module):
+    """The common flags come from bench/cli.py: one type and destination for every command that takes them."""
+    import importlib
+
+    parse_args = importlib.import_module(module).parse_args
+    args = parse_args(["--device", "cpu", "--stream-seconds", "1.5", "--repeats", "2", "--threads", "1",
+                       "--smoke", "--out-dir", "out"])
+    assert (args.device, args.stream_s, args.repeats, args.threads, args.smoke) == ("cpu", 1.5, 2, 1, True)
+    assert str(args.out_dir) == "out" and not isinstance(args.out_dir, str)
+
+
+def test_a_command_keeps_its_own_defaults_for_common_flags():
+    from bench import batching, bench_kernels, bench_reference_attention, sessions
+    from bench.cli import COMMON_FLAGS
+
+    assert (bench_kernels.parse_args([]).warmup, bench_kernels.parse_args([]).repeats) == (10, 50)
+    reference = bench_reference_attention.parse_args([])
+    assert (reference.device, reference.warmup, reference.repeats) == ("cuda", 5, 20)
+    assert batching.parse_args([]).backend == sessions.parse_args([]).backend == "torch"
+    assert COMMON_FLAGS["backend"][1].get("default") is None
