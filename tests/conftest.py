@@ -17,9 +17,7 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(scope="session")
 def portrait() -> tuple[np.ndarray, np.ndarray]:
-    """A random 128x128 RGB image and a face mask over its middle."""
-    rng = np.random.RandomState(0)
-    image = (rng.rand(128, 128, 3) * 255).astype(np.uint8)
-    mask = np.zeros((128, 128), np.float32)
-    mask[32:96, 40:88] = 1
-    return image, mask
+    """A random 128x128 RGB image and a face mask over its middle (:func:`support.random_portrait`)."""
+    from support import random_portrait  # here: support imports the models, which must not precede the switch above
+
+    return random_portrait(128)

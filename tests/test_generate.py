@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from support import SR, speech, tiny_random_model, write_wav
 
 from engine.cli import main
 from engine.media import read_video_info
 
 ASSETS = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo"
 PORTRAIT = ASSETS / "portrait.png"
-SR = 16000
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int = SR) -> Path:
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
-def voiced(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.4 * np.sin(2 * np.pi * 160 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
 
 
 def decode_frames(path: Path) -> np.ndarray:
@@ -40,7 +25,7 @@ def decode_frames(path: Path) -> np.ndarray:
 
 
 def generate(tmp_path: Path, out: str, *extra: str, audio: Path | None = None, image: Path = PORTRAIT) -> int:
-    audio = audio or write_wav(tmp_path / "speech.wav", voiced(3.0))
+    audio = audio or write_wav(tmp_path / "speech.wav", speech(3.0, hz=160, syllable_hz=4))
     return main(["generate", "--image", str(image), "--audio", str(audio), "--out", str(tmp_path / out),
                  "--model", "tiny", "--steps", "1", "--quiet", *extra])
 
@@ -56,17 +41,16 @@ def test_three_seconds_give_75_frames_with_matching_audio(tmp_path):
 
 
 def test_png_sequence_and_size(tmp_path):
-    audio = write_wav(tmp_path / "short.wav", voiced(0.5))
+    audio = write_wav(tmp_path / "short.wav", speech(0.5, hz=160, syllable_hz=4))
     assert generate(tmp_path, "c.mp4", "--size", "96", "--png-dir", str(tmp_path / "png"), audio=audio) == 0
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 13 and Image.open(pngs[0]).size == (96, 96)
 
 
 def _bad_model_dir(tmp_path: Path) -> Path:
-    from engine.config import preset
-    from engine.models.checkpoint import random_model, save_model
+    from engine.models.checkpoint import save_model
 
-    save_model(random_model(preset("tiny")), tmp_path / "model")
+    save_model(tiny_random_model(), tmp_path / "model")
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     cfg["unet"]["block_out_channels"] = [32, 64, 128]
     (tmp_path / "model" / "config.json").write_text(json.dumps(cfg))
@@ -127,7 +111,7 @@ def test_an_output_never_replaces_an_input(tmp_path, capsys, target):
     inputs.mkdir()
     image = inputs / "photo.png"
     image.write_bytes(PORTRAIT.read_bytes())
-    audio = write_wav(inputs / "speech.wav", voiced(0.5))
+    audio = write_wav(inputs / "speech.wav", speech(0.5, hz=160, syllable_hz=4))
     before = {p: p.read_bytes() for p in (image, audio)}
     args = ["generate", "--image", str(image), "--audio", str(audio), "--model", "tiny", "--steps", "1", "--quiet"]
     if target == "image's folder":
@@ -141,10 +125,9 @@ def test_an_output_never_replaces_an_input(tmp_path, capsys, target):
 
 
 def test_an_output_into_the_model_directory_is_refused(tmp_path, capsys):
-    from engine.config import preset
-    from engine.models.checkpoint import random_model, save_model
+    from engine.models.checkpoint import save_model
 
-    save_model(random_model(preset("tiny")), tmp_path / "model")
+    save_model(tiny_random_model(), tmp_path / "model")
     config = tmp_path / "model" / "config.json"
     before = config.read_bytes()
     code = generate(tmp_path, "model/config.json", "--model", str(tmp_path / "model"))
@@ -168,7 +151,8 @@ def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kind)
             pytest.skip("making a device node needs root (CI runs as root)")
         os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
     mode = out.lstat().st_mode
-    code = main(["generate", "--image", str(PORTRAIT), "--audio", str(write_wav(tmp_path / "s.wav", voiced(0.5))),
+    audio = write_wav(tmp_path / "s.wav", speech(0.5, hz=160, syllable_hz=4))
+    code = main(["generate", "--image", str(PORTRAIT), "--audio", str(audio),
                  "--out", str(out), "--model", "tiny", "--steps", "1", "--quiet"])
     _refused_in_one_line(capsys, code, "exists and is")
     assert out.lstat().st_mode == mode and not stat.S_ISREG(mode)
@@ -180,7 +164,7 @@ def test_outputs_appear_together_or_not_at_all(tmp_path, capsys, png_dir):
     out = tmp_path / "d" / "x.mp4"
     (tmp_path / "d" / "foreign").mkdir(parents=True)
     (tmp_path / "d" / "foreign" / "notes.txt").write_text("not a frame")
-    audio = write_wav(tmp_path / "s.wav", voiced(0.5))
+    audio = write_wav(tmp_path / "s.wav", speech(0.5, hz=160, syllable_hz=4))
     code = main(["generate", "--image", str(PORTRAIT), "--audio", str(audio), "--out", str(out),
                  "--png-dir", str(tmp_path / "d" / png_dir), "--model", "tiny", "--steps", "1", "--quiet"])
     assert code == 2, capsys.readouterr().err

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from support import SR, tone
 
 from engine.media import (
     MediaError,
@@ -22,7 +23,6 @@ from engine.media import (
     read_video_info,
 )
 
-SR = 16000
 FPS = 25
 FRAME_S = 1 / FPS  # one video frame: the tolerance on every duration
 
@@ -40,11 +40,6 @@ def _has_encoder(name: str) -> bool:
     except Exception:  # noqa: BLE001 - PyAV raises different types for unknown codecs across versions
         return False
     return True
-
-
-def _tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(seconds * rate))) / rate
-    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 def _write_audio(path: Path, codec: str, pcm: np.ndarray, rate: int, channels: int = 1) -> Path:
@@ -179,7 +174,7 @@ def test_audio_round_trip_length_and_frequency(tmp_path: Path, name: str, codec:
                                                channels: int) -> None:
     if not _has_encoder(codec):
         pytest.skip(f"PyAV {av.__version__} has no {codec} encoder")
-    path = _write_audio(tmp_path / name, codec, _tone(2.0, rate), rate, channels)
+    path = _write_audio(tmp_path / name, codec, tone(2.0, rate=rate), rate, channels)
     pcm = load_audio(path)
     assert pcm.dtype == np.float32 and pcm.ndim == 1
     assert abs(audio_duration(pcm, SR) - 2.0) <= FRAME_S, f"{name}: {len(pcm)} samples"
@@ -197,7 +192,7 @@ def test_aac_priming_is_trimmed_so_timing_holds(tmp_path: Path) -> None:
 
 
 def test_load_audio_resamples_to_other_rates(tmp_path: Path) -> None:
-    path = _write_audio(tmp_path / "t.wav", "pcm_s16le", _tone(1.0, 44100, 1000.0), 44100)
+    path = _write_audio(tmp_path / "t.wav", "pcm_s16le", tone(1.0, 1000.0, rate=44100), 44100)
     pcm = load_audio(path, sample_rate=8000)
     assert abs(len(pcm) - 8000) <= 8
     assert abs(_dominant_hz(pcm, 8000) - 1000.0) < 2.0
@@ -251,7 +246,7 @@ def _frames(count: int, width: int = 64, height: int = 48):
 
 def test_video_writer_three_seconds(tmp_path: Path) -> None:
     target = tmp_path / "out.mp4"
-    with VideoWriter(target, FPS, size=(64, 48), audio=_tone(3.0, SR)) as writer:
+    with VideoWriter(target, FPS, size=(64, 48), audio=tone(3.0, rate=SR)) as writer:
         for frame in _frames(75):
             writer.write_frame(frame)
         assert writer.frames_written == 75
@@ -283,7 +278,7 @@ def test_video_frames_keep_order_and_content(tmp_path: Path) -> None:
 @pytest.mark.parametrize("audio_s", [1.3, 2.0, 2.77])
 def test_streaming_interleaved_audio_is_fitted_to_video(tmp_path: Path, audio_s: float) -> None:
     rng = np.random.default_rng(int(audio_s * 100))
-    pcm = _tone(audio_s, SR)
+    pcm = tone(audio_s, rate=SR)
     target = tmp_path / "stream.mp4"
     position = 0
     with VideoWriter(target, FPS, (64, 48), preset="ultrafast") as writer:
@@ -317,7 +312,7 @@ def test_video_writer_without_audio_writes_silence(tmp_path: Path) -> None:
 def test_exception_inside_with_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "out.mp4"
     with pytest.raises(RuntimeError, match="boom"):
-        with VideoWriter(target, FPS, (32, 32), audio=_tone(1.0, SR)) as writer:
+        with VideoWriter(target, FPS, (32, 32), audio=tone(1.0, rate=SR)) as writer:
             for frame in _frames(5, 32, 32):
                 writer.write_frame(frame)
             raise RuntimeError("boom")
@@ -405,7 +400,7 @@ def test_png_sequence_writer_on_error_and_foreign_directory(tmp_path: Path) -> N
 def test_read_video_info_errors(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="no such file"):
         read_video_info(tmp_path / "none.mp4")
-    wav = _write_audio(tmp_path / "a.wav", "pcm_s16le", _tone(0.1, SR), SR)
+    wav = _write_audio(tmp_path / "a.wav", "pcm_s16le", tone(0.1, rate=SR), SR)
     with pytest.raises(MediaError, match="no video stream") as err:
         read_video_info(wav)
     _one_line_naming(err, wav)

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from support import hallo_tiny, randomize_
+from support import hallo_tiny, randomize_, tiny_random_model
 
 from engine.backends import make_backend
 from engine.backends.torch_eager import TorchEagerBackend
@@ -155,5 +155,5 @@ def test_region_weights_are_part_of_the_backbone_graphs_key(hallo):
     reweighted.load_state_dict(hallo.state_dict())
     assert weights_digest(hallo.backbone) == weights_digest(reweighted.backbone)
     assert network(hallo).weights_digest() != network(reweighted).weights_digest()
-    plain = random_model(preset("tiny"))
+    plain = tiny_random_model()
     assert network(plain).weights_digest() == weights_digest(plain.backbone), "models without audio modules: as before"

@@ -1,21 +1,17 @@
 """Shared tiny checkouts and their imports (written once per test session).
 
-Puts this folder on ``sys.path`` so the tests import ``synth`` and ``tiny_sources`` (tests/ has no
-``__init__.py``).
+The tests import ``synth`` and ``tiny_sources`` from this folder, which pytest puts on the path
+(``pythonpath`` in pyproject.toml).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+import tiny_sources
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import tiny_sources  # noqa: E402
-
-from engine.importers.run import import_model  # noqa: E402
+from engine.importers.run import import_model
 
 
 @pytest.fixture(scope="session")

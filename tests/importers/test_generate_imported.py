@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
-import numpy as np
+from support import speech, write_wav
 
 from engine.cli import main
 from engine.media import read_video_info
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "portrait.png"
-SR = 16000
-
-
-def speech(path: Path, seconds: float) -> Path:
-    t = np.arange(int(seconds * SR)) / SR
-    pcm = 0.4 * np.sin(2 * np.pi * 160 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(SR)
-        f.writeframes((pcm * 32767).astype("<i2").tobytes())
-    return path
 
 
 def generate(model: Path, tmp_path: Path, seconds: float) -> tuple[int, Path]:
     out = tmp_path / "out.mp4"
-    code = main(["generate", "--model", str(model), "--image", str(PORTRAIT), "--audio",
-                 str(speech(tmp_path / "speech.wav", seconds)), "--out", str(out), "--steps", "1", "--quiet"])
+    audio = write_wav(tmp_path / "speech.wav", speech(seconds, hz=160, syllable_hz=4))
+    code = main(["generate", "--model", str(model), "--image", str(PORTRAIT), "--audio", str(audio), "--out", str(out),
+                 "--steps", "1", "--quiet"])
     return code, out
 
 

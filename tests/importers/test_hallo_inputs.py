@@ -5,13 +5,13 @@ they change what the backbone computes, and ``emote generate``'s fallback note n
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import random_portrait, speech, write_wav
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.faces import FaceBox, box_mask
@@ -23,7 +23,7 @@ from engine.pipeline import GenerateRequest, generate, supplied_inputs
 from engine.stream.session import Session
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "portrait.png"
-SR, SIZE = 16000, 128
+SIZE = 128
 OPTIONS = dict(steps=1, clip_frames=4, cfg_audio=3.5, cfg_ref=3.5)
 
 
@@ -44,20 +44,15 @@ class RecordingBackend(TorchEagerBackend):
         return super().reference(latents, context=context)
 
 
-def speech(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * 170 * t) * (1 + np.sin(2 * np.pi * 4 * t))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def model(hallo_model: Path) -> EmoteModel:
     return load_model(hallo_model)
 
 
 @pytest.fixture(scope="module")
-def portrait() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.RandomState(0)
-    return (rng.rand(SIZE, SIZE, 3) * 255).astype(np.uint8), box_mask(FaceBox(36, 28, 92, 100), SIZE)
+def hallo_portrait() -> tuple[np.ndarray, np.ndarray]:
+    """A random portrait with the face box's mask, as the engine draws it from a detected face."""
+    return random_portrait(SIZE)[0], box_mask(FaceBox(36, 28, 92, 100), SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +60,17 @@ def embedding(model: EmoteModel) -> np.ndarray:
     return np.random.RandomState(1).randn(model.config.image_proj.embedding_dim).astype(np.float32)
 
 
-def run(model: EmoteModel, portrait, seconds: float = 0.3, **inputs) -> tuple[RecordingBackend, np.ndarray]:
+def run(model: EmoteModel, hallo_portrait, seconds: float = 0.3, **inputs) -> tuple[RecordingBackend, np.ndarray]:
     backend = RecordingBackend(model)
-    session = Session(backend, model.config, *portrait, GenerationOptions(**OPTIONS), **inputs)
-    session.push_audio(speech(seconds))
+    session = Session(backend, model.config, *hallo_portrait, GenerationOptions(**OPTIONS), **inputs)
+    session.push_audio(speech(seconds, hz=170, syllable_hz=4))
     session.end()
     frames = np.stack([frame.image for frame in session.frames()])
     return backend, frames
 
 
-def test_every_backbone_call_gets_the_masks_and_no_face_tokens_without_an_embedding(model, portrait):
-    backend, _ = run(model, portrait)
+def test_every_backbone_call_gets_the_masks_and_no_face_tokens_without_an_embedding(model, hallo_portrait):
+    backend, _ = run(model, hallo_portrait)
     assert len(backend.backbone_calls) == 2
     levels = len(model.config.unet.block_out_channels)
     for call in backend.backbone_calls:
@@ -87,9 +82,9 @@ def test_every_backbone_call_gets_the_masks_and_no_face_tokens_without_an_embedd
     assert backend.reference_contexts and all(c is None for c in backend.reference_contexts)
 
 
-def test_face_tokens_reach_every_backbone_and_reference_call(model, portrait, embedding):
-    backend, frames = run(model, portrait, face_embedding=embedding)
-    _, fallback_frames = run(model, portrait)
+def test_face_tokens_reach_every_backbone_and_reference_call(model, hallo_portrait, embedding):
+    backend, frames = run(model, hallo_portrait, face_embedding=embedding)
+    _, fallback_frames = run(model, hallo_portrait)
     with torch.no_grad():
         tokens = model.image_proj(torch.from_numpy(embedding)[None])
     assert not torch.allclose(tokens[0], model.backbone.default_image_tokens)
@@ -102,8 +97,8 @@ def test_face_tokens_reach_every_backbone_and_reference_call(model, portrait, em
     assert np.abs(frames.astype(np.int16) - fallback_frames).max() > 0
 
 
-def test_masks_change_the_backbone_output(model, portrait):
-    backend, _ = run(model, portrait)
+def test_masks_change_the_backbone_output(model, hallo_portrait):
+    backend, _ = run(model, hallo_portrait)
     call = dict(backend.backbone_calls[0])
     sample = torch.randn(2, 4, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     timestep = torch.full((2, 4), 500.0)
@@ -123,11 +118,7 @@ def test_generate_reads_the_embedding_and_mask_files(hallo_model, tmp_path):
     Image.fromarray(face).save(tmp_path / "face.png")
     np.save(tmp_path / "lip.npy", lip)
     wav = tmp_path / "speech.wav"
-    with wave.open(str(wav), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(SR)
-        f.writeframes((speech(0.3) * 32767).astype("<i2").tobytes())
+    write_wav(wav, speech(0.3, hz=170, syllable_hz=4))
     request = GenerateRequest(image=PORTRAIT, audio=wav, out=tmp_path / "out.mp4", model=str(hallo_model),
                               face_embedding=tmp_path / "face.npy", face_mask=tmp_path / "face.png",
                               lip_mask=tmp_path / "lip.npy", options=GenerationOptions(steps=1, clip_frames=4))

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import randomize_
+from support import randomize_, tiny_random_model
 
-from engine.config import preset
-from engine.models.checkpoint import random_model
 from emote_kernels.dispatch import interpreter_enabled, reset_backend
 
 
@@ -29,7 +27,7 @@ def test_tiny_backbone_kernels_on_matches_off(kernels_mode):
     clips that drop the bank are covered by tests/kernels/test_reference_attention_kernel.py, a second clip
     here would double the interpreter's 45 s)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = random_model(preset("tiny"), seed=0)
+    model = tiny_random_model(seed=0)
     randomize_(model.backbone, std=0.05, seed=1)
     model = model.to(device)
     gen = torch.Generator().manual_seed(0)
@@ -50,7 +48,7 @@ def test_tiny_backbone_kernels_on_matches_off(kernels_mode):
 def test_tiny_backbone_trains_with_kernels_forced(kernels_mode):
     """With grad on, every kernel op takes its PyTorch reference (the kernels have no backward): the same
     gradients as with the kernels off, bit for bit."""
-    model = random_model(preset("tiny"), seed=0)
+    model = tiny_random_model(seed=0)
     gen = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, 3, 8, 8, generator=gen)
     audio = torch.randn(1, 3, 4, 64, generator=gen)

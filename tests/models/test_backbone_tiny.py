@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import randomize_
+from support import randomize_, tiny_random_model
 
 from engine.config import preset
 from engine.models.checkpoint import random_model
@@ -15,7 +15,7 @@ B, F, N_MOTION, LATENT = 2, 8, 4, 16
 
 @pytest.fixture(scope="module")
 def model() -> EmoteModel:
-    m = random_model(preset("tiny"), seed=0)
+    m = tiny_random_model(seed=0)
     randomize_(m.backbone, std=0.05, seed=1)
     randomize_(m.face_locator, std=0.05, seed=2)
     randomize_(m.speed_encoder, std=0.05, seed=3)
@@ -86,7 +86,7 @@ def test_each_condition_changes_the_output(model, inputs, condition):
 
 
 def test_face_locator_and_temporal_outputs_start_at_zero():
-    m = random_model(preset("tiny"), seed=6)
+    m = tiny_random_model(seed=6)
     mask = torch.ones(1, 1, 128, 128)
     assert m.face_locator(mask).abs().max().item() == 0.0
     sample = torch.randn(1, 4, 4, LATENT, LATENT)

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from support import randomize_
+from support import randomize_, tiny_random_model
 
 from engine.config import ModelConfig, preset
 from engine.models.checkpoint import (CheckpointError, load_checked, load_model, load_sd15_unet, random_model,
@@ -18,7 +18,7 @@ from engine.models.model import EmoteModel
 
 @pytest.fixture(scope="module")
 def tiny() -> EmoteModel:
-    return random_model(preset("tiny"), seed=0)
+    return tiny_random_model(seed=0)
 
 
 def test_model_directory_round_trip(tiny, tmp_path):

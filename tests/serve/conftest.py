@@ -31,7 +31,6 @@ from engine.stream.runner import LagPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
-SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
 STEPS = 1
 FIRST_CLIP = 4
 

@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import wave
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
+from support import demo_pcm16
 
 from engine.cli import build_parser, main
 from engine.serve.protocol import unpack_frame
 
-SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
 FPS = 25
-
-
-def speech16() -> np.ndarray:
-    """The demo speech twice (6.3 s), 16-bit 16 kHz."""
-    with wave.open(str(SPEECH), "rb") as f:
-        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
-    return np.concatenate([pcm, pcm])
 
 
 async def next_message(ws: aiohttp.ClientWebSocketResponse) -> object:
@@ -43,7 +34,7 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse) -> object:
 
 def test_always_on_idles_without_audio_and_interrupt_returns_to_idle(start_server):
     server = start_server()
-    pcm = speech16()
+    pcm = np.concatenate([demo_pcm16()] * 2)  # the demo speech twice (6.3 s)
 
     async def run():
         async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
@@ -111,7 +102,7 @@ def test_the_python_client_starts_always_on_and_interrupts(start_server):
     from engine.serve.client import stream_session
 
     server = start_server()
-    pcm = speech16()
+    pcm = np.concatenate([demo_pcm16()] * 2)  # the demo speech twice (6.3 s)
     result = asyncio.run(stream_session(server.ws_url, pcm, frames="raw", always_on=True, interrupt_after_frames=16,
                                         frames_after_interrupt=12))
     assert result.error is None and result.ready["always_on"] is True
@@ -129,4 +120,4 @@ def test_the_python_client_refuses_an_interrupt_without_always_on():
     from engine.serve.client import stream_session
 
     with pytest.raises(ValueError, match="always_on"):
-        asyncio.run(stream_session("ws://127.0.0.1:9/session", speech16(), interrupt_after_frames=4))
+        asyncio.run(stream_session("ws://127.0.0.1:9/session", demo_pcm16(), interrupt_after_frames=4))

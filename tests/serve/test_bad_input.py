@@ -8,26 +8,19 @@ import asyncio
 import io
 import json
 import struct
-import wave
 import zlib
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from PIL import Image
+from support import DEMO_SPEECH, demo_pcm16
 
 from engine.serve.client import SessionResult, stream_session
 from engine.serve.hub import client_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
-SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
-
-
-def speech16(seconds: float) -> np.ndarray:
-    with wave.open(str(SPEECH), "rb") as f:
-        return np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")[:round(seconds * 16000)]
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -41,7 +34,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def good_session(server) -> SessionResult:
     """A short, well-behaved session: the server is still serving."""
-    return asyncio.run(stream_session(server.ws_url, speech16(0.2), frames="raw"))
+    return asyncio.run(stream_session(server.ws_url, demo_pcm16(0.2), frames="raw"))
 
 
 def is_sample_start(text: str) -> bool:
@@ -84,7 +77,7 @@ def test_uploads_that_are_not_acceptable_images(start_server):
     real = PORTRAIT.read_bytes()
     cases = {
         "text": (b"this is a text file, not a photo\n" * 20, "not a PNG, JPEG or WebP"),
-        "wav": (SPEECH.read_bytes()[:4096], "not a PNG, JPEG or WebP"),
+        "wav": (DEMO_SPEECH.read_bytes()[:4096], "not a PNG, JPEG or WebP"),
         "huge canvas": (png_claiming(100_000, 100_000), "larger than the limit"),
         "wide canvas": (png_claiming(9000, 100), "larger than the limit"),
         "tiny canvas": (png_claiming(4, 4), "at least"),
@@ -99,7 +92,7 @@ def test_uploads_that_are_not_acceptable_images(start_server):
     image = Image.open(io.BytesIO(real)).convert("RGBA")
     webp = io.BytesIO()
     image.save(webp, format="WEBP")
-    accepted = asyncio.run(stream_session(server.ws_url, speech16(0.2), portrait=webp.getvalue()))
+    accepted = asyncio.run(stream_session(server.ws_url, demo_pcm16(0.2), portrait=webp.getvalue()))
     assert accepted.done is not None, "a WebP with transparency is a fine portrait"
     assert good_session(server).done is not None and server.idle()
 
@@ -133,7 +126,7 @@ def test_garbage_on_the_socket_closes_only_that_session(start_server, raw_ws):
     async def run():
         async with aiohttp.ClientSession() as http:
             bystander = asyncio.ensure_future(
-                stream_session(server.ws_url, speech16(1.5), realtime=True, frames="raw", http=http))
+                stream_session(server.ws_url, demo_pcm16(1.5), realtime=True, frames="raw", http=http))
             results = {
                 "not json": await exchange(server, "{not json"),
                 "not an object": await exchange(server, "[1, 2]"),
@@ -173,7 +166,7 @@ def test_garbage_on_the_socket_closes_only_that_session(start_server, raw_ws):
 
 def test_access_token_and_origin(start_server, raw_ws):
     server = start_server(token="s3cret-token")
-    pcm = speech16(0.2)
+    pcm = demo_pcm16(0.2)
 
     async def run():
         missing = await stream_session(server.ws_url, pcm)
@@ -342,7 +335,7 @@ def from_address(address: str) -> aiohttp.ClientSession:
 
 def test_announced_uploads_that_never_come_hold_no_session_slot(start_server):
     server = start_server(max_sessions=2, start_timeout_s=30.0)
-    pcm = speech16(0.2)
+    pcm = demo_pcm16(0.2)
 
     async def run():
         async with aiohttp.ClientSession() as http, from_address("127.0.0.2") as other:

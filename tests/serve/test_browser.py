@@ -23,16 +23,15 @@ import re
 import shutil
 import subprocess
 import time
-import wave
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
+from support import SR, demo_pcm16, write_wav
 
 from engine.stream.runner import LagPolicy
 
-SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -61,16 +60,10 @@ def firefox() -> str | None:
 
 def fake_microphone(path: Path) -> float:
     """The demo speech twice with a short pause, as a 16-bit mono WAV; returns its duration in seconds."""
-    with wave.open(str(SPEECH), "rb") as f:
-        rate = f.getframerate()
-        speech = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
-    pcm = np.concatenate([speech, np.zeros(rate // 4, "<i2"), speech])
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(pcm.tobytes())
-    return pcm.size / rate
+    speech = demo_pcm16()
+    pcm = np.concatenate([speech, np.zeros(SR // 4, "<i2"), speech])
+    write_wav(path, pcm)
+    return pcm.size / SR
 
 
 class Page(abc.ABC):

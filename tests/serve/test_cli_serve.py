@@ -9,17 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-import wave
-from pathlib import Path
 
-import numpy as np
 import pytest
+from support import demo_pcm16
 
 from engine.cli import main
 from engine.serve.client import stream_session
 from engine.serve.hub import ServeConfig
-
-SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
 
 
 def _interruptible() -> None:
@@ -48,8 +44,7 @@ def test_emote_serve_prints_the_address_serves_and_stops_on_ctrl_c():
         port = int(match.group(1))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200 and b"live avatar" in response.read()
-        with wave.open(str(SPEECH), "rb") as f:
-            pcm = np.frombuffer(f.readframes(4000), dtype="<i2")
+        pcm = demo_pcm16()[:4000]
         result = asyncio.run(stream_session(f"ws://127.0.0.1:{port}/session", pcm))
         assert result.done is not None and len(result.frames) == 7
         assert result.ready["untrained"] and result.ready["steps"] == 1 and result.ready["policy"] == "skip"

@@ -6,16 +6,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from support import speech
 
 from engine.serve.hub import SessionHub
 from tests.serve.conftest import serve_config
 
-SR, FPS = 16000, 25
-
-
-def speech(seconds: float, hz: float) -> np.ndarray:
-    t = np.arange(round(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * hz * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+FPS = 25
 
 
 def stream(hub: SessionHub, audios: list[np.ndarray]) -> list[list[int]]:

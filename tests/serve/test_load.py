@@ -11,16 +11,14 @@ import json
 import os
 import threading
 import time
-import wave
 from pathlib import Path
 
 import aiohttp
-import numpy as np
+from support import demo_pcm16
 
 from engine.serve.client import stream_session
 from engine.stream.session import Session
 
-SPEECH = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "speech.wav"
 CYCLES = int(os.environ.get("EMOTE_RECONNECT_CYCLES", "200"))
 """200 here and in CI; ``EMOTE_RECONNECT_CYCLES=1000`` for the long run (about 45 s on 2 cores), which still
 exceeds RSS_BOUND_MB: about 44 MiB over 1,000 cycles (114 MiB without the server's trimming)."""
@@ -29,11 +27,6 @@ RSS_BOUND_MB = 24.0
 """Resident memory as the system sees it (no trimming by the test: the server trims after each session).
 Before that it grew about 0.28 MiB a cycle (57 MiB over 200); now about 13 MiB over 200."""
 SESSION_THREADS = ("emote-denoise", "emote-decode", "emote-serve-pump")
-
-
-def speech16(seconds: float) -> np.ndarray:
-    with wave.open(str(SPEECH), "rb") as f:
-        return np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")[:round(seconds * 16000)]
 
 
 def rss_mb() -> float:
@@ -56,7 +49,7 @@ async def wait_until(predicate, timeout: float) -> bool:
 
 def test_concurrent_sessions_get_all_their_frames_and_one_too_many_is_refused(start_server):
     server = start_server(max_sessions=3)
-    pcm = speech16(1.6)
+    pcm = demo_pcm16(1.6)
 
     async def run():
         async with aiohttp.ClientSession() as http:
@@ -66,7 +59,7 @@ def test_concurrent_sessions_get_all_their_frames_and_one_too_many_is_refused(st
             refused = await stream_session(server.ws_url, pcm, http=http)
             served = await asyncio.gather(*clients)
             assert await wait_until(lambda: server.hub.active == 0, 30)
-            after = await stream_session(server.ws_url, speech16(0.2), frames="raw", http=http)
+            after = await stream_session(server.ws_url, demo_pcm16(0.2), frames="raw", http=http)
             return served, refused, after
 
     served, refused, after = asyncio.run(run())
@@ -88,7 +81,7 @@ def test_memory_and_threads_are_flat_over_connect_disconnect_cycles(start_server
     resident memory may not grow by more than RSS_BOUND_MB over CYCLES cycles, and no session thread or
     Session object (with its reference bank and motion frames) may be left once the connections are gone."""
     server = start_server(max_sessions=2)
-    audio = speech16(0.1).tobytes()
+    audio = demo_pcm16(0.1).tobytes()
     start = json.dumps({"type": "start", "frames": "raw"})
 
     async def cycle(http: aiohttp.ClientSession, k: int) -> None:

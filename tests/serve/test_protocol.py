@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import wave
 from pathlib import Path
 
 import aiohttp
 import cv2
 import numpy as np
 from PIL import Image
+from support import demo_pcm16, write_wav
 
 from engine.cli import main
 from engine.serve.client import stream_session
@@ -23,25 +23,7 @@ from engine.serve.protocol import unpack_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
-SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
 FPS = 25
-
-
-def read_pcm16(path: Path, seconds: float | None = None) -> np.ndarray:
-    """The WAV's own 16-bit samples (mono 16 kHz), optionally only the first ``seconds``."""
-    with wave.open(str(path), "rb") as f:
-        assert f.getnchannels() == 1 and f.getsampwidth() == 2 and f.getframerate() == 16000
-        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
-    return pcm if seconds is None else pcm[:round(seconds * 16000)]
-
-
-def write_wav(path: Path, pcm16: np.ndarray, rate: int = 16000) -> Path:
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(pcm16.astype("<i2").tobytes())
-    return path
 
 
 def decode(frame) -> np.ndarray:
@@ -51,7 +33,7 @@ def decode(frame) -> np.ndarray:
 
 
 def test_streamed_20ms_blocks_give_the_frames_of_emote_generate(start_server, tmp_path):
-    pcm = read_pcm16(SPEECH, seconds=1.5)
+    pcm = demo_pcm16(1.5)
     wav = write_wav(tmp_path / "speech.wav", pcm)
     server = start_server()
     result = asyncio.run(stream_session(server.ws_url, pcm, 16000, block_ms=20, portrait=PORTRAIT.read_bytes(),
@@ -75,7 +57,7 @@ def test_streamed_20ms_blocks_give_the_frames_of_emote_generate(start_server, tm
 
 
 def test_raw_and_jpeg_frames_and_a_48khz_client(start_server):
-    pcm = read_pcm16(SPEECH, seconds=0.6)
+    pcm = demo_pcm16(0.6)
     server = start_server()
 
     async def sessions():
@@ -96,7 +78,7 @@ def test_raw_and_jpeg_frames_and_a_48khz_client(start_server):
 
 
 def test_reset_starts_a_new_utterance_with_the_same_portrait(start_server):
-    pcm = read_pcm16(SPEECH, seconds=0.5).tobytes()
+    pcm = demo_pcm16(0.5).tobytes()
     server = start_server()
 
     async def utterance(ws) -> tuple[dict, list]:

@@ -16,7 +16,6 @@ import io
 import json
 import socket
 import time
-import wave
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +29,8 @@ ray = pytest.importorskip("ray", exc_type=ImportError, reason=NO_RAY)
 pytest.importorskip("ray.serve", exc_type=ImportError, reason=NO_RAY)
 pytest.importorskip("fastapi", exc_type=ImportError, reason=NO_RAY)
 
+from support import demo_pcm16, write_wav  # noqa: E402
+
 from engine.cli import main  # noqa: E402
 from engine.options import GenerationOptions  # noqa: E402
 from engine.serve.client import stream_session  # noqa: E402
@@ -41,7 +42,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
-SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
 FPS = 25
 SECONDS = 1.0
 REPLICAS = 3
@@ -49,13 +49,6 @@ MAX_SESSIONS = 2
 CLIENTS = 4
 ADMISSION_ROUNDS = 5
 KILL_ERROR_WITHIN_S = 20.0
-
-
-def read_pcm16(seconds: float) -> np.ndarray:
-    with wave.open(str(SPEECH), "rb") as f:
-        assert f.getnchannels() == 1 and f.getsampwidth() == 2 and f.getframerate() == 16000
-        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
-    return pcm[:round(seconds * 16000)]
 
 
 def free_port() -> int:
@@ -87,13 +80,8 @@ def cluster():
 def expected(tmp_path_factory) -> tuple[np.ndarray, list[np.ndarray]]:
     """The audio and ``emote generate --model tiny``'s frames for it."""
     tmp = tmp_path_factory.mktemp("generate")
-    pcm = read_pcm16(SECONDS)
-    wav = tmp / "speech.wav"
-    with wave.open(str(wav), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(16000)
-        f.writeframes(pcm.tobytes())
+    pcm = demo_pcm16(SECONDS)
+    wav = write_wav(tmp / "speech.wav", pcm)
     assert main(["generate", "--image", str(PORTRAIT), "--audio", str(wav), "--out", str(tmp / "g.mp4"),
                  "--png-dir", str(tmp / "frames"), "--model", "tiny", "--steps", "1", "--first-clip", "4",
                  "--quiet"]) == 0
@@ -198,7 +186,7 @@ def test_sessions_fill_every_replica_before_a_client_is_told_busy(cluster):
                 held.append((ws, ready))
                 assert ready.get("type") == "ready", ready
             started = time.perf_counter()
-            result = await stream_session(cluster, read_pcm16(0.2), timeout_s=30, http=http)
+            result = await stream_session(cluster, demo_pcm16(0.2), timeout_s=30, http=http)
             return [ready["replica"] for _, ready in held], time.perf_counter() - started, result
         finally:
             for ws, _ in held:

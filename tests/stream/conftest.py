@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from support import tiny_random_model
 
-from engine.config import preset
-from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
 
 
 @pytest.fixture(scope="session")
 def model() -> EmoteModel:
-    return random_model(preset("tiny"), seed=0)
+    return tiny_random_model(seed=0)

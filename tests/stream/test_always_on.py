@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import SR, speech
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.options import GenerationOptions
@@ -18,7 +19,7 @@ from engine.stream.runner import LagPolicy, LiveSession
 from engine.stream.session import Session
 from engine.stream.stats import StreamStats
 
-SR, FPS = 16000, 25
+FPS = 25
 FRAME = SR // FPS  # samples per frame
 
 
@@ -42,11 +43,6 @@ class CountingBackend(TorchEagerBackend):
     def backbone(self, *args, **kwargs):
         self.calls += 1
         return super().backbone(*args, **kwargs)
-
-
-def speech(seconds: float) -> np.ndarray:
-    t = np.arange(round(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * 170 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
 
 
 def take(live: LiveSession, n: int) -> list:
@@ -101,7 +97,7 @@ def test_always_on_emits_idle_frames_on_the_clock_and_speech_joins_on_the_same_t
         first = take(live, 20)
         clock.now += 0.32  # frame 33: clip [20,28) is in
         first += take(live, 8)
-        live.push_audio(speech(0.64))  # speech at the clock's sample, frames 33..48
+        live.push_audio(speech(0.64, hz=170))  # speech at the clock's sample, frames 33..48
         clock.now += 1.18  # 2.5 s: silence after the speech, up to frame 62
         later = take(live, 32)  # clips [28,36) [36,44) [44,52) [52,60)
     finally:
@@ -118,7 +114,7 @@ def test_always_on_emits_idle_frames_on_the_clock_and_speech_joins_on_the_same_t
 
     offline = Session(TorchEagerBackend(model), model.config, *portrait, options())
     offline.push_audio(np.zeros(33 * FRAME, np.float32), speech=False)
-    offline.push_audio(speech(0.64))
+    offline.push_audio(speech(0.64, hz=170))
     offline.push_audio(np.zeros(round(2.5 * SR) - 49 * FRAME, np.float32), speech=False)
     want = list(offline.frames())[:60]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, want)), \
@@ -131,7 +127,7 @@ def test_interrupt_drops_queued_speech_and_goes_on_idle_from_the_next_frame(mode
                        clock=clock, always_on=True)
     try:
         clock.now += 1.0
-        live.push_audio(speech(2.0))  # a TTS burst: frames 25..74, far ahead of the clock
+        live.push_audio(speech(2.0, hz=170))  # a TTS burst: frames 25..74, far ahead of the clock
         heard = take(live, 30)  # frames 0..29: speech from frame 25 on is being shown
         report = live.interrupt()
         clock.now += 1.0  # the clock at frame 50: silence from the cut (frame 30) to frame 50
@@ -159,7 +155,7 @@ def test_interrupt_needs_an_always_on_session(model, portrait):
 
 def test_a_rewind_keeps_the_motion_frames_of_the_frames_before_the_cut(model, portrait):
     """Cutting far behind the newest clip gives the motion frames and the frames of cutting at it."""
-    pcm = speech(2.0)
+    pcm = speech(2.0, hz=170)
 
     def session() -> Session:
         s = Session(TorchEagerBackend(model), model.config, *portrait, options(steps=1, first_clip_frames=None))
@@ -193,7 +189,7 @@ def test_a_rewind_keeps_the_motion_frames_of_the_frames_before_the_cut(model, po
 def test_a_cut_beyond_the_kept_frames_is_refused(model, portrait):
     s = Session(TorchEagerBackend(model), model.config, *portrait, options(steps=1, first_clip_frames=None))
     s.keep_for_rewind(8)
-    s.push_audio(speech(2.0))
+    s.push_audio(speech(2.0, hz=170))
     for clip in s.ready_clips():
         s.step(clip)
     with pytest.raises(RuntimeError, match="not kept"):

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from support import SR, speech
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.options import GenerationOptions
@@ -16,7 +17,6 @@ from engine.stream.batching import BatchScheduler
 from engine.stream.runner import LiveSession
 from engine.stream.session import Session
 
-SR = 16000
 Output = list[tuple[int, torch.Tensor, np.ndarray]]
 
 
@@ -32,11 +32,9 @@ class CountingBackend(TorchEagerBackend):
         return super().backbone(sample, timestep, **kwargs)
 
 
-def speech(seconds: float, seed: int) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    rng = np.random.RandomState(seed)
-    tone = 0.3 * np.sin(2 * np.pi * (120 + 40 * seed) * t) * (1 + np.sin(2 * np.pi * 3 * t))
-    return (tone + 0.02 * rng.randn(t.size)).astype(np.float32)
+def voice(seconds: float, seed: int) -> np.ndarray:
+    """Session ``seed``'s speech: its own pitch (120 + 40 x seed Hz) and noise."""
+    return speech(seconds, hz=120 + 40 * seed, noise=0.02, seed=seed)
 
 
 def blocks_of(pcm: np.ndarray, seconds: float) -> list[np.ndarray]:
@@ -46,10 +44,10 @@ def blocks_of(pcm: np.ndarray, seconds: float) -> list[np.ndarray]:
 
 # Per session: audio blocks and options. 1 goes silent, 2 ends early, 3 is a rolling window (other shapes).
 STREAMS = [
-    (blocks_of(speech(0.64, 1), 0.1), dict()),
-    (blocks_of(np.concatenate([speech(0.24, 2), np.zeros(int(0.4 * SR), np.float32)]), 0.16), dict()),
-    ([speech(0.2, 3)], dict()),
-    (blocks_of(speech(0.4, 4), 0.2), dict(schedule="rolling", group_frames=2)),
+    (blocks_of(voice(0.64, 1), 0.1), dict()),
+    (blocks_of(np.concatenate([voice(0.24, 2), np.zeros(int(0.4 * SR), np.float32)]), 0.16), dict()),
+    ([voice(0.2, 3)], dict()),
+    (blocks_of(voice(0.4, 4), 0.2), dict(schedule="rolling", group_frames=2)),
 ]
 
 
@@ -163,7 +161,7 @@ def test_stalled_session_holds_no_one_back(model, portrait):
     try:
         make_session(model, portrait, scheduler.attach(), 3)  # attached, never pushes audio
         stalled = make_session(model, portrait, scheduler.attach(), 0)
-        drive(stalled, [speech(0.24, 9)], end=False)  # one clip, then never another block nor an end
+        drive(stalled, [voice(0.24, 9)], end=False)  # one clip, then never another block nor an end
         sessions = [make_session(model, portrait, scheduler.attach(), i) for i in (1, 2)]
         outputs = run_threads([lambda i=i: finish(sessions[i - 1], STREAMS[i][0]) for i in (1, 2)], timeout=60)
     finally:

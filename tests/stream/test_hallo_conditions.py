@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import hallo_tiny
+from support import hallo_tiny, tiny_random_model
 
 from engine.backends.torch_eager import TorchEagerBackend
-from engine.config import preset
 from engine.faces import FaceBox, box_mask
 from engine.models.checkpoint import random_model
 from engine.region_masks import MASK_SIZE, fallback_region_masks, lip_box
@@ -78,7 +77,7 @@ def test_face_embedding_tokens_and_the_zero_embedding_for_the_unconditional_bran
 
 
 def test_models_without_hallo_pieces_get_nothing_and_refuse_inputs(face_mask):
-    tiny = TorchEagerBackend(random_model(preset("tiny"), seed=0))
+    tiny = TorchEagerBackend(tiny_random_model(seed=0))
     out = hallo_conditions(tiny, tiny.model.config, face_mask, LATENT)
     assert (out.image_tokens, out.uncond_image_tokens, out.region_masks) == (None, None, None)
     with pytest.raises(ValueError, match="no audio modules"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from support import speech
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.options import GenerationOptions
@@ -10,8 +11,6 @@ from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.runner import LiveSession
 from engine.stream.session import Session
-
-SR = 16000
 
 
 class RecordingBackend(TorchEagerBackend):
@@ -22,11 +21,6 @@ class RecordingBackend(TorchEagerBackend):
     def backbone(self, sample, timestep, **kwargs):
         self.timesteps.append(timestep.clone())
         return super().backbone(sample, timestep, **kwargs)
-
-
-def speech(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 2.5 * t))).astype(np.float32)
 
 
 def run(model, portrait, pcm, blocks=None, backend=None, **options):
@@ -45,7 +39,7 @@ def same(a, b) -> bool:
 
 
 def test_one_step_rolling_equals_clipwise(model, portrait):
-    pcm = speech(0.8)
+    pcm = speech(0.8, hz=150, syllable_hz=2.5)
     rolling = run(model, portrait, pcm, steps=1, schedule="rolling", group_frames=4)
     clipwise = run(model, portrait, pcm, steps=1, schedule="clip", clip_frames=4)
     assert len(rolling) == 20 and same(rolling, clipwise)
@@ -53,7 +47,8 @@ def test_one_step_rolling_equals_clipwise(model, portrait):
 
 def test_timesteps_reach_the_backbone_staggered(model, portrait):
     backend = RecordingBackend(model)
-    frames = run(model, portrait, speech(0.64), backend=backend, steps=4, schedule="rolling", group_frames=2)
+    frames = run(model, portrait, speech(0.64, hz=150, syllable_hz=2.5), backend=backend, steps=4, schedule="rolling",
+                 group_frames=2)
     assert len(frames) == 16
     ts = NoiseSchedule.from_dict(model.config.scheduler)
     t = make_sampler("ddim", ts).timesteps(4).tolist()
@@ -66,7 +61,7 @@ def test_timesteps_reach_the_backbone_staggered(model, portrait):
 
 
 def test_rolling_is_independent_of_audio_blocks(model, portrait):
-    pcm = speech(0.8)
+    pcm = speech(0.8, hz=150, syllable_hz=2.5)
     whole = run(model, portrait, pcm, steps=3, schedule="rolling", group_frames=2)
     ten_ms = run(model, portrait, pcm, blocks=np.array_split(pcm, len(pcm) // 160), steps=3, schedule="rolling",
                  group_frames=2)
@@ -76,7 +71,7 @@ def test_rolling_is_independent_of_audio_blocks(model, portrait):
 
 
 def test_rolling_through_the_live_session(model, portrait):
-    pcm = speech(0.6)
+    pcm = speech(0.6, hz=150, syllable_hz=2.5)
     want = run(model, portrait, pcm, steps=2, schedule="rolling", group_frames=1)
     live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
                                GenerationOptions(steps=2, schedule="rolling", group_frames=1)))

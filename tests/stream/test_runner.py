@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import speech, write_wav
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.cli import main
@@ -21,22 +21,7 @@ from engine.stream.session import Session
 from engine.stream.sinks import CallbackSink, Mp4Sink, PngSink
 from engine.stream.sources import FileSource
 
-SR = 16000
 PORTRAIT = Path(__file__).resolve().parents[2] / "engine" / "assets" / "demo" / "portrait.png"
-
-
-def speech(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * 170 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-
-
-def write_wav(path: Path, pcm: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(SR)
-        f.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 class SlowBackend(TorchEagerBackend):
@@ -59,7 +44,7 @@ def offline(model, portrait, pcm, **options):
 
 
 def test_live_session_in_10ms_blocks_equals_offline(model, portrait):
-    pcm = speech(1.0)
+    pcm = speech(1.0, hz=170)
     want = offline(model, portrait, pcm, first_clip_frames=4)
     live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
                                GenerationOptions(steps=1, first_clip_frames=4)))
@@ -74,7 +59,7 @@ def test_live_session_in_10ms_blocks_equals_offline(model, portrait):
 def test_the_end_of_run_table_says_how_often_the_drift_guard_acted(model, portrait):
     live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
                                GenerationOptions(steps=1, first_clip_frames=4, motion_anchor=0.4)))
-    live.push_audio(speech(1.0))
+    live.push_audio(speech(1.0, hz=170))
     live.end()
     frames = list(live)
     updates = live.session.anchored
@@ -85,7 +70,7 @@ def test_the_end_of_run_table_says_how_often_the_drift_guard_acted(model, portra
 
 
 def test_async_iteration(model, portrait):
-    pcm = speech(0.4)
+    pcm = speech(0.4, hz=170)
     want = offline(model, portrait, pcm)
 
     async def consume():
@@ -99,7 +84,7 @@ def test_async_iteration(model, portrait):
 
 
 def test_reset_starts_a_new_utterance_with_the_same_reference(model, portrait):
-    pcm = speech(0.4)
+    pcm = speech(0.4, hz=170)
     live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait, GenerationOptions(steps=1)))
     live.push_audio(pcm)
     live.end()
@@ -115,7 +100,7 @@ def test_reset_starts_a_new_utterance_with_the_same_reference(model, portrait):
 
 
 def test_paced_file_gives_frames_before_the_audio_ends(model, portrait, tmp_path):
-    pcm = speech(3.0)
+    pcm = speech(3.0, hz=170)
     source = FileSource(write_wav(tmp_path / "s.wav", pcm), block_ms=20, realtime=True)
     live = LiveSession(Session(TorchEagerBackend(model), model.config, *portrait,
                                GenerationOptions(steps=1, first_clip_frames=4)))
@@ -129,7 +114,7 @@ def test_paced_file_gives_frames_before_the_audio_ends(model, portrait, tmp_path
 
 
 def test_skip_policy_bounds_latency_and_grow_loses_nothing(model, portrait, tmp_path):
-    pcm = speech(3.0)
+    pcm = speech(3.0, hz=170)
     wav = write_wav(tmp_path / "s.wav", pcm)
 
     def run(policy):
@@ -149,7 +134,7 @@ def test_skip_policy_bounds_latency_and_grow_loses_nothing(model, portrait, tmp_
 
 
 def test_stream_cli_equals_generate(tmp_path, capsys):
-    wav = write_wav(tmp_path / "s.wav", speech(0.6))
+    wav = write_wav(tmp_path / "s.wav", speech(0.6, hz=170))
     common = ["--image", str(PORTRAIT), "--model", "tiny", "--steps", "1", "--quiet", "--first-clip", "4"]
     assert main(["generate", "--audio", str(wav), "--out", str(tmp_path / "g.mp4"), *common]) == 0
     assert main(["stream", "--audio", str(wav), "--out", str(tmp_path / "s.mp4"), *common]) == 0
@@ -165,7 +150,7 @@ def test_stream_cli_equals_generate(tmp_path, capsys):
 
 
 def test_ending_mid_clip_flushes_and_durations_agree(tmp_path):
-    wav = write_wav(tmp_path / "odd.wav", speech(1.37))
+    wav = write_wav(tmp_path / "odd.wav", speech(1.37, hz=170))
     assert main(["stream", "--audio", str(wav), "--out", str(tmp_path / "o.mp4"), "--image", str(PORTRAIT),
                  "--model", "tiny", "--steps", "1", "--quiet"]) == 0
     info = read_video_info(tmp_path / "o.mp4")
@@ -186,7 +171,7 @@ def test_a_worker_failure_reaches_the_consumer(model, portrait):
             raise RuntimeError("backbone exploded")
 
     live = LiveSession(Session(Broken(model), model.config, *portrait, GenerationOptions(steps=1)))
-    live.push_audio(speech(0.5))
+    live.push_audio(speech(0.5, hz=170))
     live.end()
     with pytest.raises(RuntimeError, match="backbone exploded"):
         list(live)
@@ -202,7 +187,7 @@ def test_outputs_of_a_run_appear_together_or_not_at_all(model, portrait, tmp_pat
         out.mkdir(exist_ok=True)
 
     with pytest.raises(MediaError, match="x.mp4"):
-        run_stream(FileSource(write_wav(tmp_path / "s.wav", speech(0.4))), LiveSession(session), sinks,
+        run_stream(FileSource(write_wav(tmp_path / "s.wav", speech(0.4, hz=170))), LiveSession(session), sinks,
                    on_frame=take_the_mp4s_place)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.wav", "x.mp4"], "the frames may not appear alone"
     assert list(out.iterdir()) == []

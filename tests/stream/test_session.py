@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from support import speech
 
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import SamplingDefaults, preset
 from engine.options import GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner, Clip
 from engine.stream.session import Session
-
-SR = 16000
 
 
 class RecordingBackend(TorchEagerBackend):
@@ -32,13 +31,6 @@ class RecordingBackend(TorchEagerBackend):
     def reference(self, latents):
         self.reference_calls.append(latents.clone())
         return super().reference(latents)
-
-
-def speech(seconds: float, seed: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    rng = np.random.RandomState(seed)
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.randn(t.size)).astype(
-        np.float32)
 
 
 def run(model, portrait, pcm, blocks=None, backend=None, **options):
@@ -63,7 +55,7 @@ def test_planner_cuts_by_frame_count_only():
 
 
 def test_frame_count_times_and_shape(model, portrait):
-    pcm = speech(1.23)
+    pcm = speech(1.23, noise=0.02)
     frames = run(model, portrait, pcm)
     assert len(frames) == math.ceil(1.23 * 25)
     assert [f.index for f in frames] == list(range(len(frames)))
@@ -72,7 +64,7 @@ def test_frame_count_times_and_shape(model, portrait):
 
 
 def test_same_frames_however_the_audio_arrives(model, portrait):
-    pcm = speech(1.0)
+    pcm = speech(1.0, noise=0.02)
     whole = run(model, portrait, pcm, first_clip_frames=4)
     ten_ms = run(model, portrait, pcm, blocks=np.array_split(pcm, len(pcm) // 160), first_clip_frames=4)
     cuts = np.sort(np.random.RandomState(3).choice(len(pcm), 17, replace=False))
@@ -83,7 +75,7 @@ def test_same_frames_however_the_audio_arrives(model, portrait):
 
 
 def test_seed_decides_the_frames(model, portrait):
-    pcm = speech(0.4)
+    pcm = speech(0.4, noise=0.02)
     a, b = run(model, portrait, pcm, seed=5), run(model, portrait, pcm, seed=5)
     c = run(model, portrait, pcm, seed=6)
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
@@ -91,7 +83,7 @@ def test_seed_decides_the_frames(model, portrait):
 
 
 def test_guidance_one_is_one_batch_per_step(model, portrait):
-    pcm = speech(0.32)
+    pcm = speech(0.32, noise=0.02)
     plain = RecordingBackend(model)
     frames = run(model, portrait, pcm, backend=plain, steps=3)
     assert len(plain.backbone_calls) == 3 and all(c["sample"].shape[0] == 1 for c in plain.backbone_calls)
@@ -108,7 +100,7 @@ def test_next_clip_gets_the_last_latents_of_the_previous_clip(model, portrait):
     backend = RecordingBackend(model)
     session = Session(backend, model.config, *portrait, GenerationOptions(steps=1, first_clip_frames=4,
                                                                           motion_anchor=0.0))
-    session.push_audio(speech(1.0))
+    session.push_audio(speech(1.0, noise=0.02))
     session.end()
     clips = session.ready_clips()
     assert [c.frames for c in clips] == [4, 8, 8, 5]
@@ -129,7 +121,7 @@ def test_next_clip_gets_the_last_latents_of_the_previous_clip(model, portrait):
 def test_the_drift_guard_pulls_the_motion_features_toward_the_references(model, portrait, anchor):
     backend = RecordingBackend(model)
     session = Session(backend, model.config, *portrait, GenerationOptions(steps=1, motion_anchor=anchor))
-    session.push_audio(speech(1.0))
+    session.push_audio(speech(1.0, noise=0.02))
     session.end()
     first, second = session.ready_clips()[:2]
     session.denoise(first)
@@ -156,7 +148,7 @@ def test_reference_motion_init_uses_the_reference_features(model, portrait):
     cfg = preset("tiny")
     cfg.motion_init = "reference"
     session = Session(TorchEagerBackend(model), cfg, *portrait, GenerationOptions(steps=1))
-    session.push_audio(speech(0.2))
+    session.push_audio(speech(0.2, noise=0.02))
     motion = session.conditions(Clip(0, 0, 1))
     for got, ref in zip(motion.motion_features, session.reference_features):
         torch.testing.assert_close(got[0], ref.expand_as(got[0]))
@@ -165,12 +157,12 @@ def test_reference_motion_init_uses_the_reference_features(model, portrait):
 def test_reset_keeps_the_reference_and_restarts_frames(model, portrait):
     backend = RecordingBackend(model)
     session = Session(backend, model.config, *portrait, GenerationOptions(steps=1))
-    session.push_audio(speech(0.4))
+    session.push_audio(speech(0.4, noise=0.02))
     session.end()
     first = list(session.frames())
     calls = len(backend.reference_calls)
     session.reset()
-    session.push_audio(speech(0.4))
+    session.push_audio(speech(0.4, noise=0.02))
     session.end()
     again = list(session.frames())
     assert [f.index for f in again] == [f.index for f in first]

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import SR, tone
 
 from engine.media import read_video_info
 from engine.stream.session import Frame
 from engine.stream.sinks import CallbackSink, Mp4Sink, PngSink
 
-SR = 16000
 FPS = 25
 SIZE = 64
 
@@ -24,14 +24,9 @@ def frame(index: int) -> Frame:
     return Frame(index, index / FPS, image)
 
 
-def speech(seconds: float) -> np.ndarray:
-    t = np.arange(round(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-
-
 def stream_into(sink, seconds: float, skip: set[int] = frozenset(), end_frame: int | None = None) -> None:
     """Feed ``sink`` as a live run would: 20 ms audio blocks, each frame once its audio is in."""
-    pcm = speech(seconds)
+    pcm = tone(seconds, 220, 0.3)
     total = end_frame if end_frame is not None else int(np.ceil(seconds * FPS))
     next_frame = 0
     for start in range(0, pcm.size, 320):
@@ -111,7 +106,7 @@ def test_frames_out_of_order_are_refused(tmp_path: Path):
 def test_png_sink_names_frames_by_index(tmp_path: Path):
     out = tmp_path / "frames"
     with PngSink(out) as sink:
-        sink.write_audio(speech(0.1))
+        sink.write_audio(tone(0.1, 220, 0.3))
         for i in (0, 1, 2, 5, 6):
             sink.write(frame(i))
     names = sorted(p.name for p in out.iterdir())

@@ -7,12 +7,12 @@ import io
 import sys
 import threading
 import time
-import wave
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from support import tone, write_wav
 
 from engine.media import load_audio
 from engine.stream.sources import (
@@ -33,20 +33,6 @@ except OSError:  # the PortAudio library is missing: sounddevice cannot load
 
 needs_portaudio = pytest.mark.skipif(sd is None, reason="the PortAudio library is not installed")
 SR = 16000
-
-
-def sine(rate: int, seconds: float, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
-    """float32 [rate * seconds] sine at ``rate`` Hz."""
-    return (amp * np.sin(2 * np.pi * freq * np.arange(round(rate * seconds)) / rate)).astype(np.float32)
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def one_shot(pcm: np.ndarray, rate: int) -> np.ndarray:
@@ -87,7 +73,7 @@ class FakeClock:
 
 @pytest.fixture
 def speech_wav(tmp_path: Path) -> Path:
-    return write_wav(tmp_path / "speech.wav", sine(SR, 1.01, freq=220.0), SR)
+    return write_wav(tmp_path / "speech.wav", tone(1.01, 220.0, rate=SR), SR)
 
 
 def test_file_source_blocks_cover_the_file(speech_wav: Path):
@@ -150,7 +136,7 @@ def test_file_source_bad_file_is_a_one_line_source_error(tmp_path: Path):
 
 @pytest.mark.parametrize("rate", [44100, 48000, 8000, 22050])
 def test_streaming_resampler_matches_one_shot_in_any_blocks(rate: int):
-    pcm = sine(rate, 0.7)
+    pcm = tone(0.7, rate=rate)
     rng = np.random.default_rng(rate)
     cuts = np.cumsum(rng.integers(1, 900, size=2000))
     cuts = cuts[cuts < pcm.size]
@@ -210,11 +196,11 @@ def stand_in(rates: set[int], seconds: float = 1.0, freq: float = 440.0, live: b
 
         def _play(self) -> None:
             rate, block = self.kwargs["samplerate"], self.kwargs["blocksize"]
-            pcm = sine(rate, seconds, freq)
+            pcm = tone(seconds, freq, rate=rate)
             buffer = np.zeros((block, 1), np.float32)
             k = 0
             while not self.closed.is_set() and (live or k * block < pcm.size):
-                chunk = pcm[k * block:(k + 1) * block] if not live else sine(rate, block / rate, freq)
+                chunk = pcm[k * block:(k + 1) * block] if not live else tone(block / rate, freq, rate=rate)
                 buffer[:] = 0
                 buffer[:chunk.size, 0] = chunk
                 self.callback(buffer, block, None, sd.CallbackFlags())
@@ -250,7 +236,7 @@ def test_microphone_resamples_to_16k_continuously(fake_devices, device_rate: int
     stream = factory.opened[-1]
     assert stream.kwargs["blocksize"] == device_rate // 50
     assert stream.closed.is_set() and source.dropped_blocks == 0
-    played = sine(device_rate, 1.0)
+    played = tone(1.0, rate=device_rate)
     np.testing.assert_allclose(out, one_shot(played, device_rate), atol=1e-6)
     assert_continuous_sine(out, 1.0)
 
@@ -261,7 +247,7 @@ def test_microphone_opens_at_16k_when_the_device_accepts_it(fake_devices):
     with MicrophoneSource(stream_factory=factory) as source:
         assert source.rate == 16000
         out = np.concatenate(list(source.blocks()))
-    np.testing.assert_array_equal(out, sine(SR, 1.0))
+    np.testing.assert_array_equal(out, tone(1.0, rate=SR))
 
 
 @needs_portaudio
@@ -373,7 +359,7 @@ class TrickleStream(io.RawIOBase):
 
 @pytest.mark.parametrize("rate", [8000, 44100])
 def test_stdin_pcm_is_resampled_to_16k(rate: int):
-    played = sine(rate, 0.5)
+    played = tone(0.5, rate=rate)
     source = StdinPcmSource(rate, stream=io.BytesIO(pcm16(played) + b"\x7f"), block_ms=20.0)
     blocks = list(source.blocks())
     assert all(b.dtype == np.float32 for b in blocks)
@@ -384,7 +370,7 @@ def test_stdin_pcm_is_resampled_to_16k(rate: int):
 
 
 def test_stdin_pcm_at_16k_is_exact_with_short_reads_and_an_odd_tail():
-    data = pcm16(sine(SR, 0.3))
+    data = pcm16(tone(0.3, rate=SR))
     out = np.concatenate(list(StdinPcmSource(SR, stream=TrickleStream(data + b"\x01", most=77)).blocks()))
     np.testing.assert_array_equal(out, np.frombuffer(data, "<i2").astype(np.float32) / 32768)
 

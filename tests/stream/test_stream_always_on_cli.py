@@ -12,18 +12,17 @@ import os
 import re
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import demo_pcm16
 
 from engine.cli import main
 from engine.media import load_audio, read_video_info
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
-SPEECH = ROOT / "engine" / "assets" / "demo" / "speech.wav"
 PAUSE_S = 1.5
 SPEECH_S = 0.5
 
@@ -59,15 +58,10 @@ class PipeStdin:
                 out.write(chunk)
 
 
-def speech_half_second() -> bytes:
-    with wave.open(str(SPEECH), "rb") as f:
-        assert f.getframerate() == 16000 and f.getnchannels() == 1
-        return f.readframes(round(SPEECH_S * 16000))
-
-
 def run_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                *flags: str) -> tuple[str, dict]:
-    stdin = PipeStdin([speech_half_second(), speech_half_second()], PAUSE_S)
+    half_second = demo_pcm16(SPEECH_S).tobytes()
+    stdin = PipeStdin([half_second, half_second], PAUSE_S)
     monkeypatch.setattr("sys.stdin", stdin)
     stdin.writer.start()
     out = tmp_path / f"out{len(flags)}.mp4"
