@@ -1,28 +1,8 @@
 """Time each Triton kernel against (a) eager PyTorch and (b) torch.compile of the same eager code (CUDA only).
 
-Shapes: SD1.5 at 512x512, the four UNet resolutions (latents 64x64 / 32x32 / 16x16 / 8x8 with 320 / 640 /
-1280 / 1280 channels), clips of 12 frames + 4 motion frames (F = 16), batch 1 and 2 (2: two guidance
-branches), fp16.
-
-- Temporal attention, in the frame-stacked layout ``[(b*F), h*w, C]`` the motion modules project into;
-  8 heads. (a) is the usual motion-module code: ``(b F) (h w) C -> (b h w) heads F d`` permutes around
-  fp16 ``scaled_dot_product_attention`` and back.
-- GroupNorm (32 groups) with and without SiLU on the resnets' ``[b*F, C, h, w]`` inputs; (a) is
-  ``F.group_norm`` followed by ``F.silu``.
-- Reference attention, the spatial self-attention over each frame's own tokens and its sample's reference
-  bank (as many tokens), on the 12 clip frames (motion frames do not enter it); 8 heads. (a) is the
-  model's PyTorch path (``reference_attention_reference``: the bank's K/V repeated per frame and
-  concatenated, a mask from ``reference_keep``, SDPA, heads transposed back).
-- LayerNorm, which has no kernel (this row is the measured decision): ``F.layer_norm`` on the transformer
-  blocks' tokens ``[b*F, h*w, C]`` (a) against ``torch.compile`` of it (b), Inductor's generated Triton
-  kernel. Both read and write each element once; a hand-written Triton LayerNorm would pay only where (b)
-  clearly beats (a), and the summary says whether it does.
-
-Each timing: warm-up calls (the first compiles), then CUDA events around every repeat; the median.
-Achieved bandwidth: the bytes an op must move at least (each input read once, the output written once)
-over its time. Ratios: (a) / kernel and (b) / kernel (above 1: the kernel is faster). A baseline that fails
-(PyTorch's memory-efficient SDPA puts the batch on a grid axis limited to 65,535) is reported as its error.
-Without a CUDA device the script says so and exits 0.
+Shapes are SD1.5's at 512x512 (the four UNet resolutions, clips of 12 + 4 motion frames, batch 1 and 2,
+fp16); the ops, their baselines and how the figures are taken: docs/decisions.md. Without a CUDA device the
+script says so and exits 0.
 
     python -m bench.bench_kernels [--out-dir bench/results/<gpu>/] [--repeats 50] [--batches 1,2]
     python bench/bench_kernels.py ...   (the same)

@@ -2,20 +2,11 @@
 
 ``python -m export.onnx_export --model tiny|DIR --out DIR [--size N] [--precision fp32|fp16]``
 
-Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing), opset 18. Measured on the
-tiny backbone (2 CPU cores): 3 s and a graph that matches eager to 1e-6 at every batch and clip
-length; the dynamo exporter took 72-90 s and its graph failed in ONNX Runtime ("invalid expand
-shape") on the same feeds. Every dynamic axis is given an example size >= 2 (a size-1 example
-is fixed to 1), and the graph is re-saved with all weights in one ``model.onnx.data`` beside
-``model.onnx`` (the pair travels together: it is one cache directory).
-
-fp16: the fp32 graph converted with ONNX Runtime's float16 converter (weights and activations in
-float16, timesteps and the audio network float32). Tracing a float16 module on the CPU records
-float32 casts that leave the graph mistyped, so the conversion happens on the ONNX side.
-
-Checks after every export: ``onnx.checker`` (full check, which includes strict shape inference),
-shape inference written into the saved graph, and the graph's input/output names and dims
-compared with the network's declaration.
+A network is traced (TorchScript exporter, opset 18) with every dynamic axis at an example size >= 2 and
+saved as ``model.onnx`` with its weights in ``model.onnx.data`` beside it, one cache directory per export.
+fp16 graphs are the fp32 graph converted on the ONNX side (timesteps and the audio network stay float32).
+Every export is checked (``onnx.checker`` with shape inference, and the graph's input/output names and
+dims against the network's declaration). Why this exporter and this fp16 path: docs/decisions.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """Session batching: the live sessions of one model share backbone calls.
 
-Each session keeps its own :class:`~engine.stream.session.Session` (planner, audio, noise, motion
-frames, decoding) and runs it in its own thread, on a :class:`SlotBackend`: a backend that passes every
-network straight to the shared one except the backbone, whose calls it hands to the
-:class:`BatchScheduler` and waits for. The scheduler's thread forms one batch per tick from the
-requests pending then: a tick starts when the first request arrives and closes when every attached
-session has one pending or ``gather_s`` after that first request, whichever is sooner. So a session
-that has no clip ready (silent, stalled, decoding) is simply not in that tick's batch, and no tick
-waits for it longer than ``gather_s``.
-
-Requests of one tick are grouped by signature (the shapes and dtypes of every input: frames per clip,
-guidance branches, window size); each group is one backbone call. Shapes are never padded along
-frames (temporal attention would see the padding): a first clip of 4 frames and a later clip of 12
-frames go in two calls of the same tick.
-
-Batch invariance: on a CPU, fp32 convolutions give bitwise different results for a sample when the
-batch size changes (oneDNN picks its blocking by shape; measured on the tiny preset, up to 1.8e-6 in
-the backbone output), while the content of the other samples does not matter. So every call runs at a
-fixed batch: ``slots`` request-sized blocks, a session's block always at its own slot index, absent
-slots filled with a copy of a present request (its output is dropped). A session's rows therefore go
-through the same kernels at the same offsets whoever shares the call, and its frames are bitwise those
-of the same session run alone on the scheduler (the backend being deterministic for a fixed shape and
-every backbone operation acting per sample, as all of them do). They are not bitwise those of a
-session on the plain backend (batch of one block): that differs by the convolution rounding above.
+Each session runs its own :class:`~engine.stream.session.Session` in its own thread on a
+:class:`SlotBackend`, which passes every network straight to the shared backend except the backbone: those
+calls go to the :class:`BatchScheduler`. The scheduler forms one batch per tick from the requests pending
+then (a tick closes when every attached session has one pending, or ``gather_s`` after the first), groups
+them by input signature (no padding along frames), and runs each group at a fixed batch of ``slots``
+request-sized blocks, a session's block always at its own slot index, so that a session's frames do not
+depend on who shares the call. The reasons and the measurements: docs/decisions.md.
 """
 
 from __future__ import annotations
