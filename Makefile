@@ -58,6 +58,7 @@ lock:
 	@echo "$(LOCK): $$(grep -vc '^#' $(LOCK)) packages"
 
 test: system-deps $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The live server on Ray Serve (engine/serve/ray_app.py): installs the ray extra (~15 s), then its tests

@@ -6,8 +6,8 @@ replayed on every variant asked for, on the same inputs (materialised once, seed
 synchronisation: ``warmup`` untimed calls, then ``repeats`` timed ones, round-robin over the variants so
 that a change of load hits them alike. Per call: seconds (median and spread), how often the session made
 it, and the largest difference of its outputs from the first variant's, the baseline (relative to
-each output's largest magnitude: a fast but wrong backend shows here). Per network: seconds per second of video (calls x time over the
-session's frames), and the ratio of the baseline to each variant.
+each output's largest magnitude: a fast but wrong backend shows here). Per network: seconds per second of
+video (calls x time over the session's frames), and the ratio of the baseline to each variant.
 
 Variants (``--variants``): ``torch`` (eager PyTorch with the fused ops' PyTorch references),
 ``torch+triton`` (the same with the Triton kernels), ``torch-cuda-graphs`` (Triton kernels, one CUDA
@@ -187,7 +187,8 @@ def run(settings: BackendSettings) -> dict:
                 out = output_tensors(variant.call(call, *inputs[sig]))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            variant.first_call_s[call.network] = variant.first_call_s.get(call.network, 0.0) + time.perf_counter() - first
+            elapsed = time.perf_counter() - first
+            variant.first_call_s[call.network] = variant.first_call_s.get(call.network, 0.0) + elapsed
             if variant is variants[0]:
                 baseline_out[sig] = [t.detach().clone() for t in out]
             differences[variant.name][sig] = max_difference(out, baseline_out[sig])
@@ -264,7 +265,8 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     header = ("network", "calls") + tuple(f"{n} (ms/s)" for n in names) + tuple(f"{n} speed-up" for n in names[1:])
     rows = []
     for network, n in results["networks"].items():
-        rows.append((f"{n['stage']} (`{network}`)", str(n["calls"])) + tuple(format_ms(n["seconds_per_video_second"][v]) for v in names)
+        rows.append((f"{n['stage']} (`{network}`)", str(n["calls"]))
+                    + tuple(format_ms(n["seconds_per_video_second"][v]) for v in names)
                     + tuple(format_ratio(n["speedup"][v]) for v in names[1:]))
     totals = results["total_seconds_per_video_second"]
     rows.append(("**all networks**", str(session["calls"])) + tuple(f"**{format_ms(totals[v])}**" for v in names)
@@ -336,7 +338,8 @@ def variant_list(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="talking64", help="preset (tiny, sd15) or model directory (default talking64)")
+    parser.add_argument("--model", default="talking64",
+                        help="preset (tiny, sd15) or model directory (default talking64)")
     parser.add_argument("--size", type=int, help="portrait side in pixels (default: the model's)")
     parser.add_argument("--variants", type=variant_list,
                         help=f"comma-separated, the first is the baseline (default: torch,onnxruntime on the CPU, "

@@ -89,7 +89,8 @@ class Case:
 def cases(batches: tuple[int, ...] = (1, 2), ops: tuple[str, ...] = OPS) -> list[Case]:
     """Every op at every SD1.5 resolution for every batch (reference attention on the clip frames alone), batch
     by batch and shape by shape with every op at each, so that a run cut short has measured every op."""
-    return [Case(op, batch, size, channels, frames=CLIP_FRAMES if op == "reference_attention" else CLIP_FRAMES + MOTION_FRAMES)
+    return [Case(op, batch, size, channels,
+                 frames=CLIP_FRAMES if op == "reference_attention" else CLIP_FRAMES + MOTION_FRAMES)
             for batch in batches for size, channels in RESOLUTIONS for op in ops]
 
 
@@ -160,8 +161,10 @@ def time_or_error(fn: Callable[[], object], warmup: int, repeats: int) -> float 
         return f"error: {first}"
 
 
-def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor] | None, Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
-    """(kernel, eager, compiled) closures over fresh CUDA inputs for ``case`` (kernel None for ``layer_norm``, which has none)."""
+def _inputs(case: Case) -> tuple[Callable[[], torch.Tensor] | None, Callable[[], torch.Tensor],
+                                 Callable[[], torch.Tensor]]:
+    """(kernel, eager, compiled) closures over fresh CUDA inputs for ``case`` (kernel None for ``layer_norm``,
+    which has none)."""
     if case.op == "layer_norm":
         x = torch.randn(case.rows, case.size * case.size, case.channels, device="cuda", dtype=case.dtype)
         weight, bias = (torch.randn(case.channels, device="cuda", dtype=case.dtype) for _ in range(2))

@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = live.add_mutually_exclusive_group(required=True)
     where.add_argument("--mic", action="store_true", help="read the microphone (sounddevice / PortAudio)")
     where.add_argument("--audio", help="read an audio file")
-    where.add_argument("--stdin-pcm", type=bounded(int, 8000, 192000), metavar="RATE", help="raw s16le mono PCM at RATE Hz on stdin")
+    where.add_argument("--stdin-pcm", type=bounded(int, 8000, 192000), metavar="RATE",
+                       help="raw s16le mono PCM at RATE Hz on stdin")
     live.add_argument("--input-device", default=None, help="microphone index or name (default: the system's)")
     live.add_argument("--realtime", action="store_true", help="pace --audio at real time (as a live source)")
     _add_video_flags(live)
@@ -400,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-ms", type=float, default=None, metavar="MS",
                        help="batch the sessions' backbone calls, each batch waiting at most MS for sessions "
                             "with nothing pending (default: off; on a CPU it is slower, see README)")
-    serve.add_argument("--max-upload-mb", type=bounded(float, 0.01, 1024), default=10.0, help="largest portrait upload in MiB (default: 10)")
+    serve.add_argument("--max-upload-mb", type=bounded(float, 0.01, 1024), default=10.0,
+                       help="largest portrait upload in MiB (default: 10)")
     serve.add_argument("--max-pending-uploads", type=bounded(int, 1, 1024), default=8, metavar="N",
                        help="portrait uploads announced and not yet received, at once; they hold no session slot "
                             "(default: 8)")

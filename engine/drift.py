@@ -181,7 +181,8 @@ def measure(model: EmoteModel, stream: Stream, options: GenerationOptions, windo
     if stream.opening is not None:
         opening = mouth_opening(frames, stream.mouth_box)
         size = max(1, round(window_s * fps))
-        report.lipsync = [score([opening[a:a + size]], [stream.opening[a:a + size]], frames.shape[1], max_lag=0).correlation
+        report.lipsync = [score([opening[a:a + size]], [stream.opening[a:a + size]], frames.shape[1],
+                                max_lag=0).correlation
                           for a in range(0, len(frames) - size // 2, size)][:len(report.face)]
     return report
 
@@ -189,7 +190,8 @@ def measure(model: EmoteModel, stream: Stream, options: GenerationOptions, windo
 def markdown(rows: list[tuple[float, DriftReport]]) -> str:
     """(anchor, report) rows as a Markdown table."""
     lines = ["| stream | drift guard | face, first window | face, last window | drift ratio | static, first | "
-             "static, last | seam / inside change | lip-sync r (mean of windows) |", "|---|---|---|---|---|---|---|---|---|"]
+             "static, last | seam / inside change | lip-sync r (mean of windows) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for anchor, r in rows:
         sync = "-" if not r.lipsync else f"{np.mean(r.lipsync):.3f}"
         lines.append(f"| {r.name} ({r.seconds:.0f} s) | {anchor:g} | {r.face[0]:.1f} | {r.face[-1]:.1f} "

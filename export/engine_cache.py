@@ -127,7 +127,8 @@ def metadata_path(artifact: Path) -> Path:
 
 def _file_sizes(artifact: Path) -> dict[str, int]:
     if artifact.is_dir():
-        return {p.relative_to(artifact).as_posix(): p.stat().st_size for p in sorted(artifact.rglob("*")) if p.is_file()}
+        return {p.relative_to(artifact).as_posix(): p.stat().st_size
+                for p in sorted(artifact.rglob("*")) if p.is_file()}
     return {artifact.name: artifact.stat().st_size}
 
 

@@ -179,7 +179,8 @@ def _global_loads(ptx: str) -> tuple[int, int]:
     vector = scalar = 0
     for load in re.finditer(r"ld\.global\S*", ptx):
         vector, scalar = (vector + 1, scalar) if re.search(r"\.v[248]\b", load.group()) else (vector, scalar + 1)
-    for copy in re.finditer(r"cp\.async\.c[ag]\.shared\.global\S*\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-fA-F]+|\d+)", ptx):
+    pattern = r"cp\.async\.c[ag]\.shared\.global\S*\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-fA-F]+|\d+)"
+    for copy in re.finditer(pattern, ptx):
         vector, scalar = (vector + 1, scalar) if int(copy.group(1), 0) >= 8 else (vector, scalar + 1)
     return vector, scalar
 
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     args = parser.parse_args(argv)
     if interpreter_enabled():
-        print("aot_compile: unset TRITON_INTERPRET; compiling needs Triton's compiler, not its interpreter", file=sys.stderr)
+        print("aot_compile: unset TRITON_INTERPRET; compiling needs Triton's compiler, not its interpreter",
+              file=sys.stderr)
         return 2
     results = [compile_case(case, arch) for arch in args.arch for case in default_cases()]
     if args.json:

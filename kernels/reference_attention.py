@@ -305,6 +305,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bank_
     Returns:
         ``[(b*f), L, heads*head_dim]`` in ``q``'s dtype.
     """
-    if use_triton(q, k, v, bank_k, bank_v) and q.dtype in SUPPORTED_DTYPES and q.shape[2] // max(heads, 1) <= MAX_HEAD_DIM:
+    head_dim = q.shape[2] // max(heads, 1)
+    if use_triton(q, k, v, bank_k, bank_v) and q.dtype in SUPPORTED_DTYPES and head_dim <= MAX_HEAD_DIM:
         return reference_attention_triton(q, k, v, bank_k, bank_v, keep, heads)
     return reference_attention_reference(q, k, v, bank_k, bank_v, keep, heads)

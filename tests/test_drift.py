@@ -47,7 +47,8 @@ def test_seam_change_is_measured_where_clips_start():
 def test_clip_starts_follow_the_sessions_planner():
     options = GenerationOptions(first_clip_frames=4, clip_frames=8)
     planner = ChunkPlanner(8, 4)
-    assert clip_starts(37, options, clip_frames=12) == [c.start for c in planner.ready(37, 37)] == [0, 4, 12, 20, 28, 36]
+    assert clip_starts(37, options, clip_frames=12) == [c.start for c in planner.ready(37, 37)] \
+        == [0, 4, 12, 20, 28, 36]
     assert clip_starts(30, GenerationOptions(), clip_frames=12) == [0, 12, 24]
     assert clip_starts(7, GenerationOptions(schedule="rolling", group_frames=2), 8) == [0, 2, 4, 6]
 

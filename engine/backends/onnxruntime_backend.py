@@ -117,7 +117,8 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
                 index = self.device.index if self.device.index is not None else torch.cuda.current_device()
                 cuda = {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)}
                 providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-                self._sessions[key] = self.ort.InferenceSession(str(directory / GRAPH_FILE), options, providers=providers)
+                self._sessions[key] = self.ort.InferenceSession(str(directory / GRAPH_FILE), options,
+                                                                providers=providers)
             else:
                 self._sessions[key] = self._cpu_session(directory)
         return self._sessions[key]
@@ -131,7 +132,8 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
     def optimized_path(self, directory: Path) -> Path:
         """Where the optimised CPU graph of the exported graph at ``directory`` is kept (see the module's notes)."""
         graph = hashlib.sha256(metadata_path(directory).read_bytes()).hexdigest()[:10]
-        return directory.parent.parent / OPTIMIZED_DIR / f"{directory.name}-ort{self.ort.__version__}-{cpu_digest()}-{graph}"
+        name = f"{directory.name}-ort{self.ort.__version__}-{cpu_digest()}-{graph}"
+        return directory.parent.parent / OPTIMIZED_DIR / name
 
     def _cpu_session(self, directory: Path) -> Any:
         """The CPU session of the graph at ``directory``: from its saved optimised graph when there is a good one,

@@ -8,8 +8,9 @@ share one memory pool; that is safe because calls run one at a time (a lock: the
 backbone and decoder threads and ``emote serve``'s sessions may share the backend), each ordered on
 the GPU after the previous one (its stream waits for the last caller's), and every output is cloned
 before the next replay. Captures use the thread-local mode, so other threads' CUDA calls cannot
-invalidate them. At most ``max_graphs`` graphs are kept, the least recently used evicted first. The custom kernels run as Triton on CUDA
-(``EMOTE_KERNELS=auto``, :mod:`emote_kernels.dispatch`), so this is the "torch + Triton + CUDA graphs" path.
+invalidate them. At most ``max_graphs`` graphs are kept, the least recently used evicted first. The custom
+kernels run as Triton on CUDA (``EMOTE_KERNELS=auto``, :mod:`emote_kernels.dispatch`), so this is the
+"torch + Triton + CUDA graphs" path.
 
 The audio encoder (float64 normalisation, variable lengths), the VAE encoder, face locator and
 speed encoder (once per session) run eagerly.

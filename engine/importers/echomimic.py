@@ -1,7 +1,7 @@
 """EchoMimic v1 (antgroup/echomimic, commit a53e970): files, key maps and config.
 
-What its audio-driven inference loads (read from its ``infer_audio2vid.py`` at that commit), under ``pretrained_weights/``:
-``reference_unet.pth`` (strict), ``denoising_unet.pth`` (non-strict, over the SD base UNet and
+What its audio-driven inference loads (read from its ``infer_audio2vid.py`` at that commit), under
+``pretrained_weights/``: ``reference_unet.pth`` (strict), ``denoising_unet.pth`` (non-strict, over the SD base UNet and
 ``motion_module.pth``), ``face_locator.pth``, ``audio_processor/whisper_tiny.pt`` (OpenAI format),
 ``sd-vae-ft-mse``, and ``sd-image-variations-diffusers/unet`` (architecture, and initial values that
 the two UNet files overwrite). The ``acc`` variant swaps in ``denoising_unet_acc.pth`` and

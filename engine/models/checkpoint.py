@@ -178,7 +178,8 @@ def load_sd15_unet(model: EmoteModel, source: Path) -> None:
     """
     source = Path(source)
     if source.is_dir():
-        candidates = [source / "diffusion_pytorch_model.safetensors", source / "unet" / "diffusion_pytorch_model.safetensors"]
+        candidates = [source / "diffusion_pytorch_model.safetensors",
+                      source / "unet" / "diffusion_pytorch_model.safetensors"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise CheckpointError(f"{source}: no diffusion_pytorch_model.safetensors in it or in unet/")

@@ -20,7 +20,8 @@ from engine.timebase import SAMPLE_RATE
 
 @dataclass(frozen=True)
 class AudioBlock:
-    """A block of the timeline: float32 mono 16 kHz ``pcm`` [n], ``speech`` (pushed) or silence (released by the clock)."""
+    """A block of the timeline: float32 mono ``pcm`` [n] at SAMPLE_RATE, ``speech`` (pushed) or silence
+    (released by the clock)."""
 
     pcm: np.ndarray
     speech: bool

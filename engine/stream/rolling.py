@@ -60,7 +60,8 @@ class RollingWindow:
         """The window's audio tokens ``[1, frames, T, D]``, oldest group first."""
         return torch.cat([g.audio_tokens for g in self.groups], dim=1)
 
-    def advance(self, cond: ClipConditions, generator: torch.Generator | None = None) -> list[tuple[Clip, torch.Tensor]]:
+    def advance(self, cond: ClipConditions,
+                generator: torch.Generator | None = None) -> list[tuple[Clip, torch.Tensor]]:
         """One backbone call over the whole window; returns the groups that became clean, oldest first.
 
         ``cond`` is for the window's frames (:meth:`audio_tokens`; the motion features of the frames

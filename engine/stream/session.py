@@ -129,7 +129,7 @@ class Session:
         if init not in ("zeros", "reference"):
             raise ValueError(f"motion_init must be 'zeros' or 'reference', not {init!r}")
         n = self.motion_frames
-        self._motion = [f.expand(n, *f.shape[1:]) if init == "reference" else torch.zeros_like(f).expand(n, *f.shape[1:])
+        self._motion = [(f if init == "reference" else torch.zeros_like(f)).expand(n, *f.shape[1:])
                         for f in self.reference_features]
         self._initial_motion = self._motion
 

@@ -140,7 +140,8 @@ class StreamStats:
                 self._latency[frame_index] = now - arrival
 
     def frame_skipped(self, frame_index: int, idle: bool = False) -> None:
-        """Frame ``frame_index`` was dropped by the real-time policy (``idle``: it would have been made from silence)."""
+        """Frame ``frame_index`` was dropped by the real-time policy (``idle``: it would have been made from
+        silence)."""
         with self._lock:
             self._skipped.add(frame_index)
             if idle:

@@ -117,7 +117,8 @@ def clip_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], 0x7A1C]))
 
 
-def recipe(seed: int, split: str = "train", head_motion: bool | None = None, sentences: int | None = None) -> ClipRecipe:
+def recipe(seed: int, split: str = "train", head_motion: bool | None = None,
+           sentences: int | None = None) -> ClipRecipe:
     """Draw clip ``seed``'s recipe. ``head_motion`` forces a still (False) or moving (True) head;
     None: moving with probability 1/2. ``sentences``: None draws 1 or 2."""
     rng = clip_rng(seed, split)

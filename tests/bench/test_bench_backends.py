@@ -26,7 +26,8 @@ def test_smoke_run_replays_every_call_on_each_variant(tmp_path, monkeypatch, cap
     assert "CUDA" in results["skipped"]["torch-cuda-graphs"]
     session = results["session"]
     assert session["frames"] == math.ceil(0.5 * 25)
-    assert sum(c["count"] for c in results["calls"]) == session["calls"] > session["distinct_calls"] == len(results["calls"])
+    assert (sum(c["count"] for c in results["calls"]) == session["calls"] > session["distinct_calls"]
+            == len(results["calls"]))
     assert {"audio_tokens", "reference", "backbone", "vae_decode"} <= set(results["networks"])
     for call in results["calls"]:
         assert set(call["seconds"]) == {"torch", "onnxruntime"}

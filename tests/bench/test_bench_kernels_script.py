@@ -21,8 +21,8 @@ def test_cases_cover_sd15_shapes_for_both_batches():
     assert {c.batch for c in cases} == {1, 2}
     assert [c.op for c in cases[:len(bk.OPS)]] == list(bk.OPS) and cases[0].batch == 1 and cases[-1].batch == 2
     assert {c.frames for c in cases if c.op != "reference_attention"} == {16}
-    assert {(c.frames, c.describe()) for c in cases if c.op == "reference_attention" and c.size == 8 and c.batch == 1} == {
-        (12, "b=1 f=12 8x8 c=1280")}
+    assert {(c.frames, c.describe()) for c in cases
+            if c.op == "reference_attention" and c.size == 8 and c.batch == 1} == {(12, "b=1 f=12 8x8 c=1280")}
 
 
 def test_bytes_and_bandwidth():
@@ -42,7 +42,8 @@ def test_bytes_and_bandwidth():
 def _row(op: str, eager: float | str, kernel: float | None = 1.0) -> dict:
     case = bk.Case(op, 1, 64, 320)
     return {"op": op, "shape": case.describe(), "dtype": "float16", "kernel_ms": kernel, "eager_ms": eager,
-            "compiled_ms": None, "kernel_gbs": None if kernel is None else 100.0, "eager_gbs": None, "compiled_gbs": None,
+            "compiled_ms": None, "kernel_gbs": None if kernel is None else 100.0, "eager_gbs": None,
+            "compiled_gbs": None,
             "eager_over_kernel": bk.speedup(eager, kernel), "compiled_over_kernel": None, "max_abs_diff": 1e-3}
 
 
@@ -69,7 +70,8 @@ def test_layer_norm_rows_have_no_kernel_and_give_the_decision():
     assert bk.Case("layer_norm", 1, 64, 320).bytes_moved() == (2 * 16 * 320 * 64 * 64 + 2 * 320) * 2
     close = [row(1.0, 0.95), row(0.5, 0.48)]
     decision = bk.layer_norm_decision(close)
-    assert decision[0].startswith("layer_norm: (a) eager / (b) torch.compile 1.04x to 1.05x") and "no Triton LayerNorm" in decision[0]
+    assert decision[0].startswith("layer_norm: (a) eager / (b) torch.compile 1.04x to 1.05x")
+    assert "no Triton LayerNorm" in decision[0]
     assert "would pay" in bk.layer_norm_decision(close + [row(1.0, 0.5)])[0]
     assert bk.layer_norm_decision([_row("group_norm", 1.0)]) == []
     table = bk.markdown_table(close, "Test GPU").splitlines()

@@ -43,7 +43,8 @@ def test_onnxruntime_clip_matches_torch(tiny_model: EmoteModel, onnx_cache: Engi
     built = sorted(p.name.split("-")[0] for p in (onnx_cache.root / "onnx").glob("*.json"))
     assert set(built) >= {"audio", "reference", "backbone", "vae_decoder", "vae_encoder"}
     threads = {session.get_session_options().intra_op_num_threads for session in backend._sessions.values()}
-    assert threads == {torch.get_num_threads()}, "ONNX Runtime should follow torch's intra-op threads, not take every core"
+    assert threads == {torch.get_num_threads()}, \
+        "ONNX Runtime should follow torch's intra-op threads, not take every core"
 
 
 def test_onnxruntime_keeps_its_optimised_cpu_graphs(tiny_model: EmoteModel, onnx_cache: EngineCache,

@@ -30,7 +30,8 @@ FP16_TOLERANCE = 2e-2
 _SESSIONS: dict[Path, ort.InferenceSession] = {}
 
 
-def ort_outputs(directory: Path, network: Network, inputs: tuple[torch.Tensor, ...], precision: str) -> list[np.ndarray]:
+def ort_outputs(directory: Path, network: Network, inputs: tuple[torch.Tensor, ...],
+                precision: str) -> list[np.ndarray]:
     if directory not in _SESSIONS:
         _SESSIONS[directory] = ort.InferenceSession(str(directory / GRAPH_FILE), providers=["CPUExecutionProvider"])
     session = _SESSIONS[directory]

@@ -38,7 +38,8 @@ def test_tiny_backbone_kernels_on_matches_off(kernels_mode):
         bank = model.reference_net(torch.randn(1, 4, 8, 8, generator=gen).to(device))
         motion = model.reference_net(torch.randn(2, 4, 8, 8, generator=gen).to(device)).motion_features(1)
         kernels_mode("torch")
-        off = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion, reference_keep=keep)
+        off = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion,
+                             reference_keep=keep)
         kernels_mode("triton")
         on = model.backbone(sample, torch.tensor([300], device=device), audio, bank.tokens, motion, reference_keep=keep)
     assert (on - off).abs().max().item() <= 1e-4

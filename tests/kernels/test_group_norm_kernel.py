@@ -16,7 +16,8 @@ TOLERANCE = {
 
 
 def make_inputs(
-    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, affine: bool, offset: float = 0.0, scale: float = 1.0
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, affine: bool, offset: float = 0.0,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset
@@ -81,7 +82,8 @@ def test_triton_variance_survives_a_large_mean(device):
 def test_triton_takes_non_contiguous_input(device):
     x, weight, bias = make_inputs((2, 64, 5, 3), torch.float32, device, affine=True)
     x = x.transpose(2, 3)
-    torch.testing.assert_close(gn.group_norm_triton(x, 32, weight, bias), F.group_norm(x, 32, weight, bias), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gn.group_norm_triton(x, 32, weight, bias), F.group_norm(x, 32, weight, bias),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_rejects_bad_shapes():

@@ -78,11 +78,13 @@ def test_choice_is_logged_once_and_cached(monkeypatch, caplog):
 
 @pytest.mark.parametrize(
     "mode, interpret, on_cuda, expected",
-    [("torch", True, False, False), ("triton", True, False, True), ("triton", False, True, True), ("auto", False, False, False)],
+    [("torch", True, False, False), ("triton", True, False, True), ("triton", False, True, True),
+     ("auto", False, False, False)],
 )
 def test_use_triton_depends_on_backend_and_tensor_device(monkeypatch, mode, interpret, on_cuda, expected):
     set_machine(monkeypatch, mode, cuda=True, interpret=interpret)
-    tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda"), requires_grad=False) if on_cuda else torch.empty(0)
+    cuda_tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda"), requires_grad=False)
+    tensor = cuda_tensor if on_cuda else torch.empty(0)
     assert dispatch.use_triton(tensor) is expected
 
 

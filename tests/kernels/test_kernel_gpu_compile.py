@@ -40,7 +40,8 @@ def results() -> dict[tuple[str, int], dict]:
 
 
 def test_every_launch_configuration_compiles_to_a_cubin(results):
-    failed = [f"sm_{arch} {name}: {r['error']}" for (name, arch), r in results.items() if not r["ok"] and name != "dot tile 8"]
+    failed = [f"sm_{arch} {name}: {r['error']}" for (name, arch), r in results.items()
+              if not r["ok"] and name != "dot tile 8"]
     assert not failed, "\n".join(failed)
     assert len(results) == 2 * len(aot_compile.default_cases()) + 1
 

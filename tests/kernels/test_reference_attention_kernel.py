@@ -1,4 +1,5 @@
-"""Reference attention: the reference against attention written out per frame, the Triton kernel against the reference."""
+"""Reference attention: the reference against attention written out per frame, the Triton kernel against the
+reference."""
 
 import math
 
@@ -31,11 +32,13 @@ def make_inputs(batch: int, frames: int, length: int, bank_length: int, heads: i
         return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
 
     if layout == "fused":
-        return (*randn(rows, length, 3 * channels).chunk(3, dim=-1), *randn(batch, bank_length, 2 * channels).chunk(2, dim=-1))
+        return (*randn(rows, length, 3 * channels).chunk(3, dim=-1),
+                *randn(batch, bank_length, 2 * channels).chunk(2, dim=-1))
     if layout == "mixed":
         k = randn(rows, length, 2 * channels)[..., ::2]
         bank_v = randn(bank_length, batch, channels).transpose(0, 1)
-        return randn(rows, length, channels), k, randn(rows, length, channels), randn(batch, bank_length, channels), bank_v
+        return (randn(rows, length, channels), k, randn(rows, length, channels), randn(batch, bank_length, channels),
+                bank_v)
     return (randn(rows, length, channels), randn(rows, length, channels), randn(rows, length, channels),
             randn(batch, bank_length, channels), randn(batch, bank_length, channels))
 
@@ -144,4 +147,5 @@ def test_wide_heads_fall_back_to_reference(monkeypatch):
     inputs = make_inputs(1, 2, 3, 4, 1, ra.MAX_HEAD_DIM + 8, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="MAX_HEAD_DIM"):
         ra.reference_attention_triton(*inputs, None, 1)
-    torch.testing.assert_close(ra.reference_attention(*inputs, None, 1), ra.reference_attention_reference(*inputs, None, 1))
+    torch.testing.assert_close(ra.reference_attention(*inputs, None, 1),
+                               ra.reference_attention_reference(*inputs, None, 1))

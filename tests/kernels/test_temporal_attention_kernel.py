@@ -62,7 +62,8 @@ def sdpa_transposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: i
 def test_reference_matches_sdpa_on_transposed_tensors(batch, frames, positions, heads, head_dim):
     q, k, v = make_qkv(batch, frames, positions, heads, head_dim, torch.float64, torch.device("cpu"))
     expected = sdpa_transposed(q, k, v, frames, heads)
-    torch.testing.assert_close(ta.temporal_attention_reference(q, k, v, frames, heads), expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(ta.temporal_attention_reference(q, k, v, frames, heads), expected,
+                               atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,8 @@ def test_grid_keeps_big_dimension_off_the_limited_axes():
 
 
 @requires_triton
-@pytest.mark.parametrize("frames, head_dim, block_f, block_d", [(8, 40, 16, 64), (18, 80, 32, 64), (48, 160, 64, 64), (3, 8, 16, 16), (100, 40, 128, 16)])
+@pytest.mark.parametrize("frames, head_dim, block_f, block_d",
+                         [(8, 40, 16, 64), (18, 80, 32, 64), (48, 160, 64, 64), (3, 8, 16, 16), (100, 40, 128, 16)])
 def test_blocks_are_padded_to_dot_tiles(frames, head_dim, block_f, block_d):
     assert ta.attention_config(frames, head_dim)[:2] == (block_f, block_d)
 

@@ -88,9 +88,8 @@ def test_webrtc_in_headless_chromium_with_a_fake_microphone(start_server, tmp_pa
                 await page.json("(document.getElementById('transport').value = 'webrtc')")
                 await page.json("document.getElementById('start').click()", gesture=True)
                 decoded = f"s && s.rtc && s.rtc.framesDecoded >= {round(SECONDS * FPS)} && s.rtc.audioPlayoutMs"
-                state = await page.wait_for(f"(() => {{ const s = window.emote.state(); "
-                                            f"return s && (s.failed || ({decoded} && s.rtc.videoPlayoutMs)) ? s : null; }})()",
-                                            120)
+                ready = f"s && (s.failed || ({decoded} && s.rtc.videoPlayoutMs)) ? s : null"
+                state = await page.wait_for(f"(() => {{ const s = window.emote.state(); return {ready}; }})()", 120)
                 assert not state["failed"], state["status"]
                 offsets = []
                 for _ in range(SYNC_SAMPLES):
@@ -118,7 +117,8 @@ def test_webrtc_in_headless_chromium_with_a_fake_microphone(start_server, tmp_pa
     print(f"\nchromium WebRTC: {rtc['framesDecoded']} frames decoded ({rtc['framesDropped']} dropped) of "
           f"{rtc['framesReceived']} received, {rtc['videoCodec']} {rtc['frameWidth']} px; jitter buffer video "
           f"{rtc['videoJitterBufferS'] * 1000:.0f} ms, audio {rtc['audioJitterBufferS'] * 1000:.0f} ms; "
-          f"playout audio - video {offset_ms:.0f} ms (median of {[round(o) for o in state['offsets']]}); {rtc['audioSamplesReceived']} audio samples received; "
+          f"playout audio - video {offset_ms:.0f} ms (median of {[round(o) for o in state['offsets']]}); "
+          f"{rtc['audioSamplesReceived']} audio samples received; "
           f"page figures {figures}")
     assert rtc["framesDecoded"] >= SECONDS * FPS and rtc["frameWidth"] == server.hub.size
     assert state["videoWidth"] == server.hub.size, "the video element shows the avatar's frames"

@@ -138,7 +138,8 @@ def test_the_drift_guard_is_a_share_between_0_and_1_and_the_models_default():
     assert GenerationOptions().motion_anchor is None
     assert GenerationOptions().with_model_defaults(SamplingDefaults()).motion_anchor == 0.0
     assert GenerationOptions().with_model_defaults(SamplingDefaults(motion_anchor=0.5)).motion_anchor == 0.5
-    assert GenerationOptions(motion_anchor=0.0).with_model_defaults(SamplingDefaults(motion_anchor=0.5)).motion_anchor == 0
+    resolved = GenerationOptions(motion_anchor=0.0).with_model_defaults(SamplingDefaults(motion_anchor=0.5))
+    assert resolved.motion_anchor == 0
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="motion_anchor"):
             GenerationOptions(motion_anchor=bad)
