@@ -5,7 +5,7 @@ Voice-agent frameworks hand over their TTS audio at their own rate (LiveKit and 
 24 or 48 kHz), in bursts faster than real time, and expect the avatar to play it back in step with the lips.
 :class:`AvatarStream` resamples a copy to the engine's 16 kHz for the model and keeps the original on a second
 timeline at the agent's rate, placed where the live session placed the speech: the engine's sample ``k``
-and the agent's sample ``k * rate / 16000`` are the same instant, so frame ``i`` (``pts = i / fps``) plays
+and the agent's sample ``k * rate / SAMPLE_RATE`` are the same instant, so frame ``i`` (``pts = i / fps``) plays
 the agent's samples ``[round(i * rate / fps), round((i + 1) * rate / fps))``. Nothing is resampled back:
 the agent's audio goes out bit for bit.
 
@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from engine import DEFAULT_MODEL
+from engine.options import GenerationOptions
 from engine.pipeline import StreamRequest, open_session
 from engine.stream.idle import Interruption
 from engine.stream.runner import LagPolicy, LiveSession
-from engine.stream.session import Frame, GenerationOptions
+from engine.stream.session import Frame
 from engine.stream.sources import StreamingResampler
-
-ENGINE_RATE = 16000
-"""The engine's audio rate, Hz."""
+from engine.timebase import SAMPLE_RATE as ENGINE_RATE
 
 
 @dataclass(frozen=True)

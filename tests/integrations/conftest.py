@@ -4,9 +4,8 @@ only when a test says so (the portrait: tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
+from support import tiny_random_model
 
-from engine.config import preset
-from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
 
 
@@ -22,7 +21,7 @@ class FakeClock:
 
 @pytest.fixture(scope="session")
 def model() -> EmoteModel:
-    return random_model(preset("tiny"), seed=0)
+    return tiny_random_model(seed=0)
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import pytest
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import preset
 from engine.integrations.avatar import AvatarStream, open_live
+from engine.options import GenerationOptions
 from engine.stream.runner import LiveSession
-from engine.stream.session import GenerationOptions, Session
+from engine.stream.session import Session
 
 RATE, FPS = 24000, 25
 PER_FRAME = RATE // FPS

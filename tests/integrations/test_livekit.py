@@ -31,8 +31,9 @@ from engine.integrations.livekit import (  # noqa: E402
     EmoteVideoGenerator,
     main,
 )
+from engine.options import GenerationOptions  # noqa: E402
 from engine.stream.runner import LiveSession  # noqa: E402
-from engine.stream.session import GenerationOptions, Session  # noqa: E402
+from engine.stream.session import Session  # noqa: E402
 
 RATE, FPS = 24000, 25
 PER_FRAME = RATE // FPS

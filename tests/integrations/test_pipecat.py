@@ -32,8 +32,9 @@ from pipecat.services.tts_service import TTSService  # noqa: E402
 
 from engine.backends.torch_eager import TorchEagerBackend  # noqa: E402
 from engine.integrations.pipecat import INTERRUPTIONS, EmoteAvatarProcessor  # noqa: E402
+from engine.options import GenerationOptions  # noqa: E402
 from engine.stream.runner import LiveSession  # noqa: E402
-from engine.stream.session import GenerationOptions, Session  # noqa: E402
+from engine.stream.session import Session  # noqa: E402
 from engine.synthetic.speech import synthesize  # noqa: E402
 
 RATE, FPS = 24000, 25
