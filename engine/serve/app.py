@@ -9,6 +9,7 @@ server by a Host it answers to (on a loopback bind, a loopback name: no DNS rebi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -54,6 +55,16 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     no framing, no referrer, no caching, the page's CSP (an ``on_response_prepare`` signal)."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+
+
+class GuardedRequest(web.Request):
+    """A request whose every answer carries :data:`SECURITY_HEADERS`, including the 400 aiohttp itself sends
+    for malformed HTTP: that answer is made before routing, so the application's ``on_response_prepare``
+    signal never sees it (:func:`start_site` makes the server build its requests of this class)."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        await security_headers(self, response)
+        await super()._prepare_hook(response)
 
 
 @web.middleware
@@ -154,10 +165,15 @@ def http_error_logger() -> logging.Logger:
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving ``app`` on ``host:port`` (0: a free port); returns the runner and the bound port."""
+    """Start serving ``app`` on ``host:port`` (0: a free port); returns the runner and the bound port.
+
+    Every answer, aiohttp's own to malformed HTTP included, carries the security headers (:class:`GuardedRequest`);
+    aiohttp's request errors are logged as one line each (:func:`http_error_logger`).
+    """
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
                            logger=http_error_logger())
     await runner.setup()
+    runner.server.request_factory = functools.partial(app._make_request, _cls=GuardedRequest)
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port

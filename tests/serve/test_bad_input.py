@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from support import DEMO_SPEECH, demo_pcm16
 
+from engine.serve.app import SECURITY_HEADERS
 from engine.serve.client import SessionResult, stream_session
 from engine.serve.hub import client_key
 
@@ -299,21 +300,42 @@ def test_hostile_numbers_and_nesting_are_protocol_errors(start_server):
         assert results[name][0]["code"] == "bad_request" and results[name][1] == 4400, results[name]
 
 
-def test_malformed_http_is_one_line_on_stderr(start_server, capfd):
+MALFORMED_REQUESTS = {
+    "not http": b"GARBAGE\r\n\r\n",
+    "tls hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40) + b"\r\n\r\n",
+    "binary line": b"\x00\xff\xfe GET\r\n\r\n",
+    "bad version": b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    "bad length": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: nope\r\n\r\n",
+    "bad header": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nNo Colon Here\r\n\r\n",
+    "long line": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "smuggling": b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+}
+
+
+def test_malformed_http_gets_a_400_with_the_security_headers_and_one_log_line(start_server, capfd):
+    """aiohttp answers these itself, before the application: the answer still carries the page's headers, and
+    the server logs one line per request, never a traceback."""
     server = start_server()
 
-    async def run():
+    async def send(raw: bytes) -> tuple[int, dict[str, str]]:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: nope\r\n\r\n")
+        writer.write(raw)
         await writer.drain()
-        reply = await reader.read(200)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         writer.close()
-        return reply
+        status, *rest = head.decode("latin-1").strip().split("\r\n")
+        return int(status.split()[1]), dict(line.split(": ", 1) for line in rest)
 
-    reply = asyncio.run(run())
+    capfd.readouterr()
+    answers = {name: asyncio.run(send(raw)) for name, raw in MALFORMED_REQUESTS.items()}
     err = capfd.readouterr().err
-    assert b" 400 " in reply.split(b"\r\n")[0]
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("emote serve: "), err
+    for name, (status, headers) in answers.items():
+        assert status == 400, name
+        assert {k: headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS, name
+    lines = err.splitlines()
+    assert "Traceback" not in err and all(line.startswith("emote serve: ") for line in lines), err
+    assert len(lines) <= len(MALFORMED_REQUESTS), err
+    assert asyncio.run(raw_request(server.port, "/", {"Host": f"127.0.0.1:{server.port}"}))[0] == 200
 
 
 async def stalled_upload(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
