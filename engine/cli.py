@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from engine import DEFAULT_MODEL, __version__
 from engine.backends import BACKENDS
+from engine.limits import CLIP_FRAMES_LIMITS, FPS_LIMITS, GUIDANCE_LIMITS, SIDE_LIMITS, STEPS_LIMITS
 from engine.options import SAMPLER_NAMES, SCHEDULES
 
 if TYPE_CHECKING:
@@ -41,12 +42,12 @@ def bounded(kind: type[int] | type[float], low: float, high: float, multiple_of:
     return parse
 
 
-SIZE = bounded(int, 32, 2048, multiple_of=8)
-CLIP_FRAMES = bounded(int, 1, 64)
-STEPS = bounded(int, 1, 50)
+SIZE = bounded(int, *SIDE_LIMITS, multiple_of=8)
+CLIP_FRAMES = bounded(int, *CLIP_FRAMES_LIMITS)
+STEPS = bounded(int, *STEPS_LIMITS)
 SEED = bounded(int, 0, 2**63 - 1)
-FPS = bounded(float, 1, 120)
-GUIDANCE = bounded(float, 0, 30)
+FPS = bounded(float, *FPS_LIMITS)
+GUIDANCE = bounded(float, *GUIDANCE_LIMITS)
 LAG_S = bounded(float, 0, 3600)
 SHARE = bounded(float, 0, 1)
 

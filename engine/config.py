@@ -5,8 +5,9 @@ file per component. A ``config.json`` may also name a preset and override some o
 
     {"preset": "tiny", "unet": {"block_out_channels": [32, 64, 64]}}
 
-A config is validated as a whole when it is read (pydantic, strict JSON types, finite numbers): any
-mismatch is one :class:`ConfigError` line naming every bad field, and the file when read from one.
+A config is validated as a whole when it is read (pydantic, strict JSON types, finite numbers, each field's
+range, and the rules between fields: :func:`validate_config`): any mismatch is one :class:`ConfigError` line
+naming every bad field, and the file when read from one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
+from engine.limits import CLIP_FRAMES_LIMITS, FPS_LIMITS, GUIDANCE_LIMITS, SIDE_LIMITS, STEPS_LIMITS
 from engine.timebase import DEFAULT_FPS, SAMPLE_RATE, check_fps
+
+Count = Annotated[int, Field(ge=1)]
+"""A positive whole number: a width, a count of channels, heads, layers or tokens."""
+Widths = Annotated[tuple[Count, ...], Field(min_length=1)]
+"""One or more positive widths, one per block."""
+PositiveFloat = Annotated[float, Field(gt=0)]
+DownBlock = Literal["CrossAttnDownBlock2D", "DownBlock2D"]
+UpBlock = Literal["UpBlock2D", "CrossAttnUpBlock2D"]
 
 SD15_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD15_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -210,17 +220,17 @@ class UNetConfig:
     the backbone's ``attn2`` reads; ``cross_attention_scale`` multiplies that attention's output.
     """
 
-    in_channels: int = 4
-    out_channels: int = 4
-    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
-    down_block_types: tuple[str, ...] = SD15_BLOCKS
-    up_block_types: tuple[str, ...] = SD15_UP_BLOCKS
-    layers_per_block: int = 2
-    num_attention_heads: int = 8
-    cross_attention_dim: int = 768
+    in_channels: Count = 4
+    out_channels: Count = 4
+    block_out_channels: Widths = (320, 640, 1280, 1280)
+    down_block_types: tuple[DownBlock, ...] = SD15_BLOCKS
+    up_block_types: tuple[UpBlock, ...] = SD15_UP_BLOCKS
+    layers_per_block: Count = 2
+    num_attention_heads: Count = 8
+    cross_attention_dim: Count = 768
     cross_attention_scale: float = 1.0
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-5
+    norm_num_groups: Count = 32
+    norm_eps: PositiveFloat = 1e-5
     use_linear_projection: bool = False
     flip_sin_to_cos: bool = True
     freq_shift: float = 0.0
@@ -255,12 +265,12 @@ class TemporalConfig:
     UNet's (AnimateDiff's modules always use 32, which equals SD1.5's).
     """
 
-    num_attention_heads: int = 8
-    max_frames: int = 32
-    resolutions: tuple[int, ...] = (1, 2, 4, 8)
+    num_attention_heads: Count = 8
+    max_frames: Count = 32
+    resolutions: tuple[Count, ...] = (1, 2, 4, 8)
     mid_block: bool = True
     skip_plain_blocks: bool = False
-    norm_num_groups: int | None = None
+    norm_num_groups: Count | None = None
 
 
 @dataclass
@@ -273,12 +283,12 @@ class SpeedConfig:
     """
 
     enabled: bool = True
-    centers: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-    radii: tuple[float, ...] = (0.125, 0.125, 0.125, 0.125, 0.25, 0.25, 0.5, 1.0)
-    window: int = 2
-    hidden_dim: int = 256
-    tokens: int = 2
-    dim: int = 256
+    centers: Annotated[tuple[float, ...], Field(min_length=1)] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    radii: tuple[PositiveFloat, ...] = (0.125, 0.125, 0.125, 0.125, 0.25, 0.25, 0.5, 1.0)
+    window: Annotated[int, Field(ge=0)] = 2
+    hidden_dim: Count = 256
+    tokens: Count = 2
+    dim: Count = 256
 
 
 @dataclass
@@ -290,9 +300,9 @@ class FaceLocatorConfig:
     output width = latent channels).
     """
 
-    conditioning_channels: int = 1
-    block_out_channels: tuple[int, ...] = (16, 32, 64, 128)
-    target: str = "conv_in"
+    conditioning_channels: Count = 1
+    block_out_channels: Widths = (16, 32, 64, 128)
+    target: Literal["conv_in", "latent"] = "conv_in"
 
 
 @dataclass
@@ -309,8 +319,8 @@ class ReferenceNetConfig:
     """
 
     cross_attention: bool = True
-    context_tokens: int = 1
-    motion_source: str = "hidden"
+    context_tokens: Count = 1
+    motion_source: Literal["hidden", "norm1"] = "hidden"
 
 
 @dataclass
@@ -325,8 +335,8 @@ class ImageProjConfig:
     """
 
     enabled: bool = False
-    embedding_dim: int = 512
-    tokens: int = 4
+    embedding_dim: Count = 512
+    tokens: Count = 4
 
 
 @dataclass
@@ -341,7 +351,7 @@ class AudioModulesConfig:
     """
 
     enabled: bool = False
-    cross_attention_dim: int = 768
+    cross_attention_dim: Count = 768
     region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
@@ -355,11 +365,11 @@ class SamplingDefaults:
     was measured to help the model's long streams.
     """
 
-    steps: int | None = None
-    sampler: str | None = None
-    cfg_audio: float | None = None
-    cfg_ref: float | None = None
-    motion_anchor: float | None = None
+    steps: Annotated[int, Field(ge=STEPS_LIMITS[0], le=STEPS_LIMITS[1])] | None = None
+    sampler: Literal["ddim", "lcm", "euler"] | None = None
+    cfg_audio: Annotated[float, Field(ge=GUIDANCE_LIMITS[0], le=GUIDANCE_LIMITS[1])] | None = None
+    cfg_ref: Annotated[float, Field(ge=GUIDANCE_LIMITS[0], le=GUIDANCE_LIMITS[1])] | None = None
+    motion_anchor: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 @dataclass
@@ -370,9 +380,9 @@ class VAEConfig:
     diffusion model's scale (SD: 0.18215; TAESD: 1.0).
     """
 
-    kind: str = "kl"
+    kind: Literal["kl", "tiny", "pixel"] = "kl"
     config: dict[str, Any] = field(default_factory=dict)
-    scaling_factor: float = 0.18215
+    scaling_factor: PositiveFloat = 0.18215
 
 
 @dataclass
@@ -388,12 +398,12 @@ class ModelConfig:
     """
 
     name: str = "custom"
-    resolution: int = 512
-    latent_downscale: int = 8
-    fps: float = DEFAULT_FPS
-    clip_frames: int = 12
-    motion_frames: int = 4
-    motion_init: str = "zeros"
+    resolution: Annotated[int, Field(ge=SIDE_LIMITS[0], le=SIDE_LIMITS[1])] = 512
+    latent_downscale: Count = 8
+    fps: Annotated[float, Field(ge=FPS_LIMITS[0], le=FPS_LIMITS[1])] = DEFAULT_FPS
+    clip_frames: Annotated[int, Field(ge=CLIP_FRAMES_LIMITS[0], le=CLIP_FRAMES_LIMITS[1])] = 12
+    motion_frames: Annotated[int, Field(ge=0)] = 4
+    motion_init: Literal["zeros", "reference"] = "zeros"
     unet: UNetConfig = field(default_factory=UNetConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
@@ -500,9 +510,9 @@ def _without_audio_fps(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_config(data: dict[str, Any]) -> None:
-    """Check a (merged) config dict against :class:`ModelConfig`'s fields and types, and its ``scheduler``
-    against :class:`NoiseScheduleConfig`'s when one is given; ConfigError listing every mismatch as
-    ``field.path: reason``.
+    """Check a (merged) config dict against :class:`ModelConfig`'s fields, types and ranges, its ``scheduler``
+    against :class:`NoiseScheduleConfig`'s when one is given, then the rules between fields (:func:`_mismatches`);
+    ConfigError listing every problem as ``field.path: reason``.
 
     Unknown fields are left to :meth:`ModelConfig.from_dict`, which names them.
     """
@@ -511,17 +521,69 @@ def validate_config(data: dict[str, Any]) -> None:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"not a JSON config ({exc})") from None
     problems: list[str] = []
+    config = None
     for prefix, adapter, value in (("", _MODEL_CONFIG, text),
                                    ("scheduler.", _NOISE_SCHEDULE, json.dumps(data.get("scheduler", {})))):
         if prefix and (not isinstance(data.get("scheduler"), dict) or not data["scheduler"]):
             continue  # none given (the default), or not an object: the model config's own check names it
         try:
-            adapter.validate_json(value, strict=True)
+            validated = adapter.validate_json(value, strict=True)
         except ValidationError as exc:
             problems += [f"{prefix}{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].lower()}"
-                         f" (got {_json_type(e['input'])})" for e in exc.errors()]
+                         f" (got {_shown(e['input'])})" for e in exc.errors()]
+        else:
+            config = validated if not prefix else config
+    if not problems and config is not None:
+        problems = _mismatches(config)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _shown(value: object) -> str:
+    """A bad value as an error message shows it: a short number or string itself, else its JSON type."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(repr(value)) <= 24:
+        return repr(value)
+    return _json_type(value)
+
+
+def _mismatches(config: ModelConfig) -> list[str]:
+    """The rules between fields that each field's own range cannot say, as ``field: reason`` lines (none when the
+    config is consistent); each names the field to change.
+
+    - ``resolution``: the VAE divides the side by ``latent_downscale`` and the UNet halves the latents once per
+      block after the first, so the side must be a multiple of ``latent_downscale * 2 ** (blocks - 1)``.
+    - ``unet``: one down and one up block type per block width; GroupNorm's groups and the attention heads
+      must divide every block width (also the motion modules' heads and groups).
+    - ``clip_frames``: a clip's frames plus the motion frames go through the motion modules together, and
+      their position table has ``temporal.max_frames`` rows.
+    - ``speed``: one radius per bucket centre.
+    """
+    problems = []
+    unet = config.unet
+    blocks = len(unet.block_out_channels)
+    multiple = config.latent_downscale * 2 ** (blocks - 1)
+    if config.resolution % multiple:
+        problems.append(f"resolution: must be a multiple of {multiple} (latent_downscale {config.latent_downscale} "
+                        f"x 2^{blocks - 1} for {blocks} UNet blocks), got {config.resolution}")
+    for name in ("down_block_types", "up_block_types"):
+        if len(getattr(unet, name)) != blocks:
+            problems.append(f"unet.{name}: must have one entry per unet.block_out_channels ({blocks}), "
+                            f"got {len(getattr(unet, name))}")
+    widths = ", ".join(map(str, unet.block_out_channels))
+    groups = config.temporal.norm_num_groups or unet.norm_num_groups
+    for name, divisor in (("unet.norm_num_groups", unet.norm_num_groups),
+                          ("unet.num_attention_heads", unet.num_attention_heads),
+                          ("temporal.num_attention_heads", config.temporal.num_attention_heads),
+                          ("temporal.norm_num_groups", groups)):
+        if any(width % divisor for width in unet.block_out_channels):
+            problems.append(f"{name}: must divide every UNet block width ({widths}), got {divisor}")
+    if config.clip_frames + config.motion_frames > config.temporal.max_frames:
+        problems.append(f"clip_frames + motion_frames: at most temporal.max_frames ({config.temporal.max_frames}) "
+                        f"frames go through the motion modules, got {config.clip_frames} + {config.motion_frames}")
+    if len(config.speed.radii) != len(config.speed.centers):
+        problems.append(f"speed.radii: must have one radius per speed.centers entry ({len(config.speed.centers)}), "
+                        f"got {len(config.speed.radii)}")
+    return problems
 
 
 _SECTIONS = {"unet": UNetConfig, "temporal": TemporalConfig, "speed": SpeedConfig,

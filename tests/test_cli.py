@@ -62,9 +62,18 @@ def test_info_on_a_model_directory_and_a_bad_path(tmp_path, capsys):
     ({"preset": ["tiny"]}, "preset"),
     ({"audio": {"projection": {"tokens": 4, "intermediate_dim": 64, "output_dim": 64, "width": 1}}},
      "unknown audio projection keys: width"),
+    ({"fps": -25}, "fps: input should be greater than or equal to 1"),
+    ({"clip_frames": 0}, "clip_frames: input should be greater than or equal to 1"),
+    ({"clip_frames": 30}, "clip_frames + motion_frames: at most temporal.max_frames (24)"),
+    ({"resolution": 100}, "resolution: must be a multiple of 32"),
+    ({"sampling": {"steps": 0}}, "sampling.steps"),
+    ({"sampling": {"cfg_audio": -1.0}}, "sampling.cfg_audio"),
+    ({"sampling": {"motion_anchor": 1.5}}, "sampling.motion_anchor"),
+    ({"unet": {"norm_num_groups": 12}}, "unet.norm_num_groups: must divide every UNet block width"),
+    ({"motion_init": "noise"}, "motion_init"),
 ])
 @pytest.mark.parametrize("command", ["info", "generate"])
-def test_a_config_of_wrong_types_is_one_line_naming_field_and_file(tmp_path, capsys, change, field, command):
+def test_a_config_of_wrong_types_or_ranges_is_one_line_naming_field_and_file(tmp_path, capsys, change, field, command):
     config = tmp_path / "model" / "config.json"
     config.parent.mkdir()
     data = preset("tiny").to_dict()

@@ -1,12 +1,14 @@
 """Property-based fuzzing (hypothesis) of ``config.json`` loading: whatever a model directory's config.json
 holds (any JSON, a preset's config with any field replaced, removed or added, text that is not JSON), loading
 gives a model config that saves and loads back equal, or one :class:`ConfigError` line naming the file, never
-another exception. A bounded number of examples, so it runs with the rest of the tests.
+another exception. Numbers outside a field's range are refused naming that field, and every number inside it
+is accepted. A bounded number of examples, so it runs with the rest of the tests.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,77 @@ def test_a_preset_with_any_field_edited_loads_or_is_one_config_error(config_file
                    st.text(max_size=8)))
 def test_any_file_loads_or_is_one_config_error(config_file, text):
     loads_or_refuses(config_file, text)
+
+
+RANGES = {
+    # field path in the tiny preset: (kind, lowest, highest, multiple of) accepted there, highest None where
+    # the field has no upper bound (then values up to 8 are tried inside); the clip frames and the motion frames
+    # share the tiny preset's 24-row temporal position table (8 clip frames, 4 motion frames)
+    ("fps",): (float, 1.0, 120.0, None),
+    ("resolution",): (int, 32, 2048, 32),
+    ("clip_frames",): (int, 1, 20, None),
+    ("motion_frames",): (int, 0, 16, None),
+    ("sampling", "steps"): (int, 1, 50, None),
+    ("sampling", "cfg_audio"): (float, 0.0, 30.0, None),
+    ("sampling", "cfg_ref"): (float, 0.0, 30.0, None),
+    ("sampling", "motion_anchor"): (float, 0.0, 1.0, None),
+    ("unet", "layers_per_block"): (int, 1, None, None),
+    ("unet", "norm_eps"): (float, 0.0, None, None),
+    ("speed", "window"): (int, 0, None, None),
+    ("reference_net", "context_tokens"): (int, 1, None, None),
+    ("vae", "scaling_factor"): (float, 0.0, None, None),
+}
+ABOVE_LOWEST = {("unet", "norm_eps"), ("vae", "scaling_factor")}
+"""The fields of :data:`RANGES` that must be greater than their lowest value, not equal to it."""
+
+
+@st.composite
+def in_range_edits(draw) -> tuple[tuple, object]:
+    """A field of :data:`RANGES` and a value its range accepts."""
+    path = draw(st.sampled_from(sorted(RANGES)))
+    kind, low, high, multiple = RANGES[path]
+    high = 8 if high is None else high
+    if kind is float:
+        return path, draw(st.floats(low, high, exclude_min=path in ABOVE_LOWEST))
+    if multiple:
+        return path, multiple * draw(st.integers(-(-low // multiple), high // multiple))
+    return path, draw(st.integers(low, high))
+
+
+@st.composite
+def out_of_range_edits(draw) -> tuple[tuple, object]:
+    """A field of :data:`RANGES` and a value outside its range (or, for a side, not a multiple of what it needs)."""
+    path = draw(st.sampled_from(sorted(RANGES)))
+    kind, low, high, multiple = RANGES[path]
+    if kind is float:
+        lowest_out = low if path in ABOVE_LOWEST else math.nextafter(low, -math.inf)  # below 0.0 is -5e-324, not -0.0
+        outside = st.floats(max_value=lowest_out, allow_nan=False, allow_infinity=False)
+        if high is not None:
+            outside |= st.floats(min_value=high, exclude_min=True, allow_nan=False, allow_infinity=False)
+        return path, draw(outside)
+    outside = st.integers(max_value=low - 1)
+    if high is not None:
+        outside |= st.integers(min_value=high + 1)
+    if multiple:
+        outside |= st.integers(low, high).filter(lambda n: n % multiple)
+    return path, draw(outside)
+
+
+@FUZZ
+@given(in_range_edits())
+def test_every_number_inside_a_fields_range_is_accepted(config_file, edit):
+    path, value = edit
+    config_file.write_text(json.dumps(edited(PRESET, path, "replace", value)))
+    assert value_at(ModelConfig.load(config_file).to_dict(), path) == value
+
+
+@FUZZ
+@given(out_of_range_edits())
+def test_a_number_outside_a_fields_range_is_one_error_naming_the_field(config_file, edit):
+    path, value = edit
+    config_file.write_text(json.dumps(edited(PRESET, path, "replace", value)))
+    with pytest.raises(ConfigError) as refused:
+        ModelConfig.load(config_file)
+    message = str(refused.value)
+    fields = message.removeprefix(f"{config_file}: ").split(": ")[0].split(" + ")
+    assert message.startswith(f"{config_file}: ") and ".".join(path) in fields and "\n" not in message, message
