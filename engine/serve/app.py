@@ -67,11 +67,44 @@ class GuardedRequest(web.Request):
         await super()._prepare_hook(response)
 
 
+UNKNOWN_HOST = "unknown Host: this server answers to its own names only"
+CROSS_ORIGIN = "cross-origin WebSocket refused"
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """True when a request carries no ``Origin`` (not a browser page) or one naming the ``host:port`` of its
+    ``Host`` header."""
+    if origin is None:
+        return True
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return host is not None and netloc.lower() == host.lower()
+
+
+def refusal(config: ServeConfig, host: str | None, origin: str | None = None,
+            websocket: bool = False) -> str | None:
+    """Why a request must be refused (one line, answered with HTTP 403), or None.
+
+    The one rule of both servers (aiohttp's and Ray Serve's): every request must name the server by a ``Host``
+    it answers to (:meth:`ServeConfig.host_allowed`: on a loopback bind, a loopback name, so a page whose DNS
+    name was rebound to 127.0.0.1 gets nothing); a WebSocket handshake's ``Origin``, when present, must name
+    that same host:port.
+    """
+    if not config.host_allowed(host):
+        return UNKNOWN_HOST
+    if websocket and not same_origin(origin, host):
+        return CROSS_ORIGIN
+    return None
+
+
 @web.middleware
 async def known_host(request: web.Request, handler) -> web.StreamResponse:
-    """Refuse (403) a request whose ``Host`` the server does not answer to (:meth:`ServeConfig.host_allowed`)."""
-    if not request.app[HUB_KEY].config.host_allowed(request.headers.get("Host")):
-        raise web.HTTPForbidden(text="unknown Host: this server answers to its own names only\n")
+    """Refuse (403) a request :func:`refusal` refuses; the WebSocket's Origin is checked by its handler."""
+    reason = refusal(request.app[HUB_KEY].config, request.headers.get("Host"))
+    if reason is not None:
+        raise web.HTTPForbidden(text=reason + "\n")
     return await handler(request)
 
 
@@ -81,19 +114,12 @@ def _page_handler(body: bytes, content_type: str):
     return handler
 
 
-def same_origin(request: web.Request) -> bool:
-    """True when the request carries no Origin (not a browser page) or one naming this server's host."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 async def session_handler(request: web.Request) -> web.StreamResponse:
     """The ``/session`` WebSocket: one live session per connection."""
-    if not same_origin(request):
-        raise web.HTTPForbidden(text="cross-origin WebSocket refused\n")
     hub = request.app[HUB_KEY]
+    reason = refusal(hub.config, request.headers.get("Host"), request.headers.get("Origin"), websocket=True)
+    if reason is not None:
+        raise web.HTTPForbidden(text=reason + "\n")
     limit = max(hub.config.max_upload_bytes, max_audio_bytes(MAX_SAMPLE_RATE)) + 1
     ws = web.WebSocketResponse(max_msg_size=limit, heartbeat=hub.config.heartbeat_s)
     await ws.prepare(request)

@@ -30,29 +30,23 @@ import signal
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
 
 import ray
 from aiohttp import WSMessage, WSMsgType
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import PlainTextResponse, Response
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from engine.serve.app import CONTENT_SECURITY_POLICY, PAGE_FILES, page_url
+from engine.serve.app import PAGE_FILES, SECURITY_HEADERS, page_url, refusal
 from engine.serve.connection import SessionConnection
 from engine.serve.hub import ServeConfig, SessionHub
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 
 APP_NAME = "emote"
 DEPLOYMENT_NAME = "EmoteReplica"
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store", "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Permissions-Policy": "microphone=(self), camera=()",
-}
 SHUTDOWN_S = 5.0
 """How long a stopping replica (``serve.delete``, Ctrl-C) waits for its sessions with a fixed replica count."""
 AUTOSCALE_SHUTDOWN_S = 600.0
@@ -124,14 +118,6 @@ class StarletteSocket:
         return True
 
 
-def same_origin(ws: WebSocket) -> bool:
-    """True when the handshake carries no Origin (not a browser page) or one naming this server's host."""
-    origin = ws.headers.get("origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc.lower() == ws.headers.get("host", "").lower()
-
-
 def replica_id() -> str:
     """This Serve replica's id (unique within the deployment); the process id outside Ray Serve."""
     try:
@@ -194,8 +180,9 @@ class EmoteReplica:
     @api.websocket("/session")
     async def session(self, ws: WebSocket) -> None:
         """The ``/session`` WebSocket: one live session on this replica."""
-        if not same_origin(ws) or not self.hub.config.host_allowed(ws.headers.get("host")):
-            await ws.close(code=1008, reason="cross-origin or unknown-Host WebSocket refused")
+        reason = refusal(self.hub.config, ws.headers.get("host"), ws.headers.get("origin"), websocket=True)
+        if reason is not None:  # closed before it is accepted: the client's handshake gets HTTP 403
+            await ws.close(code=1008, reason=reason)
             return
         await ws.accept()
         limit = max(self.hub.config.max_upload_bytes, max_audio_bytes(MAX_SAMPLE_RATE)) + 1
@@ -203,15 +190,29 @@ class EmoteReplica:
         await SessionConnection(self.hub, StarletteSocket(ws, limit), extra={"replica": self.replica},
                                 client=client).run()
 
+    def _refused(self, request: Request) -> Response | None:
+        """The 403 for a request whose Host this server does not answer to (:func:`refusal`), or None."""
+        reason = refusal(self.hub.config, request.headers.get("host"))
+        if reason is None:
+            return None
+        return PlainTextResponse(reason + "\n", status_code=403, headers=SECURITY_HEADERS)
+
     @api.get("/healthz")
-    async def healthz(self) -> dict:
+    async def healthz(self, request: Request) -> Response:
         """This replica's id and slot use (answered by whichever replica the router picks)."""
-        return {"replica": self.replica, "sessions": self.hub.active, "max_sessions": self.hub.config.max_sessions,
-                "sessions_served": self.hub.sessions_served}
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        return JSONResponse({"replica": self.replica, "sessions": self.hub.active,
+                             "max_sessions": self.hub.config.max_sessions,
+                             "sessions_served": self.hub.sessions_served}, headers=SECURITY_HEADERS)
 
     @api.get("/{path:path}")
-    async def page(self, path: str) -> Response:
-        """The page's fixed files; every other path is a 404."""
+    async def page(self, path: str, request: Request) -> Response:
+        """The page's fixed files; every other path is a 404; a Host this server does not answer to, a 403."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         entry = self.pages.get("/" + path)
         if entry is None:
             return PlainTextResponse("404: Not Found", status_code=404, headers=SECURITY_HEADERS)

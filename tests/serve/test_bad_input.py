@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from support import DEMO_SPEECH, demo_pcm16
 
-from engine.serve.app import SECURITY_HEADERS
+from engine.serve.app import CROSS_ORIGIN, SECURITY_HEADERS, UNKNOWN_HOST, refusal
 from engine.serve.client import SessionResult, stream_session
-from engine.serve.hub import client_key
+from engine.serve.hub import ServeConfig, client_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTRAIT = ROOT / "engine" / "assets" / "demo" / "portrait.png"
@@ -270,6 +270,25 @@ def test_a_rebound_dns_name_gets_nothing_on_a_loopback_bind(start_server):
     got = {name: status for name, (status, _) in asyncio.run(run()).items()}
     assert got == {"rebound page": 403, "rebound socket": 403, "lookalike": 403, "localhost": 200, "ipv6": 200,
                    "loopback socket": 101, "allowed name": 101}
+
+
+@pytest.mark.parametrize("bind, allowed, host, origin, websocket, refused", [
+    ("127.0.0.1", (), "localhost:8000", None, False, None),
+    ("127.0.0.1", (), "[::1]:8000", "http://[::1]:8000", True, None),
+    ("127.0.0.1", (), "rebind.example:8000", None, False, UNKNOWN_HOST),
+    ("127.0.0.1", (), "rebind.example:8000", "http://rebind.example:8000", True, UNKNOWN_HOST),
+    ("127.0.0.1", (), None, None, False, UNKNOWN_HOST),
+    ("127.0.0.1", ("avatar.example",), "avatar.example", "http://avatar.example", True, None),
+    ("127.0.0.1", (), "127.0.0.1:8000", "http://evil.example", True, CROSS_ORIGIN),
+    ("127.0.0.1", (), "127.0.0.1:8000", "http://evil.example", False, None),
+    ("127.0.0.1", (), "127.0.0.1:8000", "http://[bad", True, CROSS_ORIGIN),
+    ("0.0.0.0", (), "anything.example", None, False, None),
+    ("0.0.0.0", ("avatar.example",), "anything.example", None, False, UNKNOWN_HOST),
+])
+def test_one_host_and_origin_rule_for_both_servers(bind, allowed, host, origin, websocket, refused):
+    """:func:`refusal` is the rule aiohttp's server and Ray Serve's replicas both apply to every request."""
+    config = ServeConfig(host=bind, allowed_hosts=allowed, token="t")
+    assert refusal(config, host, origin, websocket=websocket) == refused
 
 
 def test_error_answers_carry_the_pages_security_headers(start_server):

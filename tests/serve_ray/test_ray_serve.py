@@ -160,6 +160,31 @@ def test_page_and_health(cluster):
     assert health["max_sessions"] == MAX_SESSIONS and health["replica"]
 
 
+def test_a_rebound_dns_name_gets_nothing(cluster):
+    """The loopback bind answers to loopback names only, as ``emote serve`` does: a page whose DNS name was
+    rebound to 127.0.0.1 gets neither the page, the health report nor a session."""
+    base = cluster.replace("ws://", "http://").rsplit("/", 1)[0]
+    port = base.rsplit(":", 1)[1]
+
+    async def run():
+        answers = {}
+        async with aiohttp.ClientSession() as http:
+            for name, host, path in (("rebound page", f"rebind.example:{port}", "/"),
+                                     ("rebound health", f"rebind.example:{port}", "/healthz"),
+                                     ("lookalike", f"127.0.0.1.nip.io:{port}", "/app.js"),
+                                     ("localhost", f"localhost:{port}", "/")):
+                async with http.get(base + path, headers={"Host": host}) as response:
+                    answers[name] = response.status, response.headers.get("X-Frame-Options")
+            origin = f"http://rebind.example:{port}"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(cluster, headers={"Host": f"rebind.example:{port}", "Origin": origin})
+            answers["rebound socket"] = refused.value.status
+        return answers
+
+    assert asyncio.run(run()) == {"rebound page": (403, "DENY"), "rebound health": (403, "DENY"),
+                                  "lookalike": (403, "DENY"), "localhost": (200, "DENY"), "rebound socket": 403}
+
+
 def ongoing_requests() -> dict[str, int]:
     """Each live replica's ongoing requests (its sessions, plus any request being answered), by replica id."""
     prefix = replica_actor_name("", APP_NAME)
