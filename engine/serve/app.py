@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from engine.serve.connection import SessionConnection
-from engine.serve.hub import SAMPLE_PORTRAIT, ServeConfig, SessionHub
+from engine.serve.hub import SAMPLE_PORTRAIT, ServeConfig, SessionHub, tune_allocator
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -219,6 +219,7 @@ def run_server(config: ServeConfig) -> None:
     server without a token (:meth:`ServeConfig.exposure_error`)."""
     if config.exposure_error() is not None:
         raise ValueError(config.exposure_error())
+    tune_allocator()
     started = time.perf_counter()
     hub = SessionHub.load(config)
     print(f"emote serve: model {config.model} on {config.device} ready in {time.perf_counter() - started:.1f} s; "

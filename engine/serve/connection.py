@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from engine.serve.hub import SessionHub, client_key
+from engine.serve.hub import SessionHub, client_key, trim_allocator
 from engine.serve.portraits import PortraitError, decode_portrait
 from engine.serve.protocol import (
     ENGINE_SAMPLE_RATE,
@@ -396,6 +396,14 @@ class SessionConnection:
             await asyncio.shield(self.loop.run_in_executor(self.hub.executor, self._free))
 
     def _free(self) -> None:
+        """Free the slot, wait for the pump, let go of the session, then give its memory back to the system.
+
+        The pump's callbacks are this connection's methods, so connection and pump hold each other: without
+        dropping them here the session (reference bank, motion frames, latents) would wait for Python's cycle
+        collector, long after the trim, and a server's resident memory grew with the sessions it had served.
+        """
         self.hub.release(self.session_id)
         if self.pump is not None and self.pump.ident is not None:
             self.pump.join()
+        self.pump = self.live = None
+        trim_allocator()

@@ -42,7 +42,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from engine.serve.app import PAGE_FILES, SECURITY_HEADERS, page_url, refusal
 from engine.serve.connection import SessionConnection
-from engine.serve.hub import ServeConfig, SessionHub
+from engine.serve.hub import ServeConfig, SessionHub, tune_allocator
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 
 APP_NAME = "emote"
@@ -170,6 +170,7 @@ class EmoteReplica:
 
         if threads is not None and not config.device.startswith("cuda"):
             torch.set_num_threads(max(1, threads))
+        tune_allocator()
         started = time.perf_counter()
         self.hub = SessionHub.load(config)
         self.replica = replica_id()
