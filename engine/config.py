@@ -100,7 +100,7 @@ class AudioConfig:
         if isinstance(self.projection, Mapping):
             unknown = sorted(set(self.projection) - {f.name for f in dataclasses.fields(ProjectionConfig)})
             if unknown:
-                raise ValueError(f"unknown audio projection keys: {', '.join(unknown)}")
+                raise ValueError(f"unknown audio projection keys: {', '.join(map(repr, unknown))}")
             self.projection = ProjectionConfig(**self.projection)
         if self.kind == "wav2vec2" and self.projection is None:
             self.projection = ProjectionConfig()
@@ -116,7 +116,7 @@ class AudioConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown audio config keys: {', '.join(unknown)}")
+            raise ValueError(f"unknown audio config keys: {', '.join(map(repr, unknown))}")
         return cls(**data)
 
 
@@ -207,7 +207,7 @@ class NoiseScheduleConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown noise schedule settings: {', '.join(unknown)}")
+            raise ValueError(f"unknown noise schedule settings: {', '.join(map(repr, unknown))}")
         return cls(**data)
 
 

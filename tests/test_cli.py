@@ -61,7 +61,7 @@ def test_info_on_a_model_directory_and_a_bad_path(tmp_path, capsys):
     ([1, 2], "must be a JSON object"),
     ({"preset": ["tiny"]}, "preset"),
     ({"audio": {"projection": {"tokens": 4, "intermediate_dim": 64, "output_dim": 64, "width": 1}}},
-     "unknown audio projection keys: width"),
+     "unknown audio projection keys: 'width'"),
     ({"fps": -25}, "fps: input should be greater than or equal to 1"),
     ({"clip_frames": 0}, "clip_frames: input should be greater than or equal to 1"),
     ({"clip_frames": 30}, "clip_frames + motion_frames: at most temporal.max_frames (24)"),
