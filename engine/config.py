@@ -356,6 +356,38 @@ class AudioModulesConfig:
 
 
 @dataclass
+class ReproductionConfig:
+    """How offline generation of an imported model reproduces that system's own pipeline (all off: our models).
+
+    ``system``: the pipeline reproduced (``"hallo"``, ``"echomimic_v1"``), "" for none.
+    ``whole_audio``: the audio features come from the whole waveform at once (offline only). Without
+    context windows the audio is zero-padded to a whole number of clips, every clip is full length and
+    the frames past the audio are dropped (Hallo); with them the whole video is one clip (EchoMimic).
+    ``motion_roundtrip``: the motion frames are VAE-decoded (clamped to [-1, 1]) and encoded again before
+    the ReferenceNet reads them, as Hallo takes them from its decoded video.
+    ``alternating_reference``: Hallo's reference reader under single-scale CFG: the ReferenceNet runs on
+    ``[reference, motion frames]`` once per branch with the image-projection context cycling zero
+    embedding, face embedding row by row, and each frame of the conditional branch reads the bank row of
+    its own parity (:class:`engine.sampling.clip_denoiser.AlternatingReference`; torch backends only: their
+    backbone takes a bank row per frame).
+    ``context_frames`` / ``context_overlap``: EchoMimic's sliding context windows over the whole video
+    (0: clips as planned): :meth:`engine.sampling.clip_denoiser.ClipDenoiser.windowed`.
+    ``whisper_chunk_frames``: the video has as many frames as EchoMimic's audio chunker gives
+    (:func:`engine.models.audio.echomimic_frame_count`), not ``ceil(seconds x fps)``.
+    ``noise_clamp``: the initial noise is clamped to ``[-noise_clamp, noise_clamp]`` (EchoMimic: 1.5; 0: not).
+    """
+
+    system: str = ""
+    whole_audio: bool = False
+    motion_roundtrip: bool = False
+    alternating_reference: bool = False
+    context_frames: int = 0
+    context_overlap: int = 0
+    whisper_chunk_frames: bool = False
+    noise_clamp: float = 0.0
+
+
+@dataclass
 class SamplingDefaults:
     """Generation defaults a model comes with (None: the command line's own default).
 
@@ -394,7 +426,8 @@ class ModelConfig:
     ``"zeros"`` (EMO) or ``"reference"`` (the reference image's own ReferenceNet features).
     ``scheduler``: the training noise schedule (:class:`NoiseScheduleConfig` fields).
     ``image_proj`` / ``audio_modules``: Hallo's face-embedding tokens and separate audio transformers
-    (off in our presets). ``sampling``: steps and guidance the model's weights expect.
+    (off in our presets). ``sampling``: steps and guidance the model's weights expect. ``reproduce``: what
+    offline generation does as an imported system's own pipeline does.
     """
 
     name: str = "custom"
@@ -415,6 +448,7 @@ class ModelConfig:
     image_proj: ImageProjConfig = field(default_factory=ImageProjConfig)
     audio_modules: AudioModulesConfig = field(default_factory=AudioModulesConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    reproduce: ReproductionConfig = field(default_factory=ReproductionConfig)
 
     def __post_init__(self) -> None:
         self.fps = check_fps(self.fps)
@@ -588,7 +622,8 @@ def _mismatches(config: ModelConfig) -> list[str]:
 
 _SECTIONS = {"unet": UNetConfig, "temporal": TemporalConfig, "speed": SpeedConfig,
              "face_locator": FaceLocatorConfig, "reference_net": ReferenceNetConfig, "vae": VAEConfig,
-             "image_proj": ImageProjConfig, "audio_modules": AudioModulesConfig, "sampling": SamplingDefaults}
+             "image_proj": ImageProjConfig, "audio_modules": AudioModulesConfig, "sampling": SamplingDefaults,
+             "reproduce": ReproductionConfig}
 
 
 _MODEL_CONFIG = TypeAdapter(ModelConfig)

@@ -43,6 +43,12 @@ class GenerationOptions:
             default, else off). The model reads its own last frames as motion frames, so without it small
             errors feed back and the face drifts away from the reference over a long stream; see
             :meth:`engine.stream.session.Session._advance_motion`.
+        reproduce: follow the imported system's own pipeline where the model's config says how (its
+            ``reproduce`` section: Hallo's reference reader and motion-frame round trip, EchoMimic's noise
+            clamp; offline also whole-audio features, Hallo's whole clips, EchoMimic's frame count and context
+            windows); False: the engine's own form of those steps.
+        offline: the whole audio is pushed before any frame is wanted (``emote generate``): a session that
+            reproduces a system's whole-audio front end waits for the end of the audio.
     """
 
     steps: int | None = None
@@ -58,6 +64,8 @@ class GenerationOptions:
     group_frames: int = 2
     motion_anchor: float | None = None
     idle_steps: int = 1
+    reproduce: bool = True
+    offline: bool = False
 
     def __post_init__(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= 50:

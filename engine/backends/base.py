@@ -15,9 +15,14 @@ class Backend(ABC):
 
     Shapes: latents ``[N, C, h, w]``; clips ``[B, C, F, h, w]``; images ``[N, 3, H, W]`` in [-1, 1];
     PCM ``[samples]`` float32 mono at 16 kHz.
+
+    ``per_frame_reference_bank``: the backbone takes a reference bank with one row per frame (``[B * F, L, C]``,
+    :class:`engine.sampling.clip_denoiser.AlternatingReference`), not only one per clip; exported graphs
+    take one per clip.
     """
 
     name: str = "abstract"
+    per_frame_reference_bank: bool = False
     device: torch.device
     dtype: torch.dtype
 

@@ -55,6 +55,7 @@ class ComputeThreadBackend(Backend):
         self.compute = ComputeThread(threads)
         self.inner = self.compute.run(make)
         self.name, self.device, self.dtype = self.inner.name, self.inner.device, self.inner.dtype
+        self.per_frame_reference_bank = self.inner.per_frame_reference_bank
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":

@@ -17,6 +17,7 @@ class TorchEagerBackend(Backend):
     """
 
     name = "torch"
+    per_frame_reference_bank = True
 
     def __init__(self, model: EmoteModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device, self.dtype = torch.device(device), dtype

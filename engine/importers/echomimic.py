@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from engine.config import AudioConfig, ModelConfig, ReferenceNetConfig, SamplingDefaults, SpeedConfig, UNetConfig
+from engine.config import (AudioConfig, ModelConfig, ReferenceNetConfig, ReproductionConfig, SamplingDefaults,
+                           SpeedConfig, UNetConfig)
 from engine.importers.keymap import KeyMap, Rule
 from engine.importers.sources import find, read_json, require
 from engine.importers.spec import (VAE_KEYMAP, SourceSpec, SystemSpec, attn2_context_dim, face_locator_config,
@@ -23,6 +24,10 @@ from engine.sampling.schedules import NoiseSchedule
 
 AUDIO_ATTENTION_SCALE = 3.0
 """EchoMimic multiplies the output of every audio cross-attention (``attn2``) by 3."""
+CONTEXT_FRAMES, CONTEXT_OVERLAP = 12, 3
+"""``infer_audio2vid.py``'s defaults: the whole video denoised in 12-frame context windows overlapping by 3."""
+NOISE_CLAMP = 1.5
+"""Its pipeline's ``prepare_latents`` clamps the initial noise to [-1.5, 1.5]."""
 
 REFERENCE_KEYMAP: KeyMap = (
     Rule(r"(.+)", "reference_net", r"\1", "ReferenceNet: SD 2D UNet without attn2/norm2 and output head"),
@@ -89,7 +94,9 @@ FALLBACKS = (
 def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant: str) -> ModelConfig:
     """Our config for EchoMimic v1 weights: architecture from the SD base unet config and the shapes,
     behaviour from ``infer_audio2vid(_acc).py`` and ``inference_v2.yaml`` (24 fps, 12-frame clips, no
-    motion frames, whisper-tiny levels, attn2 x3, 30 steps at CFG 2.5, or 6 steps without CFG)."""
+    motion frames, whisper-tiny levels, attn2 x3, 30 steps at CFG 2.5, or 6 steps without CFG), and what
+    offline generation reproduces of its pipeline: whole-audio whisper features, its frame count, the whole
+    video in overlapping context windows (:class:`engine.config.ReproductionConfig`)."""
     backbone = dict(states.get("motion_module", {}), **states["denoising_unet"])
     config_path = find(src, tuple(f"{folder}/config.json" for folder in BASE_UNET))
     unet = UNetConfig.from_diffusers(read_json(config_path)) if config_path is not None else UNetConfig()
@@ -112,7 +119,10 @@ def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant:
         temporal=temporal_config(backbone), speed=SpeedConfig(enabled=False),
         face_locator=face_locator_config(states["face_locator"]),
         reference_net=ReferenceNetConfig(cross_attention=reference_cross), audio=audio, vae=vae,
-        scheduler=NoiseSchedule.hallo().to_dict(), sampling=sampling)
+        scheduler=NoiseSchedule.hallo().to_dict(), sampling=sampling,
+        reproduce=ReproductionConfig(system="echomimic_v1", whole_audio=True, context_frames=CONTEXT_FRAMES,
+                                     context_overlap=CONTEXT_OVERLAP, whisper_chunk_frames=True,
+                                     noise_clamp=NOISE_CLAMP))
 
 
 SYSTEM = SystemSpec(

@@ -15,7 +15,7 @@ import torch
 from transformers import Wav2Vec2Config
 
 from engine.config import (AudioConfig, AudioModulesConfig, ImageProjConfig, ModelConfig, ProjectionConfig,
-                           ReferenceNetConfig, SamplingDefaults, SpeedConfig, UNetConfig)
+                           ReferenceNetConfig, ReproductionConfig, SamplingDefaults, SpeedConfig, UNetConfig)
 from engine.importers.keymap import KeyMap, Rule
 from engine.importers.provenance import FACE_EMBEDDING, REGION_MASKS, VOCAL_SEPARATION, fallback_line
 from engine.importers.sources import find, read_json, require
@@ -58,7 +58,9 @@ FALLBACKS = tuple(fallback_line(name) for name in (FACE_EMBEDDING, REGION_MASKS,
 def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant: str) -> ModelConfig:
     """Our config for Hallo's weights: architecture from SD1.5's unet config and the tensor shapes,
     behaviour from ``configs/inference/default.yaml`` (16-frame clips, 2 motion frames, 25 fps,
-    40 DDIM steps at CFG 3.5, zero-SNR v-prediction)."""
+    40 DDIM steps at CFG 3.5, zero-SNR v-prediction), and what its ``scripts/inference.py`` does that
+    offline generation reproduces: whole-audio features padded to whole clips, motion frames through VAE
+    decode + encode, its reference reader (:class:`engine.config.ReproductionConfig`)."""
     net = states["net"]
     config_path = find(src, SD15_UNET_CONFIG)
     unet = UNetConfig.from_diffusers(read_json(config_path)) if config_path is not None else UNetConfig()
@@ -91,7 +93,9 @@ def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant:
         reference_net=ReferenceNetConfig(cross_attention=True, context_tokens=image_proj.tokens, motion_source="norm1"),
         audio=audio, vae=vae, scheduler=NoiseSchedule.hallo().to_dict(), image_proj=image_proj,
         audio_modules=AudioModulesConfig(enabled=True, cross_attention_dim=audio_dim),
-        sampling=SamplingDefaults(steps=40, sampler="ddim", cfg_audio=3.5, cfg_ref=3.5))
+        sampling=SamplingDefaults(steps=40, sampler="ddim", cfg_audio=3.5, cfg_ref=3.5),
+        reproduce=ReproductionConfig(system="hallo", whole_audio=True, motion_roundtrip=True,
+                                     alternating_reference=True))
 
 
 SYSTEM = SystemSpec(

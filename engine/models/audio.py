@@ -73,6 +73,16 @@ def whisper_steps(samples: int) -> int:
     return samples // WHISPER_HOP // 2
 
 
+def echomimic_frame_count(samples: int, fps: float) -> int:
+    """Video frames EchoMimic makes of ``samples`` samples at 16 kHz: its chunker (``feature2chunks``) emits
+    frame ``i`` while the centre step ``int(i * (50 / fps))`` of the frame before it lies within the
+    :func:`whisper_steps` of the audio, so the video runs up to two frames past the audio's end."""
+    steps, frame = whisper_steps(samples), 0
+    while int(frame * (WHISPER_STEP_RATE / fps)) <= steps:
+        frame += 1
+    return frame + 1
+
+
 def whisper_frame_tokens(levels: Tensor, num_frames: int, fps: float, window: int = 2) -> Tensor:
     """Gather EchoMimic's per-frame whisper tokens from 50 Hz level states.
 

@@ -2,16 +2,69 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from engine.sampling.guidance import GuidanceScales, branches_needed, combine, split_batched
+from engine.sampling.guidance import Branch, GuidanceScales, branches_needed, combine, split_batched
 from engine.sampling.samplers import Sampler, sample
 
 if TYPE_CHECKING:
     from engine.backends.base import Backend
+
+HALLO_BRANCHES = (Branch.FULL, Branch.UNCOND)
+"""The branches of single-scale CFG, the only guidance Hallo's pipeline has."""
+
+
+@dataclass
+class AlternatingReference:
+    """Hallo's reference reader, reproduced (``hallo/models/mutual_self_attention.py``, commit 8fd7c57).
+
+    Under CFG Hallo runs its ReferenceNet once on ``[reference, motion_1 .. motion_n]`` repeated for its two
+    branches (unconditional first), with the image-projection context ``[zero embedding, face embedding]``
+    repeated along that batch, so row ``i`` reads context ``i % 2``. Its reader then takes the reference row
+    of each branch and tiles those two rows over the frames, so frame ``f`` of branch ``b`` reads the
+    reference row of branch ``(b * F + f) % 2``; and branch ``b`` reads motion frame ``j`` from row
+    ``b * (n + 1) + 1 + j``. Its training (``scripts/train_stage2.py``) uses the same reader.
+
+    Attributes:
+        banks: per context (0: zero embedding, 1: face embedding), the reference bank, per transformer
+            block ``[1, L, C]``.
+        motion: per context, the motion-frame features, per motion-module location ``[1, n, C, h, w]``.
+    """
+
+    banks: tuple[list[torch.Tensor], list[torch.Tensor]]
+    motion: tuple[list[torch.Tensor], list[torch.Tensor]]
+
+    def reference_context(self, branch: int, frame: int, frames: int) -> int:
+        """Context of the reference row frame ``frame`` of Hallo's branch ``branch`` (0: unconditional) reads."""
+        n = self.motion[0][0].shape[1] if self.motion[0] else 0
+        source_branch = (branch * frames + frame) % 2
+        return (source_branch * (n + 1)) % 2
+
+    @staticmethod
+    def motion_context(branch: int, index: int, n: int) -> int:
+        """Context of motion frame ``index`` (0-based of ``n``) in Hallo's branch ``branch``."""
+        return (branch * (n + 1) + 1 + index) % 2
+
+    def batched(self, branches: tuple[Branch, ...], frames: int) -> dict:
+        """``reference_bank`` (one row per frame: ``[B * F, L, C]``), ``reference_keep`` ``[B * F]`` and
+        ``motion_features`` ``[B, n, C, h, w]`` for ``branches`` (a permutation of FULL, UNCOND)."""
+        hallo_branch = {Branch.UNCOND: 0, Branch.FULL: 1}
+        rows = [self.reference_context(hallo_branch[b], f, frames) for b in branches for f in range(frames)]
+        bank = [torch.cat([self.banks[c][block] for c in rows]) for block in range(len(self.banks[0]))]
+        keep = torch.tensor([b.uses_reference for b in branches for _ in range(frames)],
+                            device=self.banks[0][0].device)
+        motion = []
+        for location in range(len(self.motion[0])):
+            n = self.motion[0][location].shape[1]
+            motion.append(torch.cat([
+                torch.cat([self.motion[self.motion_context(hallo_branch[b], j, n)][location][:, j:j + 1]
+                           for j in range(n)], dim=1) for b in branches]))
+        return dict(reference_bank=bank, reference_keep=keep, motion_features=motion)
 
 
 @dataclass
@@ -30,6 +83,8 @@ class ClipConditions:
             (needed with ``image_tokens``).
         region_masks: Hallo only: per resolution level ``[1, 3, h_l * w_l]`` full / face / lip weights,
             or None (weight 1 everywhere).
+        alternating: Hallo only: its reference reader's per-frame banks and per-branch motion frames,
+            used under single-scale CFG in place of ``reference_bank`` / ``motion_features``; None: off.
     """
 
     audio_tokens: torch.Tensor
@@ -40,6 +95,7 @@ class ClipConditions:
     image_tokens: torch.Tensor | None = None
     uncond_image_tokens: torch.Tensor | None = None
     region_masks: list[torch.Tensor] | None = None
+    alternating: AlternatingReference | None = None
 
 
 class GuidedBackbone:
@@ -49,7 +105,9 @@ class GuidedBackbone:
     audio tokens; branches without the reference get ``reference_keep = False``, zero face-locator
     features and, with Hallo's inputs, a zero face embedding's tokens: with single-scale CFG this is
     Hallo's and EchoMimic's unconditional half exactly. Region masks are the same in every branch
-    (Hallo repeats them). Hallo's inputs are passed only when the conditions carry them.
+    (Hallo repeats them). Hallo's inputs are passed only when the conditions carry them; with
+    ``alternating`` and single-scale CFG the reference bank is one row per frame and the motion frames
+    differ per branch (:class:`AlternatingReference`).
     """
 
     def __init__(self, backend: Backend, guidance: GuidanceScales):
@@ -79,6 +137,8 @@ class GuidedBackbone:
             speed_tokens=rep(cond.speed_tokens) if cond.speed_tokens is not None else None,
             reference_keep=torch.tensor(keep_reference, device=cond.audio_tokens.device),
         )
+        if cond.alternating is not None and self.branches == HALLO_BRANCHES:
+            inputs.update(cond.alternating.batched(self.branches, cond.audio_tokens.shape[1]))
         if cond.image_tokens is not None:
             inputs["image_tokens"] = self._image_tokens(cond)
         if cond.region_masks is not None:
@@ -101,6 +161,31 @@ class GuidedBackbone:
         return combine(split_batched(out.to(x.dtype), self.branches), self.guidance)
 
 
+def context_windows(frames: int, size: int, overlap: int, step: int) -> list[list[int]]:
+    """EchoMimic's context windows over ``frames`` frames at sampler step ``step`` (0-based).
+
+    Its ``uniform`` context schedule as its pipeline calls it (stride 1, closed loop): windows of ``size``
+    frames starting every ``size - overlap`` frames, wrapping past the last frame to the first; all frames
+    in one window when ``frames <= size``. Its pipeline then shifts every index by ``2 * step`` (mod
+    ``frames``), so the windows, and the order of the frames inside them, rotate from step to step.
+    """
+    if not 0 <= overlap < size:
+        raise ValueError(f"context overlap must be in [0, {size}), got {overlap}")
+    if frames <= size:
+        base = [list(range(frames))]
+    else:
+        base = [[e % frames for e in range(j, j + size)] for j in range(0, frames, size - overlap)]
+    return [[(c + 2 * step) % frames for c in window] for window in base]
+
+
+def window_conditions(cond: ClipConditions, index: torch.Tensor) -> ClipConditions:
+    """``cond`` for the frames ``index`` (``[n]`` long) of its clip: per-frame inputs gathered in that order."""
+    face = cond.face_features if cond.face_features.shape[1] == 1 else cond.face_features[:, index]
+    return dataclasses.replace(
+        cond, audio_tokens=cond.audio_tokens[:, index], face_features=face,
+        speed_tokens=cond.speed_tokens[:, index] if cond.speed_tokens is not None else None)
+
+
 class ClipDenoiser:
     """Runs ``steps`` sampler steps on a clip, one guided backbone batch per step."""
 
@@ -117,3 +202,28 @@ class ClipDenoiser:
         batched = self.model.batched(cond)
         return sample(lambda x, t: self.model(x, t, batched), self.sampler, noise, steps or self.steps,
                       generator=generator, per_frame=True)
+
+    def windowed(self, noise: torch.Tensor, cond: ClipConditions, size: int, overlap: int,
+                 generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+        """Like :meth:`__call__` on a whole video ``[1, C, F, h, w]``, as EchoMimic denoises it: at each step
+        the backbone runs on each of :func:`context_windows` (one guided batch per window) and every
+        frame's guided output is the mean over the windows that hold it."""
+        calls = itertools.count()
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.windowed_output(x, t, cond, context_windows(x.shape[2], size, overlap, next(calls)))
+
+        return sample(model_fn, self.sampler, noise, steps or self.steps, generator=generator, per_frame=True)
+
+    def windowed_output(self, x: torch.Tensor, t: torch.Tensor, cond: ClipConditions,
+                        windows: list[list[int]]) -> torch.Tensor:
+        """One step's guided output over ``windows`` of the video ``x`` ``[1, C, F, h, w]`` at timesteps ``t``
+        ``[1, F]``: each frame's mean over the windows that hold it."""
+        out = torch.zeros_like(x)
+        count = torch.zeros(1, 1, x.shape[2], 1, 1, dtype=x.dtype, device=x.device)
+        for window in windows:
+            index = torch.tensor(window, device=x.device)
+            batched = self.model.batched(window_conditions(cond, index))
+            out[:, :, index] = out[:, :, index] + self.model(x[:, :, index], t[:, index], batched)
+            count[:, :, index] = count[:, :, index] + 1
+        return out / count

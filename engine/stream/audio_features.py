@@ -34,6 +34,7 @@ class StreamingAudioFeatures:
         self._offset = 0
         self._samples = 0
         self.ended = False
+        self._whole: torch.Tensor | None = None
 
     def frame_sample(self, frame: int) -> int:
         """First sample of ``frame``."""
@@ -89,6 +90,22 @@ class StreamingAudioFeatures:
         pcm = self._pcm(self.frame_sample(first), self.frame_sample(last))
         tokens = self.backend.audio_tokens(torch.from_numpy(pcm), last - first)
         return tokens[clip.start - first: clip.end - first]
+
+    def whole_tokens(self, frames: int) -> torch.Tensor:
+        """Audio tokens ``[frames, T, D]`` of the whole audio in one encoder call, the audio zero-padded to
+        ``frames`` frames (Hallo's front end: it pads to whole clips); computed once per utterance.
+
+        Needs the ended stream with nothing released yet (the first call; later calls reuse the result).
+        """
+        if self._whole is None:
+            if not self.ended:
+                raise RuntimeError("whole-audio tokens need the end of the audio")
+            if self._offset:
+                raise RuntimeError("whole-audio tokens need all the audio, but its start was released")
+            self._whole = self.backend.audio_tokens(torch.from_numpy(self._pcm(0, self._samples)), frames)
+        if self._whole.shape[0] != frames:
+            raise RuntimeError(f"whole-audio tokens were made for {self._whole.shape[0]} frames, not {frames}")
+        return self._whole
 
     def truncate(self, sample: int) -> None:
         """Drop the samples from ``sample`` on (a barge-in); the ones already released stay released."""

@@ -35,7 +35,7 @@ class HalloConditions:
 
 
 def hallo_conditions(backend: Backend, config: ModelConfig, face_mask: np.ndarray, latent: int,
-                     region_masks: np.ndarray | None = None,
+                     region_masks: np.ndarray | list[np.ndarray] | None = None,
                      face_embedding: np.ndarray | None = None) -> HalloConditions:
     """The session's Hallo inputs on the backend's device and dtype.
 
@@ -45,19 +45,24 @@ def hallo_conditions(backend: Backend, config: ModelConfig, face_mask: np.ndarra
         face_mask: the portrait's face mask ``[S, S]`` (the fallback masks' face region).
         latent: the latent side ``h = w``.
         region_masks: float32 ``[3, h, w]`` full / face / lip masks in [0, 1] over the portrait (any
-            size, area-resized to the latent; :mod:`engine.region_masks`); None: made from ``face_mask``.
+            size, area-resized to the latent; :mod:`engine.region_masks`); or, as Hallo's pipeline hands
+            them to its backbone, one float32 ``[3, h_l * w_l]`` per resolution level (level 0: the latent's
+            side, halved per level, rounded up), used as given; None: made from ``face_mask``.
         face_embedding: float32 ``[E]`` the face's embedding; None: a zero embedding's tokens everywhere.
     Raises:
-        ValueError: an input the model does not take, or masks not shaped ``[3, h, w]``.
+        ValueError: an input the model does not take, or masks not shaped as above.
     """
     out = HalloConditions()
-    if config.audio_modules.enabled:
+    levels = len(config.unet.block_out_channels)
+    if config.audio_modules.enabled and isinstance(region_masks, (list, tuple)):
+        out.region_masks = [torch.from_numpy(m)[None].to(backend.device, backend.dtype)
+                            for m in _checked_levels(region_masks, latent, levels)]
+    elif config.audio_modules.enabled:
         masks = fallback_region_masks(face_mask) if region_masks is None else np.asarray(region_masks, np.float32)
         if masks.ndim != 3 or masks.shape[0] != 3:
             raise ValueError(f"region masks must be [3, h, w] (full, face, lip), got {list(masks.shape)}")
         pooled = F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(masks))[None], (latent, latent))
-        out.region_masks = [m.to(backend.device, backend.dtype)
-                            for m in region_mask_levels(pooled, len(config.unet.block_out_channels))]
+        out.region_masks = [m.to(backend.device, backend.dtype) for m in region_mask_levels(pooled, levels)]
     elif region_masks is not None:
         raise ValueError(f"model {config.name!r} has no audio modules: it takes no region masks")
     if face_embedding is not None:
@@ -66,4 +71,21 @@ def hallo_conditions(backend: Backend, config: ModelConfig, face_mask: np.ndarra
         embedding = torch.from_numpy(np.asarray(face_embedding, np.float32).reshape(1, -1)).to(backend.device)
         out.image_tokens = backend.image_tokens(embedding)
         out.uncond_image_tokens = backend.image_tokens(torch.zeros_like(embedding))
+    return out
+
+
+def _checked_levels(masks: list[np.ndarray], latent: int, levels: int) -> list[np.ndarray]:
+    """Per-level region masks checked: ``levels`` float32 arrays ``[3, h_l * w_l]`` in [0, 1]."""
+    if len(masks) != levels:
+        raise ValueError(f"region masks: {len(masks)} levels given, the UNet has {levels}")
+    out, side = [], latent
+    for level, mask in enumerate(masks):
+        mask = np.ascontiguousarray(mask, np.float32)
+        if mask.shape != (3, side * side):
+            raise ValueError(f"region masks: level {level} must be [3, {side * side}] (full, face, lip), "
+                             f"got {list(mask.shape)}")
+        if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError(f"region masks: level {level} has values outside [0, 1]")
+        out.append(mask)
+        side = -(-side // 2)
     return out

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from engine.backends.base import Backend
-from engine.config import ModelConfig
+from engine.config import ModelConfig, ReproductionConfig
+from engine.models.audio import echomimic_frame_count
 from engine.models.reference_net import ReferenceBank
 from engine.options import GenerationOptions
-from engine.sampling.clip_denoiser import ClipConditions, ClipDenoiser
+from engine.sampling.clip_denoiser import HALLO_BRANCHES, AlternatingReference, ClipConditions, ClipDenoiser
 from engine.sampling.guidance import GuidanceScales
 from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
@@ -73,13 +74,13 @@ class Session:
     :meth:`interrupt` cuts the stream at a frame (a barge-in) and goes on from there with the motion frames of
     the frames before it, which :meth:`keep_for_rewind` keeps.
 
-    ``region_masks`` (``[3, h, w]`` full / face / lip, Hallo's models only; None: made from
-    ``face_mask``) and ``face_embedding`` (``[E]``, Hallo's models only; None: a zero embedding) are
-    the portrait's precomputed inputs.
+    ``region_masks`` (``[3, h, w]`` full / face / lip, or Hallo's per-level masks: :func:`hallo_conditions`;
+    Hallo's models only; None: made from ``face_mask``) and ``face_embedding`` (``[E]``, Hallo's models only;
+    None: a zero embedding) are the portrait's precomputed inputs.
     """
 
     def __init__(self, backend: Backend, config: ModelConfig, image: np.ndarray, face_mask: np.ndarray,
-                 options: GenerationOptions, region_masks: np.ndarray | None = None,
+                 options: GenerationOptions, region_masks: np.ndarray | list[np.ndarray] | None = None,
                  face_embedding: np.ndarray | None = None):
         options = options.with_model_defaults(config.sampling)
         self.backend, self.config, self.options = backend, config, options
@@ -93,6 +94,9 @@ class Session:
         self.motion_frames = config.motion_frames
         window = config.audio.window
         self.rolling = options.schedule == "rolling"
+        self.reproduction = config.reproduce if options.reproduce else ReproductionConfig()
+        self.whole_audio = self.reproduction.whole_audio and options.offline and not self.rolling
+        self.windows = self.reproduction.context_frames if self.whole_audio else 0
         if self.rolling:
             self.planner = ChunkPlanner(options.group_frames, lookahead=window)
         else:
@@ -107,10 +111,16 @@ class Session:
         device, dtype = backend.device, backend.dtype
         self.hallo = hallo_conditions(backend, config, face_mask, size // config.latent_downscale, region_masks,
                                       face_embedding)
+        self.alternating = (self.reproduction.alternating_reference and self.hallo.image_tokens is not None
+                            and self.denoiser.model.branches == HALLO_BRANCHES and backend.per_frame_reference_bank)
+        self.contexts = ([self.hallo.uncond_image_tokens, self.hallo.image_tokens] if self.alternating
+                         else [self.hallo.image_tokens])
         self.reference_latent = backend.vae_encode(to_image_tensor(image, device, dtype))
-        bank = self._reference(self.reference_latent)
-        self.reference_tokens = bank.tokens
-        self.reference_features = bank.features
+        banks = [self._reference(self.reference_latent, context) for context in self.contexts]
+        self.reference_tokens = banks[-1].tokens
+        self.reference_features = banks[-1].features
+        self.alternating_banks = [bank.tokens for bank in banks]
+        self._context_features = [bank.features for bank in banks]
         mask = torch.from_numpy(np.ascontiguousarray(face_mask, dtype=np.float32))[None, None]
         self.face = backend.face_features(mask.to(device=device, dtype=dtype))[:, None]
         self._speed_cache: dict[int, torch.Tensor | None] = {}
@@ -123,15 +133,17 @@ class Session:
         self.planner.reset()
         self.window.reset()
         self.speech = SpeechSpans()
+        self._whole_taken = False
         self._history: list[tuple[Clip, torch.Tensor]] = []
         self.anchored = 0
         init = self.config.motion_init
         if init not in ("zeros", "reference"):
             raise ValueError(f"motion_init must be 'zeros' or 'reference', not {init!r}")
         n = self.motion_frames
-        self._motion = [(f if init == "reference" else torch.zeros_like(f)).expand(n, *f.shape[1:])
-                        for f in self.reference_features]
-        self._initial_motion = self._motion
+        self._motions = [[f.expand(n, *f.shape[1:]) if init == "reference"
+                         else torch.zeros_like(f).expand(n, *f.shape[1:]) for f in features]
+                        for features in self._context_features]
+        self._initial_motions = self._motions
 
     def keep_for_rewind(self, frames: int) -> None:
         """Keep what :meth:`interrupt` needs to cut up to ``frames`` frames behind the newest clip taken in: the
@@ -168,7 +180,7 @@ class Session:
         self.planner.restart(frame)
         self.window.reset()
         self._history = [self._head(clip, latents, frame) for clip, latents in self._history if clip.start < frame]
-        self._motion = self._initial_motion
+        self._motions = self._initial_motions
         for clip, latents in self._history:
             if clip.end > reach:
                 self._advance_motion(latents[0].transpose(0, 1))
@@ -202,26 +214,50 @@ class Session:
 
     def conditions(self, clip: Clip) -> ClipConditions:
         """The backbone's inputs for ``clip`` besides the latents (consumes nothing)."""
-        return self._conditions(self.audio.tokens(clip)[None].to(self.backend.dtype), clip.frames)
+        if self.whole_audio:
+            tokens = self.audio.whole_tokens(self._video_frames())[clip.start:clip.end]
+        else:
+            tokens = self.audio.tokens(clip)
+        return self._conditions(tokens[None].to(self.backend.dtype), clip.frames)
 
     def _conditions(self, audio_tokens: torch.Tensor, frames: int) -> ClipConditions:
+        alternating = None
+        if self.alternating:
+            alternating = AlternatingReference(
+                banks=(self.alternating_banks[0], self.alternating_banks[1]),
+                motion=([m[None] for m in self._motions[0]], [m[None] for m in self._motions[1]]))
         return ClipConditions(audio_tokens=audio_tokens, reference_bank=self.reference_tokens,
-                              motion_features=[m[None] for m in self._motion], face_features=self.face,
+                              motion_features=[m[None] for m in self._motions[-1]], face_features=self.face,
                               speed_tokens=self._speed_tokens(frames), image_tokens=self.hallo.image_tokens,
                               uncond_image_tokens=self.hallo.uncond_image_tokens,
-                              region_masks=self.hallo.region_masks)
+                              region_masks=self.hallo.region_masks, alternating=alternating)
 
-    def _reference(self, latents: torch.Tensor) -> ReferenceBank:
-        """The ReferenceNet on ``latents``, reading the face embedding's tokens when the session has them."""
-        if self.hallo.image_tokens is None:
+    def _reference(self, latents: torch.Tensor, context: torch.Tensor | None) -> ReferenceBank:
+        """The ReferenceNet on ``latents`` reading ``context`` (face-embedding tokens; None: the model's default)."""
+        if context is None:
             return self.backend.reference(latents)
-        return self.backend.reference(latents, context=self.hallo.image_tokens)
+        return self.backend.reference(latents, context=context)
 
-    def _noise(self, clip: Clip) -> tuple[torch.Tensor, torch.Generator]:
-        """The clip's starting noise ``[1, C, F, h, w]`` and the generator it came from (seeded by clip start)."""
+    def _video_frames(self) -> int:
+        """With whole-audio features, the frames generated: EchoMimic's chunker's count
+        (``whisper_chunk_frames``), the audio's frames with context windows, else the audio's frames rounded
+        up to whole clips (the first clip, then ``clip_frames`` each), as Hallo pads its audio."""
+        total = self.audio.total_frames
+        if self.reproduction.whisper_chunk_frames:
+            return echomimic_frame_count(self.audio.samples, self.fps)
+        if self.windows:
+            return total
+        first, size = self.planner.first_clip_frames, self.planner.clip_frames
+        return first if total <= first else first + -(-(total - first) // size) * size
+
+    def noise(self, clip: Clip) -> tuple[torch.Tensor, torch.Generator]:
+        """The clip's starting noise ``[1, C, F, h, w]`` and the generator it came from (seeded by clip start),
+        clamped as the reproduced pipeline clamps it (``reproduce.noise_clamp``)."""
         h = self.size // self.config.latent_downscale
         generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, clip.start))
         noise = torch.randn(1, self.config.unet.in_channels, clip.frames, h, h, generator=generator)
+        if self.reproduction.noise_clamp > 0:
+            noise = noise.clamp(-self.reproduction.noise_clamp, self.reproduction.noise_clamp)
         return noise.to(self.backend.device), generator
 
     def denoise(self, clip: Clip, steps: int | None = None) -> torch.Tensor:
@@ -230,8 +266,12 @@ class Session:
         ``steps`` overrides the session's steps for this clip (when generation falls behind).
         """
         cond = self.conditions(clip)
-        noise, generator = self._noise(clip)
-        latents = self.denoiser(noise, cond, generator=generator, steps=steps)
+        noise, generator = self.noise(clip)
+        if self.windows:
+            latents = self.denoiser.windowed(noise, cond, self.windows, self.reproduction.context_overlap,
+                                             generator=generator, steps=steps)
+        else:
+            latents = self.denoiser(noise, cond, generator=generator, steps=steps)
         self._advance_motion(latents[0].transpose(0, 1))
         self._keep(clip, latents)
         self._release(clip.end)
@@ -257,7 +297,7 @@ class Session:
         if not self.rolling:
             return [(clip, self.denoise(clip, steps))]
         tokens = self.audio.tokens(clip)[None].to(self.backend.dtype)
-        noise, generator = self._noise(clip)
+        noise, generator = self.noise(clip)
         self.window.enter(clip, noise, tokens)
         self._release(clip.end)
         return self._advance_window(generator)
@@ -294,20 +334,41 @@ class Session:
         n = self.motion_frames
         if n == 0:
             return
-        newest = self._reference(clip_latents[-n:].to(self.backend.dtype)).features
+        latents = clip_latents[-n:].to(self.backend.dtype)
+        if self.reproduction.motion_roundtrip:
+            latents = self.backend.vae_encode(self.backend.vae_decode(latents))
         anchor = self.options.motion_anchor
+        motion = []
+        for context, old, reference in zip(self.contexts, self._motions, self._context_features):
+            newest = self._reference(latents, context).features
+            if anchor > 0:
+                newest = [torch.lerp(new, ref.expand_as(new), anchor) for new, ref in zip(newest, reference)]
+            motion.append([torch.cat([o, new])[-n:] for o, new in zip(old, newest)])
         if anchor > 0:
-            newest = [torch.lerp(new, ref.expand_as(new), anchor) for new, ref in zip(newest, self.reference_features)]
             self.anchored += 1
-        self._motion = [torch.cat([old, new])[-n:] for old, new in zip(self._motion, newest)]
+        self._motions = motion
 
     def decode(self, clip: Clip, latents: torch.Tensor) -> list[Frame]:
         """VAE-decode a clip's latents into frames with their presentation times."""
         images = to_uint8_frames(self.backend.vae_decode(latents[0].transpose(0, 1)))
+        if self.whole_audio and not self.windows:
+            images = images[:max(0, self.audio.total_frames - clip.start)]
         return [Frame(clip.start + i, (clip.start + i) / self.fps, img, idle=clip.idle) for i, img in enumerate(images)]
 
     def ready_clips(self) -> list[Clip]:
-        """Clips whose audio (plus look-ahead) is in, in order; each is returned once."""
+        """Clips whose audio (plus look-ahead) is in, in order; each is returned once. With whole-audio
+        features: none before the end of the audio, then full-length clips up to the padded length (the
+        frames past the audio are dropped in :meth:`decode`), or with context windows the whole video as
+        one clip."""
+        if self.whole_audio:
+            if not self.audio.ended:
+                return []
+            if self.windows:
+                if self._whole_taken:
+                    return []
+                self._whole_taken = True
+                return [Clip(0, 0, self._video_frames())]
+            return self.planner.ready(0, self._video_frames())
         return self.planner.ready(self.audio.frames_available, self.audio.total_frames)
 
     def frames(self) -> Iterator[Frame]:

@@ -92,8 +92,12 @@ def test_face_tokens_reach_every_backbone_and_reference_call(model, hallo_portra
         torch.testing.assert_close(call["image_tokens"][0], tokens[0])  # conditional branch: the face
         torch.testing.assert_close(call["image_tokens"][1], model.backbone.default_image_tokens)  # unconditional
     assert len(backend.reference_contexts) >= 2  # the reference image and the motion frames
-    for context in backend.reference_contexts:
-        torch.testing.assert_close(context, tokens)
+    zero = model.backbone.default_image_tokens[None]
+    # Hallo's reference reader (reproduced under single-scale CFG): the ReferenceNet reads the face's tokens
+    # and, for the rows Hallo runs with it, the zero embedding's
+    faces = [c for c in backend.reference_contexts if torch.allclose(c, tokens)]
+    zeros = [c for c in backend.reference_contexts if torch.allclose(c, zero)]
+    assert faces and zeros and len(faces) + len(zeros) == len(backend.reference_contexts)
     assert np.abs(frames.astype(np.int16) - fallback_frames).max() > 0
 
 

@@ -168,9 +168,9 @@ def test_a_rewind_keeps_the_motion_frames_of_the_frames_before_the_cut(model, po
     assert clips == [Clip(0, 0, 8), Clip(1, 8, 16)]
     for clip in clips:
         near.step(clip)
-    natural = [m.clone() for m in near._motion]
+    natural = [m.clone() for m in near._motions[-1]]
     assert near.interrupt(16) == 2 * FRAME
-    assert all(torch.equal(a, b) for a, b in zip(natural, near._motion)), "the rewound motion is the natural one"
+    assert all(torch.equal(a, b) for a, b in zip(natural, near._motions[-1])), "the rewound motion is the natural one"
 
     far = session()
     far.push_audio(pcm)
