@@ -108,7 +108,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.pipeline import GenerateRequest, generate
 
     _check_device(args.device)
-    request = _request(GenerateRequest, args, _generation_options(args), audio=Path(args.audio))
+    request = _request(GenerateRequest, args, _generation_options(args), offline=True,
+                       audio=Path(args.audio))
     result = generate(request, progress=not args.quiet)
     rate = result.wall_seconds / max(result.media_seconds, 1e-9)
     print(f"wrote {result.out} ({result.frames} frames, {result.media_seconds:.2f} s of video) in "
@@ -130,7 +131,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         source = FileSource(args.audio, realtime=args.realtime)
     else:
         source = StdinPcmSource(args.stdin_pcm)
-    request = _request(StreamRequest, args, _generation_options(args, idle_steps=args.idle_steps),
+    request = _request(StreamRequest, args, _generation_options(args, idle_steps=args.idle_steps), offline=False,
                        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), always_on=args.always_on)
     stats = stream(request, source, live_status=not args.quiet)
     print(stats.table())
@@ -155,17 +156,20 @@ def _generation_options(args: argparse.Namespace, **extra: Any) -> GenerationOpt
     return GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
                              seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
                              first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group,
-                             motion_anchor=args.motion_anchor, **extra)
+                             motion_anchor=args.motion_anchor,
+                             reproduce=not args.no_reproduce, **extra)
 
 
-def _request(kind: type[StreamRequest], args: argparse.Namespace, options: GenerationOptions,
+def _request(kind: type[StreamRequest], args: argparse.Namespace, options: GenerationOptions, offline: bool,
              **extra: Any) -> StreamRequest:
     """The request of type ``kind`` (a :class:`~engine.pipeline.StreamRequest`) that ``generate`` / ``stream``
     flags ask for, generating with ``options``, with ``extra`` fields on top; notes on stderr when the model is
-    an untrained preset or falls back where an input is missing."""
+    an untrained preset, falls back where an input is missing, or is an imported one (what the run reproduces
+    of its system's pipeline, ``offline`` for ``generate``, and what it approximates)."""
     from engine.faces import FaceBox
     from engine.importers.provenance import fallback_note
-    from engine.pipeline import is_untrained_preset, supplied_inputs
+    from engine.models.checkpoint import resolve_config
+    from engine.pipeline import is_untrained_preset, reproduction_note, supplied_inputs
 
     request = kind(
         image=Path(args.image), out=Path(args.out), model=args.model, size=args.size, fps=args.fps,
@@ -183,6 +187,9 @@ def _request(kind: type[StreamRequest], args: argparse.Namespace, options: Gener
     fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
     if fallbacks:
         print(fallbacks, file=sys.stderr)
+    reproduced = reproduction_note(resolve_config(args.model), options, offline=offline)
+    if reproduced:
+        print(reproduced, file=sys.stderr)
     return request
 
 
@@ -280,6 +287,9 @@ def _add_generation_flags(parser: argparse.ArgumentParser, first_clip: int | Non
                         help="drift guard, 0-1: how far the motion frames are pulled back toward the reference "
                              "image's features at each clip, so the face does not drift over a long stream "
                              "(0 = off; default: the model's, talking64: 0.5, else off)")
+    parser.add_argument("--no-reproduce", action="store_true",
+                        help="imported models: run the engine's own audio windows, reference bank, motion frames and "
+                             "clips instead of what the system's own pipeline does (default: reproduce it)")
 
 
 def _add_idle_steps_flag(parser: argparse.ArgumentParser, what: str) -> None:

@@ -175,6 +175,56 @@ def supplied_inputs(request: StreamRequest) -> tuple[str, ...]:
     return tuple(names)
 
 
+def reproduction_note(config: ModelConfig, options: GenerationOptions, offline: bool) -> str | None:
+    """One line saying what a run of an imported model reproduces of its system's own pipeline and what it
+    approximates (``emote generate``: ``offline``; ``emote stream``: not); None for models of our own.
+
+    ``options`` as the user gave them (unset ones are the model's defaults).
+    """
+    rep = config.reproduce
+    if not rep.system:
+        return None
+    if not options.reproduce:
+        return (f"note: {rep.system} import with --no-reproduce: audio windows, reference bank, motion frames and "
+                f"clips are the engine's own, not its pipeline's")
+    chosen = options.with_model_defaults(config.sampling)
+    single_cfg = chosen.cfg_audio == chosen.cfg_ref != 1.0
+    same = ["DDIM with zero-SNR v-prediction", "single-scale CFG (zero face features unconditional)"
+            if single_cfg else None]
+    approx = ["its fp16 numerics (fp32 on the CPU)", "its uncropped portrait (here cut around the face)",
+              "the inputs the fallbacks name"]
+    if rep.whole_audio:
+        if offline and chosen.schedule == "clip":
+            same.append("audio features of the whole waveform" + ("" if rep.context_frames else
+                                                                  " padded to whole clips"))
+        else:
+            approx.append("audio features per clip from a window (left context + look-ahead), not the whole audio; "
+                          "the last clip ends with the audio")
+    if rep.alternating_reference:
+        if single_cfg:
+            same.append("its reference reader (bank rows alternating zero / face embedding; torch backends)")
+        else:
+            approx.append("one reference bank for every frame (its reader alternates under single-scale CFG only)")
+    if rep.motion_roundtrip:
+        same.append("motion frames through VAE decode + encode")
+    if rep.context_frames:
+        if offline and chosen.schedule == "clip":
+            same.append(f"whole video in {rep.context_frames}-frame context windows overlapping by "
+                        f"{rep.context_overlap}, predictions averaged")
+        else:
+            approx.append(f"clips one after another, not its {rep.context_frames}-frame context windows "
+                          f"(overlap {rep.context_overlap}) over the whole video")
+    if rep.whisper_chunk_frames:
+        if offline and chosen.schedule == "clip":
+            same.append("its frame count (up to two frames past the audio)")
+        else:
+            approx.append("the frame count (the audio's, not its chunker's)")
+    if rep.noise_clamp:
+        same.append(f"initial noise clamped to +-{rep.noise_clamp:g}")
+    return (f"note: {rep.system} import reproduces its pipeline's " + ", ".join(x for x in same if x)
+            + "; approximates " + ", ".join(approx))
+
+
 def check_request_outputs(request: StreamRequest, audio: Path | None = None) -> None:
     """Refuse ``request``'s outputs before anything is read or written (:func:`engine.media.check_outputs`).
 
@@ -220,15 +270,22 @@ def stream(request: StreamRequest, source: AudioSource, live_status: bool = True
 
 
 def generate(request: GenerateRequest, progress: bool = True) -> GenerateResult:
-    """Run one offline job (the stream path, unpaced); nothing is left at ``request.out`` unless it completes."""
+    """Run one offline job (the stream path, unpaced, the session told the audio is whole: an imported model
+    reproduces its system's whole-audio front end); nothing is left at ``request.out`` unless it completes."""
     started = time.perf_counter()
     check_request_outputs(request, request.audio)
     source = FileSource(request.audio, block_ms=OFFLINE_BLOCK_MS)
     check_audio(source.pcm, request.audio)
+    request = replace(request, options=replace(request.options, offline=True))
     session, detected = open_session(request)
     total = session.audio.frame_count(source.pcm.size)
+    written = [0]
+
+    def advance(frame: Frame, live: LiveSession) -> None:
+        written[0] += 1
+        bar.update(1)
+
     with tqdm(total=total, unit="frame", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
-        run_stream(source, LiveSession(session, request.policy), _sinks(request, session),
-                   on_frame=lambda frame, live: bar.update(1))
-    return GenerateResult(out=Path(request.out), frames=total, media_seconds=source.duration,
+        run_stream(source, LiveSession(session, request.policy), _sinks(request, session), on_frame=advance)
+    return GenerateResult(out=Path(request.out), frames=written[0], media_seconds=source.duration,
                           wall_seconds=time.perf_counter() - started, face_detected=detected)
