@@ -22,8 +22,8 @@ from engine.pipeline import OFFLINE_BLOCK_MS, open_model
 from engine.timebase import SAMPLE_RATE
 from engine.models.audio import echomimic_frame_count
 from engine.sampling.clip_denoiser import AlternatingReference, context_windows, window_conditions
-from engine.sampling.guidance import Branch
 from engine.options import GenerationOptions
+from engine.sampling.guidance import Branch, combine, split_batched
 from engine.stream.session import Session
 
 TOLERANCE = 1e-4
@@ -82,8 +82,9 @@ def hallo_run(hallo_model: Path, hallo_oracle: dict[str, np.ndarray]) -> dict:
             guided = session.denoiser.model
             batched = guided.batched(cond)
             out = backend.backbone(noise.expand(2, -1, -1, -1, -1), t0.expand(2, -1), **batched)
-            run["branches0"].append(dict(zip(guided.branches, out.chunk(2))))
-            run["guided0"].append(guided(noise, t0, batched))
+            branches = split_batched(out, guided.branches)
+            run["branches0"].append(branches)
+            run["guided0"].append(combine(branches, guided.guidance))  # what GuidedBackbone returns
             run["conditions"].append(cond)
             run["noise"].append(noise)
             ((done, latents),) = session.step(clip)
