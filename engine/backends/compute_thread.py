@@ -20,6 +20,17 @@ from engine.models.reference_net import ReferenceBank
 T = TypeVar("T")
 
 
+def _own_thread_count(threads: int) -> None:
+    """Give the calling thread ``threads`` intra-op threads for good.
+
+    torch keeps one process-wide count besides each thread's own: ``torch.set_num_threads`` sets both, and a
+    thread takes the process-wide one when it first asks for its own. Asking first fixes this thread's count
+    before the caller puts the process-wide one back.
+    """
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
 class ComputeThread:
     """A single worker thread that runs the callables handed to it, one at a time, in the order given.
 
@@ -31,9 +42,11 @@ class ComputeThread:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         self.threads = threads
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=torch.set_num_threads,
+        caller = torch.get_num_threads()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=_own_thread_count,
                                             initargs=(threads,))
         self._ident = self._executor.submit(threading.get_ident).result()
+        torch.set_num_threads(caller)  # the count later threads start from: the caller's again
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the worker thread; returns its result or raises its exception."""

@@ -56,13 +56,19 @@ def test_the_backends_other_attributes_are_the_inner_backends(model):
 
 
 def test_a_compute_thread_runs_calls_in_order_reentrantly_and_raises_their_errors():
-    compute = ComputeThread(2)
+    count = torch.get_num_threads()
+    compute = ComputeThread(count + 1)
     try:
         caller = threading.get_ident()
         worker = compute.run(threading.get_ident)
         assert worker != caller
         assert compute.run(lambda: compute.run(threading.get_ident)) == worker  # a call made from a call: inline
-        assert compute.run(torch.get_num_threads) == 2
+        assert compute.run(lambda: torch.ones(1 << 20).add(1).sum() and torch.get_num_threads()) == count + 1
+        started: list[int] = []
+        later = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert started == [count] and torch.get_num_threads() == count, "other threads keep the caller's count"
         done: list[int] = []
         workers = [threading.Thread(target=compute.run, args=(done.append, i)) for i in range(8)]
         for thread in workers:
