@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
+
+T = TypeVar("T")
 
 
 class Backend(ABC):
@@ -25,6 +28,14 @@ class Backend(ABC):
     per_frame_reference_bank: bool = False
     device: torch.device
     dtype: torch.dtype
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` where this backend runs its networks: here, on the calling thread.
+
+        The streaming stages hand a clip's whole step and decode to it, so that the torch work around the
+        network calls (noise, sampler updates, pixel conversion) runs on the same thread as the calls.
+        """
+        return fn(*args, **kwargs)
 
     @abstractmethod
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -75,6 +75,9 @@ class ComputeThreadBackend(Backend):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self.compute.run(fn, *args, **kwargs)
+
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self.compute.run(self.inner.audio_tokens, pcm, num_frames)
 

@@ -147,7 +147,7 @@ class DenoiseStage(threading.Thread):
             return [_Latents(clip, None, self.epoch)]
         steps = self.policy.min_steps if late and self.policy.kind == "steps" else None
         started = time.perf_counter()
-        done = self.session.step(clip, steps=steps)
+        done = self.session.backend.run(self.session.step, clip, steps=steps)
         self.stats.stage("denoise", time.perf_counter() - started, clip.index)
         self._report_drift_guard()
         return [_Latents(c, latents, self.epoch) for c, latents in done]
@@ -178,7 +178,8 @@ class DenoiseStage(threading.Thread):
                         break
                     self._emit(self._run_clip(clip))
             if not self.stop_requested.is_set():
-                self._emit([_Latents(c, latents, self.epoch) for c, latents in self.session.flush()])
+                self._emit([_Latents(c, latents, self.epoch) for c, latents in
+                            self.session.backend.run(self.session.flush)])
                 self._report_drift_guard()
             self.out.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -220,7 +221,7 @@ class DecodeStage(threading.Thread):
                 self.out.put(Frame(i, i / self.session.fps, self.last_image, skipped=True, idle=clip.idle))
             return
         started = time.perf_counter()
-        frames = self.session.decode(clip, item.latents)
+        frames = self.session.backend.run(self.session.decode, clip, item.latents)
         self.stats.stage("decode", time.perf_counter() - started, clip.index)
         self.last_image = frames[-1].image
         for frame in frames:
