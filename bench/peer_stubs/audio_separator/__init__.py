@@ -1,0 +1,1 @@
+"""Stand-in for audio-separator (see ../README.md): ``audio_separator.separator.Separator``."""

@@ -1,0 +1,1 @@
+"""Stand-in for insightface (see ../README.md): only ``insightface.app.FaceAnalysis`` is provided."""
