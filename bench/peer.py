@@ -51,7 +51,6 @@ import torch
 
 from bench.cli import int_tuple, results_dir, write_atomic
 from bench.environment import describe
-from bench.harness import DEMO_PORTRAIT
 from bench.peer_env import PeerEnvironment, SetupError, setup
 from bench.peer_hallo import SIZES
 from bench.report import format_ratio, markdown_table
@@ -61,6 +60,7 @@ from bench.timing import Figure
 SCHEMA = "emote.bench.peer/1"
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).resolve().parent / "peer_hallo.py"
+DEMO_PORTRAIT = REPO / "engine" / "assets" / "demo" / "portrait.png"
 FPS = 25.0
 HALLO_STEPS, HALLO_CFG = 40, 3.5
 
