@@ -84,9 +84,6 @@ SIZES = {
 }
 """The trees ``tree`` writes: ``sd15`` at Hallo's released shapes (512 x 512); ``tiny`` at the reduced widths of
 the engine's Hallo import tests (128 x 128, the same shapes as their checkpoint layout)."""
-HALLO_BUILT = {"face_embedding_dim": 512, "image_tokens": 4, "audio_intermediate": 512, "audio_dim": 768,
-               "audio_tokens": 32, "face_locator": {"conditioning_embedding_channels": 320}}
-"""The sizes ``scripts/inference.py`` builds its audio projection, image projection and face locator with."""
 
 
 def randomised(state: dict, seed: int) -> dict:
