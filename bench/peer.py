@@ -263,6 +263,11 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     if load:
         lines += [f"Machine load (1-minute load average, {env.get('cpu_count', '?')} cores) at each round's start "
                   f"and at the end: {', '.join(f'{v:.1f}' for v in load)}.", ""]
+        if max(load) > (env.get("cpu_count") or 1) and any((r["threads"] or 1) > 1 for r in results["rows"]):
+            lines += ["The machine was busier than its cores. At more than one thread, OpenMP workers that spin "
+                      "between parallel regions compete with the other load for the cores (docs/cpu-threads.md), "
+                      "and how much a process loses depends on how its workers wait: on a loaded machine the "
+                      "1-thread ratios are the ones that carry over to an idle one.", ""]
     lines.append(markdown_table(header, rows))
     if plot_name:
         lines += ["", f"![seconds per frame]({plot_name})"]

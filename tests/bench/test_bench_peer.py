@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.peer import main, runs, summarise, write_inputs
+from bench.peer import main, markdown, runs, summarise, write_inputs
 from bench.peer_hallo import SIZES, randomised
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +60,18 @@ def test_render_writes_the_markdown_and_plot_of_a_results_file(tmp_path, capsys)
     assert "| 1 | engine, its own settings | 4 | none | 0.100 (0.100-0.200) | 15.0x |" in markdown
     assert "Test CPU" in markdown and "8fd7c57" in markdown and "3.0, 4.0" in markdown
     assert markdown in capsys.readouterr().out
+    assert "busier than its cores" not in markdown, "1 thread only: no caveat about waiting workers"
     pytest.importorskip("matplotlib")
     assert (tmp_path / "peer-hallo-tiny-128.png").stat().st_size > 0
+
+
+def test_a_loaded_machine_at_two_threads_gets_the_caveat():
+    results = fake_results(ROUNDS)
+    for row in results["rows"]:
+        row["threads"] = 2
+    assert "busier than its cores" in markdown(results)
+    results["load_average_1min"] = [0.5, 1.0]
+    assert "busier than its cores" not in markdown(results)
 
 
 def one_line_error(capsys) -> str:
@@ -152,7 +162,7 @@ def test_the_torchvision_stand_in_matches_the_pil_path():
 
 @pytest.mark.skipif(not os.environ.get("EMOTE_PEER_ENV"),
                     reason="no peer environment: make one with python -m bench.peer --setup DIR, then set "
-                           "EMOTE_PEER_ENV=DIR (a few minutes and about 1 GB; Hallo's repository must be reachable)")
+                           "EMOTE_PEER_ENV=DIR (a few minutes and about 2 GB; Hallo's repository must be reachable)")
 def test_smoke_run_against_hallos_own_pipeline(tmp_path):
     """Both sides make the same 16 frames; the ratios agree with the times (no time asserted)."""
     assert main(["--peer-env", os.environ["EMOTE_PEER_ENV"], "--smoke", "--work", str(tmp_path / "work"),
