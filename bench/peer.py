@@ -237,6 +237,12 @@ def measure(args: argparse.Namespace, env: PeerEnvironment) -> dict:
             "rows": summarise(raw, thread_counts, plan)}
 
 
+def _ratio_text(figure: dict) -> str:
+    if figure["min"] == figure["max"]:
+        return format_ratio(figure["median"])
+    return f"{format_ratio(figure['median'])} ({format_ratio(figure['min'])}-{format_ratio(figure['max'])})"
+
+
 def _threads_text(threads: int | None) -> str:
     return "default" if threads is None else str(threads)
 
@@ -244,10 +250,10 @@ def _threads_text(threads: int | None) -> str:
 def markdown(results: dict, plot_name: str | None = None) -> str:
     """The results as Markdown: what was run and timed, and the table (median, min-max over rounds)."""
     env, peer = results["environment"], results["peer"]
-    header = ("intra-op threads", "run", "steps", "CFG", "s per frame", "Hallo's own / this")
+    header = ("intra-op threads", "run", "steps", "CFG", "s per frame", "Hallo's own / this (per round)")
     rows = [(_threads_text(r["threads"]), r["label"], str(r["steps"]), f"{r['cfg']:g}" if r["cfg"] != 1 else "none",
              f"{r['s_per_frame']['median']:.3f} ({r['s_per_frame']['min']:.3f}-{r['s_per_frame']['max']:.3f})",
-             format_ratio(r["hallo_over_this"]["median"])) for r in results["rows"]]
+             _ratio_text(r["hallo_over_this"])) for r in results["rows"]]
     load = results.get("load_average_1min") or []
     lines = [f"# Hallo's own pipeline against the engine: {results['size']} at {results['resolution']}x"
              f"{results['resolution']}, {env['device']}", "",

@@ -56,8 +56,9 @@ def test_render_writes_the_markdown_and_plot_of_a_results_file(tmp_path, capsys)
     path.write_text(json.dumps(fake_results(ROUNDS)))
     assert main(["--render", str(path)]) == 0
     markdown = (tmp_path / "peer-hallo-tiny-128.md").read_text()
-    assert "| 1 | engine, Hallo's recipe | 40 | 3.5 | 1.000 (0.500-2.000) | 2.00x |" in markdown
-    assert "| 1 | engine, its own settings | 4 | none | 0.100 (0.100-0.200) | 15.0x |" in markdown
+    assert "| 1 | engine, Hallo's recipe | 40 | 3.5 | 1.000 (0.500-2.000) | 2.00x (1.00x-3.00x) |" in markdown
+    assert "| 1 | engine, its own settings | 4 | none | 0.100 (0.100-0.200) | 15.0x (10.0x-20.0x) |" in markdown
+    assert "| 1 | Hallo's own pipeline | 40 | 3.5 | 2.000 (1.000-3.000) | 1.00x |" in markdown
     assert "Test CPU" in markdown and "8fd7c57" in markdown and "3.0, 4.0" in markdown
     assert markdown in capsys.readouterr().out
     assert "busier than its cores" not in markdown, "1 thread only: no caveat about waiting workers"
