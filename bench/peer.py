@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -117,8 +118,6 @@ def prepare(env: PeerEnvironment, size: str, frames: int, work: Path) -> tuple[P
         if done.returncode != 0:
             raise RuntimeError(f"writing the tree failed:\n{done.stderr[-3000:]}")
         if model.exists():
-            import shutil
-
             shutil.rmtree(model)
     if not (model / "provenance.json").is_file():
         print("emote import --from hallo ...", file=sys.stderr)
@@ -391,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--frames must be a positive multiple of 16 (Hallo's clip), got {args.frames}")
     if args.smoke:
         args.rounds, args.threads, args.frames, args.hallo_steps = 1, (1,), 16, 2
-    results = measure(args, env)
+    try:
+        results = measure(args, env)
+    except RuntimeError as exc:
+        print(f"python -m bench.peer: {exc}", file=sys.stderr)
+        return 1
     print(write(results, results_dir(args.out_dir, args.smoke, torch.device(args.device))).read_text())
     return 0
 
