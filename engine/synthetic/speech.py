@@ -14,6 +14,7 @@ utterances). Linux only (``os.fork``).
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import threading
@@ -148,6 +149,10 @@ def _synthesize_fresh(text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[s
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # The child has only this thread: objects that were garbage in the parent may own locks or condition
+        # variables of threads that do not exist here (PyAV's filter-graph threads: freeing one blocks for ever),
+        # so the child never collects; it leaves through os._exit.
+        gc.disable()
         code = 0
         try:
             os.close(read_end)
