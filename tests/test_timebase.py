@@ -78,7 +78,7 @@ def test_config_files_with_two_frame_rates_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config.json: audio.fps \(24.0\) differs from fps \(25.0\)"):
         ModelConfig.load(path)
     path.write_text(json.dumps({"preset": "tiny", "fps": 0}))
-    with pytest.raises(ConfigError, match="fps must be a positive number"):
+    with pytest.raises(ConfigError, match=r"config.json: fps: input should be greater than or equal to 1"):
         ModelConfig.load(path)
 
 

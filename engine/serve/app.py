@@ -141,7 +141,7 @@ def _webrtc_routes(app: web.Application, hub: SessionHub) -> None:
     app[WEBRTC_KEY] = sessions
 
     async def offer(request: web.Request) -> web.Response:
-        if not same_origin(request):
+        if not same_origin(request.headers.get("Origin"), request.headers.get("Host")):
             return web.json_response({"error": "forbidden", "message": "cross-origin offer refused"}, status=403)
         return await offer_handler(request, hub, sessions)
 
