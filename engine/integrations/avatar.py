@@ -20,8 +20,11 @@ the agent's audio from the same instant, and the segments that had not finished 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,9 @@ from engine.stream.runner import LagPolicy, LiveSession
 from engine.stream.session import Frame
 from engine.stream.sources import StreamingResampler
 from engine.timebase import SAMPLE_RATE as ENGINE_RATE
+
+POLL_S = 0.1
+"""How long :meth:`AvatarStream.frames` waits for a frame before asking again (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,19 @@ class AvatarStream:
                 cut_short.append(self._segment)
             self._segment, self._resampler, self._pending = None, None, []
         return AvatarInterruption(report, tuple(cut_short))
+
+    async def frames(self) -> AsyncIterator[AvatarFrame]:
+        """The frames with their audio for an asyncio consumer, until the session ended; the wait is polled
+        every ``POLL_S`` seconds on an executor thread, so cancelling the consumer's task never hangs it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                item = await loop.run_in_executor(None, self.next_frame, POLL_S)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            yield item
 
     def next_frame(self, timeout: float | None = None) -> AvatarFrame | None:
         """The next frame with its audio (waits for it); None once the session ended. Raises ``queue.Empty``

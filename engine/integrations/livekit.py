@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import queue
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -54,8 +53,6 @@ from engine.stream.runner import LiveSession
 
 DEFAULT_SAMPLE_RATE = 24000
 """The agent's audio rate the helper asks LiveKit for, Hz (LiveKit resamples the TTS to it)."""
-POLL_S = 0.1
-"""How long one wait for a frame lasts before the generator checks whether it was closed (seconds)."""
 TOKEN_ENV = "EMOTE_LIVEKIT_TOKEN"
 """The environment variable that hands the avatar worker its LiveKit token (never on its command line)."""
 
@@ -111,14 +108,7 @@ class EmoteVideoGenerator(VideoGenerator):
         return out
 
     async def _frames(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                item = await loop.run_in_executor(None, self.stream.next_frame, POLL_S)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
+        async for item in self.stream.frames():
             for out in self._as_livekit(item):
                 yield out
 

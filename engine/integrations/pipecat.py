@@ -16,7 +16,6 @@ shown is dropped and the face goes back to idle from the next frame; the interru
 from __future__ import annotations
 
 import asyncio
-import queue
 from collections.abc import Callable
 
 import numpy as np
@@ -37,8 +36,6 @@ from engine.stream.runner import LiveSession
 
 DEFAULT_SAMPLE_RATE = 24000
 """The TTS audio rate the processor expects by default, Hz (Pipecat's common output rate)."""
-POLL_S = 0.1
-"""How long one wait for a frame lasts before the processor checks whether it was stopped (seconds)."""
 INTERRUPTIONS: tuple[type, ...] = tuple(
     getattr(pipecat_frames, name) for name in ("InterruptionFrame", "StartInterruptionFrame")
     if hasattr(pipecat_frames, name))
@@ -131,13 +128,6 @@ class EmoteAvatarProcessor(FrameProcessor):
         return out
 
     async def _push_frames(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                item = await loop.run_in_executor(None, self.stream.next_frame, POLL_S)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
+        async for item in self.stream.frames():
             for out in self._as_pipecat(item):
                 await self.push_frame(out)
