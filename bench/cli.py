@@ -4,10 +4,11 @@ result files."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -61,6 +62,17 @@ def write_atomic(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     os.replace(partial, path)
+
+
+def write_results(results: dict, directory: Path, stem: str, markdown: Callable[[dict, str | None], str],
+                  plot: Callable[[dict, Path], Path | None]) -> Path:
+    """``stem``.json, .png (when ``plot`` can draw it) and .md of ``results`` in ``directory``, each written
+    atomically; returns the Markdown's path."""
+    write_atomic(directory / f"{stem}.json", json.dumps(results, indent=1) + "\n")
+    drawn = plot(results, directory / f"{stem}.png")
+    md = directory / f"{stem}.md"
+    write_atomic(md, markdown(results, drawn.name if drawn else None))
+    return md
 
 
 def select_device(name: str, threads: int | None) -> torch.device:

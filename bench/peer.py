@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import int_tuple, results_dir, write_atomic
+from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
 from bench.peer_env import PeerEnvironment, SetupError, setup
 from bench.peer_hallo import SIZES
@@ -318,12 +318,7 @@ def plot(results: dict, path: Path) -> Path | None:
 
 def write(results: dict, directory: Path) -> Path:
     """The JSON, Markdown and PNG of ``results`` in ``directory``; returns the Markdown's path."""
-    stem = f"peer-hallo-{results['size']}-{results['resolution']}"
-    write_atomic(directory / f"{stem}.json", json.dumps(results, indent=1) + "\n")
-    drawn = plot(results, directory / f"{stem}.png")
-    md = directory / f"{stem}.md"
-    write_atomic(md, markdown(results, drawn.name if drawn else None))
-    return md
+    return write_results(results, directory, f"peer-hallo-{results['size']}-{results['resolution']}", markdown, plot)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import int_tuple, results_dir, write_atomic
+from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
 from bench.harness import DEMO_PORTRAIT
 from bench.report import format_ratio, markdown_table
@@ -168,12 +168,7 @@ def plot(results: dict, path: Path) -> Path | None:
 
 def write(results: dict, directory: Path) -> Path:
     """The JSON, Markdown and PNG of ``results`` in ``directory``; returns the Markdown's path."""
-    stem = f"threads-{results['model']}"
-    write_atomic(directory / f"{stem}.json", json.dumps(results, indent=1) + "\n")
-    drawn = plot(results, directory / f"{stem}.png")
-    md = directory / f"{stem}.md"
-    write_atomic(md, markdown(results, drawn.name if drawn else None))
-    return md
+    return write_results(results, directory, f"threads-{results['model']}", markdown, plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
