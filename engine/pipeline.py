@@ -211,6 +211,12 @@ def reproduction_note(config: ModelConfig, options: GenerationOptions, offline: 
         if offline and chosen.schedule == "clip":
             same.append(f"whole video in {rep.context_frames}-frame context windows overlapping by "
                         f"{rep.context_overlap}, predictions averaged")
+        elif chosen.schedule == "clip":
+            window, held = chosen.clip_frames or rep.context_frames, rep.context_overlap
+            approx.append(f"its {window}-frame context windows overlapping by {held} as a causal chain (a window's "
+                          f"first {held} frames' predictions averaged with the previous window's; no wrap-round or "
+                          f"rotation), {held} frames held back for the next window: +{held * 1000 / config.fps:.0f} ms "
+                          f"latency")
         else:
             approx.append(f"clips one after another, not its {rep.context_frames}-frame context windows "
                           f"(overlap {rep.context_overlap}) over the whole video")

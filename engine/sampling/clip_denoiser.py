@@ -186,6 +186,30 @@ def window_conditions(cond: ClipConditions, index: torch.Tensor) -> ClipConditio
         speed_tokens=cond.speed_tokens[:, index] if cond.speed_tokens is not None else None)
 
 
+@dataclass
+class OverlapPredictions:
+    """The guided outputs a streamed window leaves to the next window that overlaps it (the causal form of
+    EchoMimic's context windows: :meth:`ClipDenoiser.overlapping`).
+
+    Attributes:
+        sums: per sampler step, the sum of the guided outputs of every window so far that holds each frame,
+            ``[1, C, F, h, w]``.
+        counts: ``[F]`` how many windows each frame's sums add up.
+    """
+
+    sums: list[torch.Tensor]
+    counts: torch.Tensor
+
+    @property
+    def frames(self) -> int:
+        return int(self.counts.numel())
+
+    def tail(self, frames: int) -> OverlapPredictions:
+        """The last ``frames`` frames' sums and counts."""
+        start = self.frames - frames
+        return OverlapPredictions([s[:, :, start:] for s in self.sums], self.counts[start:])
+
+
 class ClipDenoiser:
     """Runs ``steps`` sampler steps on a clip, one guided backbone batch per step."""
 
@@ -227,3 +251,35 @@ class ClipDenoiser:
             out[:, :, index] = out[:, :, index] + self.model(x[:, :, index], t[:, index], batched)
             count[:, :, index] = count[:, :, index] + 1
         return out / count
+
+    def overlapping(self, noise: torch.Tensor, cond: ClipConditions, earlier: OverlapPredictions | None,
+                    generator: torch.Generator | None = None,
+                    steps: int | None = None) -> tuple[torch.Tensor, OverlapPredictions]:
+        """One window ``[1, C, F, h, w]`` of a stream denoised after the windows before it, the causal form of
+        :meth:`windowed`: at each step the guided output of its first ``earlier.frames`` frames, which earlier
+        windows also held, is the mean of this window's and theirs at that step (``earlier``: None or no
+        frames: a window of its own; its step count must be this window's).
+
+        Returns the clean latents and the per-step sums and counts of every frame, this window's included.
+        """
+        steps = steps or self.steps
+        shared = earlier.frames if earlier is not None else 0
+        if shared and len(earlier.sums) != steps:
+            raise ValueError(f"the earlier window ran {len(earlier.sums)} steps, this one {steps}")
+        if shared > noise.shape[2]:
+            raise ValueError(f"{shared} frames shared with the earlier window, but the window has {noise.shape[2]}")
+        counts = torch.ones(noise.shape[2], dtype=noise.dtype, device=noise.device)
+        if shared:
+            counts[:shared] += earlier.counts.to(counts)
+        batched = self.model.batched(cond)
+        sums: list[torch.Tensor] = []
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            total = self.model(x, t, batched)
+            if shared:
+                total = torch.cat([total[:, :, :shared] + earlier.sums[len(sums)], total[:, :, shared:]], dim=2)
+            sums.append(total)
+            return total / counts.view(1, 1, -1, 1, 1)
+
+        latents = sample(model_fn, self.sampler, noise, steps, generator=generator, per_frame=True)
+        return latents, OverlapPredictions(sums, counts)

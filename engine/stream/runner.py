@@ -143,8 +143,8 @@ class DenoiseStage(threading.Thread):
     def _run_clip(self, clip: Clip) -> list[_Latents]:
         late = self._lag(clip) > self.policy.max_lag_s
         if late and self.policy.kind == "skip":
-            self.session.skip(clip)
-            return [_Latents(clip, None, self.epoch)]
+            held = [_Latents(c, latents, self.epoch) for c, latents in self.session.skip(clip)]
+            return held + [_Latents(clip, None, self.epoch)]
         steps = self.policy.min_steps if late and self.policy.kind == "steps" else None
         started = time.perf_counter()
         done = self.session.backend.run(self.session.step, clip, steps=steps)
@@ -263,7 +263,7 @@ class LiveSession:
     def rewind_frames(self) -> int:
         """How far behind the newest clip a cut can fall: every frame the queues and stages can hold."""
         planner = self.session.planner
-        clip = max(planner.clip_frames, planner.first_clip_frames)
+        clip = max(planner.clip_frames, planner.first_clip_frames) + self.session.held_frames
         window = self.session.options.steps * planner.clip_frames if self.session.rolling else 0
         return (2 * self.queue_clips + 3) * clip + window
 
@@ -272,9 +272,11 @@ class LiveSession:
 
         Rolling schedule: a group of k frames leaves the window after S calls, one per new group, so a
         frame waits for the audio of S k frames (S = steps), not k: the floors use S k as the clip size.
+        Streamed context windows: a window's last ``held_frames`` frames wait for the next window, so the
+        clip size is a window's new frames plus those.
         """
         planner, fps = self.session.planner, self.session.fps
-        clip, first = planner.clip_frames, planner.first_clip_frames
+        clip, first = planner.clip_frames + self.session.held_frames, planner.first_clip_frames
         if self.session.rolling:
             clip = first = self.session.options.steps * planner.clip_frames
         stats = StreamStats(fps, self.clock, latency_floor_s=latency_floor(clip, planner.lookahead, fps),

@@ -19,7 +19,8 @@ from engine.config import ModelConfig, ReproductionConfig
 from engine.models.audio import echomimic_frame_count
 from engine.models.reference_net import ReferenceBank
 from engine.options import GenerationOptions
-from engine.sampling.clip_denoiser import HALLO_BRANCHES, AlternatingReference, ClipConditions, ClipDenoiser
+from engine.sampling.clip_denoiser import (HALLO_BRANCHES, AlternatingReference, ClipConditions, ClipDenoiser,
+                                           OverlapPredictions)
 from engine.sampling.guidance import GuidanceScales
 from engine.sampling.samplers import make_sampler
 from engine.sampling.schedules import NoiseSchedule
@@ -43,6 +44,25 @@ class Frame:
     image: np.ndarray
     skipped: bool = False
     idle: bool = False
+
+
+@dataclass
+class HeldFrames:
+    """The last frames of a streamed context window, held back until the next window, which overlaps them,
+    has added its predictions (:meth:`Session.denoise_window`).
+
+    ``clip``: their frames; ``noise``: their starting noise ``[1, C, k, h, w]``; ``audio_tokens``: the tokens
+    their window read ``[1, k, T, D]``; ``latents``: their clean latents as that window left them (what is
+    shown when no window follows); ``predictions``: per step, the sums of the windows' guided outputs so far;
+    ``steps``: the sampler steps of the windows that made them.
+    """
+
+    clip: Clip
+    noise: torch.Tensor
+    audio_tokens: torch.Tensor
+    latents: torch.Tensor
+    predictions: OverlapPredictions
+    steps: int
 
 
 def to_image_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -97,8 +117,19 @@ class Session:
         self.reproduction = config.reproduce if options.reproduce else ReproductionConfig()
         self.whole_audio = self.reproduction.whole_audio and options.offline and not self.rolling
         self.windows = self.reproduction.context_frames if self.whole_audio else 0
+        self.stream_window = 0
+        self.held_frames = 0
+        if self.reproduction.context_frames and not self.whole_audio and not self.rolling:
+            self.stream_window = options.clip_frames or self.reproduction.context_frames
+            self.held_frames = self.reproduction.context_overlap
+            if self.stream_window <= self.held_frames:
+                raise ValueError(f"context windows of {self.stream_window} frames cannot overlap by "
+                                 f"{self.held_frames}")
         if self.rolling:
             self.planner = ChunkPlanner(options.group_frames, lookahead=window)
+        elif self.stream_window:
+            self.planner = ChunkPlanner(self.stream_window - self.held_frames,
+                                        options.first_clip_frames or self.stream_window, lookahead=window)
         else:
             self.planner = ChunkPlanner(options.clip_frames or config.clip_frames, options.first_clip_frames,
                                         lookahead=window)
@@ -134,6 +165,7 @@ class Session:
         self.window.reset()
         self.speech = SpeechSpans()
         self._whole_taken = False
+        self._held: HeldFrames | None = None
         self._history: list[tuple[Clip, torch.Tensor]] = []
         self.anchored = 0
         init = self.config.motion_init
@@ -179,6 +211,7 @@ class Session:
         self.audio.truncate(cut)
         self.planner.restart(frame)
         self.window.reset()
+        self._held = None
         self._history = [self._head(clip, latents, frame) for clip, latents in self._history if clip.start < frame]
         self._motions = self._initial_motions
         for clip, latents in self._history:
@@ -294,6 +327,8 @@ class Session:
             clip = dataclasses.replace(clip, idle=True)
             if not self.rolling:
                 steps = min(steps or self.options.steps, self.options.idle_steps)
+        if self.stream_window:
+            return self.denoise_window(clip, steps)
         if not self.rolling:
             return [(clip, self.denoise(clip, steps))]
         tokens = self.audio.tokens(clip)[None].to(self.backend.dtype)
@@ -302,9 +337,53 @@ class Session:
         self._release(clip.end)
         return self._advance_window(generator)
 
-    def flush(self) -> list[tuple[Clip, torch.Tensor]]:
-        """After the last clip: finish what the rolling window still holds (nothing for clip schedule)."""
+    def denoise_window(self, clip: Clip, steps: int | None = None) -> list[tuple[Clip, torch.Tensor]]:
+        """Streamed context windows (the causal form of EchoMimic's): denoise the frames held back from the
+        previous window together with ``clip``'s as one window, averaging the held frames' guided output
+        with the earlier windows' at each step (:meth:`ClipDenoiser.overlapping`); return the frames no
+        later window will hold, with their clean latents, and hold the last ``held_frames`` back.
+
+        Held frames made with another step count (an idle clip, the "fewer steps" lag policy) are returned
+        as they are and the window starts with ``clip``.
+        """
+        steps = steps or self.options.steps
         finished = []
+        held = self._held
+        if held is not None and held.steps != steps:
+            finished.append(self._finish_held())
+            held = None
+        cond = self.conditions(clip)
+        noise, generator = self.noise(clip)
+        earlier = None
+        start = clip.start
+        if held is not None:
+            tokens = torch.cat([held.audio_tokens, cond.audio_tokens], dim=1)
+            cond = self._conditions(tokens, tokens.shape[1])
+            noise = torch.cat([held.noise, noise], dim=2)
+            earlier, start = held.predictions, held.clip.start
+        latents, predictions = self.denoiser.overlapping(noise, cond, earlier, generator=generator, steps=steps)
+        self._advance_motion(latents[0].transpose(0, 1))
+        out = max(0, clip.end - start - self.held_frames)
+        if out:
+            done = dataclasses.replace(clip, start=start, end=start + out)
+            finished.append((done, latents[:, :, :out]))
+            self._keep(done, latents[:, :, :out])
+        self._held = HeldFrames(dataclasses.replace(clip, start=start + out), noise[:, :, out:],
+                                cond.audio_tokens[:, out:], latents[:, :, out:],
+                                predictions.tail(clip.end - start - out), steps)
+        self._release(clip.end)
+        return finished
+
+    def _finish_held(self) -> tuple[Clip, torch.Tensor]:
+        """The held frames as their window left them (no window follows them); nothing is held after."""
+        held, self._held = self._held, None
+        self._keep(held.clip, held.latents)
+        return held.clip, held.latents
+
+    def flush(self) -> list[tuple[Clip, torch.Tensor]]:
+        """After the last clip: the frames streamed context windows held back, and what the rolling window
+        still holds (nothing more for clip schedule)."""
+        finished = [self._finish_held()] if self._held is not None else []
         while self.window.groups:
             seed = clip_seed(self.options.seed, self.window.groups[-1].clip.end + self.window.frames)
             finished += self._advance_window(torch.Generator("cpu").manual_seed(seed))
@@ -318,9 +397,12 @@ class Session:
             self._keep(clip, latents)
         return finished
 
-    def skip(self, clip: Clip) -> None:
-        """Give up on ``clip`` (too late): its audio is released, the motion frames stay as they were."""
+    def skip(self, clip: Clip) -> list[tuple[Clip, torch.Tensor]]:
+        """Give up on ``clip`` (too late): its audio is released, the motion frames stay as they were. Returns
+        the frames a streamed context window held back for it, now finished as they are (they come before
+        ``clip``)."""
         self._release(clip.end)
+        return [self._finish_held()] if self._held is not None else []
 
     def needed_samples(self, clip: Clip) -> int:
         """Samples that must be in before ``clip`` can run: its frames plus the look-ahead (or all, at the end)."""
