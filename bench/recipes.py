@@ -1,18 +1,22 @@
 """The two recipes the benchmark compares, built on the engine's own networks.
 
-- :class:`HalloRecipe`: the published recipe exactly as Hallo's inference code runs it (its
-  ``scripts/inference.py`` and ``FaceAnimatePipeline``): the whole audio is encoded first; then per clip
-  of ``F`` frames the reference image and the last ``n`` generated frames (the reference image repeated
-  for the first clip) are VAE-encoded, the ReferenceNet runs once on those ``1 + n`` latents repeated
-  for both guidance branches (``2 (1 + n)`` images), the face locator runs on the mask repeated for every
-  frame, and 40 DDIM steps run the backbone on one doubled batch, conditional and unconditional (no
-  reference bank, zero audio, zero face features), with guidance 3.5 on the model output; then the VAE
-  decodes the clip one frame at a time. The guidance batch is the engine's own
-  (:class:`engine.sampling.clip_denoiser.GuidedBackbone`), the one imported models run with. Eager
+- :class:`HalloRecipe`: the published recipe as Hallo's inference code runs it (its ``scripts/inference.py``
+  and ``FaceAnimatePipeline``), run by the engine's own offline path: a :class:`Session` with
+  ``offline=True`` on the model in Hallo's form (an imported Hallo model as imported; another model with
+  the ``reproduce`` section an import writes). So the reference is the code that reproduces Hallo's
+  pipeline on imported checkpoints, one implementation of its guidance batch and clip loop: the whole
+  audio encoded first, padded to whole clips; per clip of ``F`` frames 40 DDIM steps of the backbone on
+  one doubled batch, conditional and unconditional (no reference bank, zero audio, zero face features,
+  Hallo's alternating reference reader where the model has its face-embedding input), guidance 3.5 on
+  the model output; the last ``n`` frames through VAE decode + encode and the ReferenceNet as the next
+  clip's motion frames (the reference image's for the first); frames past the audio dropped. Eager
   PyTorch, fp32 on the CPU, fp16 on a GPU.
-  Where our modules differ from Hallo's code it is in the reference's favour: Hallo computes the
-  unconditional half's self-attention twice (with the bank, then again without it, keeping the
-  second); our attention masks the bank instead, one pass, same output.
+  Where this differs from Hallo's code in cost it is in the reference's favour, but for one VAE decode of
+  the ``n`` motion frames per clip (Hallo takes them from its decoded video): Hallo recomputes the
+  reference image's bank and the face locator on every frame's mask at every clip (here once per
+  session), runs its ReferenceNet on ``2 (1 + n)`` images per clip (here ``n`` per face-embedding
+  context), decodes one frame at a time (here a clip at once), and computes the unconditional half's
+  self-attention twice (our attention masks the bank instead, one pass, same output).
 - the engine: :class:`engine.stream.session.Session` behind the streaming runtime
   (:class:`engine.stream.runner.LiveSession`), few steps, no guidance, the reference bank computed once
   per session, decode overlapping the next clip's denoising.
@@ -24,7 +28,6 @@ stream of either and return a :class:`StreamResult`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +39,10 @@ import torch
 from engine.backends import BACKENDS, make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig, VAEConfig
-from engine.sampling.clip_denoiser import ClipConditions, ClipDenoiser
-from engine.sampling.guidance import GuidanceScales
-from engine.sampling.samplers import make_sampler
-from engine.sampling.schedules import NoiseSchedule
+from engine.importers.hallo import REPRODUCTION as HALLO_REPRODUCTION
 from engine.stream.runner import LagPolicy, LiveSession, run_stream
-from engine.stream.session import Frame, GenerationOptions, Session, to_image_tensor, to_uint8_frames
-from engine.stream.sources import SAMPLE_RATE, FileSource
+from engine.stream.session import Frame, GenerationOptions, Session
+from engine.stream.sources import FileSource
 from engine.stream.stats import StreamStats
 
 HALLO_STEPS = 40
@@ -144,33 +144,39 @@ def engine_backend(name: str, model: torch.nn.Module, device: torch.device, dtyp
     raise RuntimeError(f"no engine backend could be built: {'; '.join(failures)}")
 
 
+def hallo_form(config: ModelConfig) -> ModelConfig:
+    """``config`` as Hallo's pipeline runs it: an imported Hallo model's own (its ``reproduce`` section), any
+    other model with Hallo's (``engine.importers.hallo.REPRODUCTION``) and the reference image as the first clip's
+    motion frames, as Hallo starts."""
+    if config.reproduce.system == "hallo":
+        return config
+    return dataclasses.replace(config, motion_init="reference", reproduce=HALLO_REPRODUCTION)
+
+
 class HalloRecipe:
-    """Hallo's inference recipe (module docstring) on our networks, through any :class:`Backend`.
+    """Hallo's inference recipe (module docstring): the engine's offline session of the model in Hallo's form
+    (:func:`hallo_form`), through any :class:`Backend`.
 
     Args:
         backend: runs the networks.
         config: the model's configuration (clip and motion-frame counts, fps, noise schedule).
         image: the portrait, uint8 ``[H, W, 3]``; face_mask: float ``[H, W]`` in {0, 1}.
         steps: DDIM steps (Hallo: 40); guidance: CFG scale on the model output (Hallo: 3.5).
-        seed: seeds the one noise generator the whole video draws from, clip after clip.
+        seed: the session's noise seed (each clip's noise is drawn from it and the clip's first frame).
         head_speed: rad/s for our model's speed layers (Hallo has none; both recipes feed the same).
+        face_embedding: ``[E]`` the face's embedding, for a model with Hallo's image projection (None: a zero
+            embedding, and no alternating reader).
     """
 
     def __init__(self, backend: Backend, config: ModelConfig, image: np.ndarray, face_mask: np.ndarray,
-                 steps: int = HALLO_STEPS, guidance: float = HALLO_GUIDANCE, seed: int = 0, head_speed: float = 0.0):
-        self.backend, self.config = backend, config
-        self.steps, self.guidance, self.seed, self.head_speed = steps, guidance, seed, head_speed
-        self.clip_frames, self.motion_frames, self.fps = config.clip_frames, config.motion_frames, config.fps
-        self.denoiser = ClipDenoiser(backend, make_sampler("ddim", NoiseSchedule.from_dict(config.scheduler)), steps,
-                                     GuidanceScales(reference=guidance, audio=guidance))
-        device, dtype = backend.device, backend.dtype
-        self.size = image.shape[0]
-        self.reference_pixels = to_image_tensor(image, device, dtype)
-        self.mask = torch.from_numpy(np.ascontiguousarray(face_mask, dtype=np.float32))[None, None].to(device, dtype)
-
-    def frame_count(self, samples: int) -> int:
-        """Video frames of ``samples`` samples of audio: ceil(duration x fps)."""
-        return math.ceil(samples * self.fps / SAMPLE_RATE - 1e-9)
+                 steps: int = HALLO_STEPS, guidance: float = HALLO_GUIDANCE, seed: int = 0, head_speed: float = 0.0,
+                 face_embedding: np.ndarray | None = None):
+        self.config = hallo_form(config)
+        self.steps, self.guidance, self.fps = steps, guidance, self.config.fps
+        options = GenerationOptions(steps=steps, sampler="ddim", cfg_audio=guidance, cfg_ref=guidance, seed=seed,
+                                    head_speed=head_speed, motion_anchor=0.0, offline=True)
+        self.session = Session(backend, self.config, image, face_mask, options, face_embedding=face_embedding)
+        self.denoiser = self.session.denoiser
 
     def generate(self, pcm: np.ndarray, clips_out: list[int] | None = None) -> Iterator[Frame]:
         """Frames of the whole utterance ``pcm`` (float32 mono, 16 kHz), clip after clip.
@@ -179,42 +185,16 @@ class HalloRecipe:
         in full; frames past the audio's end are dropped. ``clips_out`` (when given) gets one entry
         per finished clip: its frame count.
         """
-        total = self.frame_count(pcm.size)
-        clips = -(-total // self.clip_frames)
-        padded = np.zeros(round(clips * self.clip_frames * SAMPLE_RATE / self.fps), np.float32)
-        padded[:min(pcm.size, padded.size)] = pcm[:padded.size]
-        tokens = self.backend.audio_tokens(torch.from_numpy(padded), clips * self.clip_frames)
-        generator = torch.Generator("cpu").manual_seed(self.seed)
-        motion = self.reference_pixels.expand(self.motion_frames, -1, -1, -1)
-        for k in range(clips):
-            start = k * self.clip_frames
-            images = self.clip(tokens[start:start + self.clip_frames].to(self.backend.dtype), motion, generator)
-            motion = images[-self.motion_frames:]
-            frames = to_uint8_frames(images)
-            kept = min(self.clip_frames, total - start)
-            if clips_out is not None:
-                clips_out.append(kept)
-            for i in range(kept):
-                yield Frame(start + i, (start + i) / self.fps, frames[i])
-
-    def clip(self, audio_tokens: torch.Tensor, motion_pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One clip: audio tokens ``[F, T, D]``, the previous clip's last ``n`` frames ``[n, 3, H, W]``
-        in [-1, 1] -> the clip's frames ``[F, 3, H, W]`` in [-1, 1]."""
-        backend, frames, n = self.backend, self.clip_frames, self.motion_frames
-        device = backend.device
-        latents = backend.vae_encode(torch.cat([self.reference_pixels, motion_pixels.to(backend.dtype)]))
-        bank = backend.reference(latents.repeat(2, 1, 1, 1))
-        cond = ClipConditions(
-            audio_tokens=audio_tokens[None],
-            reference_bank=[t.view(2, 1 + n, *t.shape[1:])[:1, 0] for t in bank.tokens],
-            motion_features=[f.view(2, 1 + n, *f.shape[1:])[:1, 1:] for f in bank.features],
-            face_features=backend.face_features(self.mask.expand(frames, -1, -1, -1))[None],
-            speed_tokens=backend.speed_tokens(torch.full((1, frames), float(self.head_speed), device=device)))
-        h = self.size // self.config.latent_downscale
-        noise = torch.randn(1, self.config.unet.in_channels, frames, h, h, generator=generator).to(device)
-        clean = self.denoiser(noise, cond, generator=generator)
-        per_frame = clean[0].transpose(0, 1)
-        return torch.cat([backend.vae_decode(per_frame[i:i + 1]) for i in range(frames)])
+        session = self.session
+        session.reset()
+        session.push_audio(pcm)
+        session.end()
+        for clip in session.ready_clips():
+            for done, latents in session.step(clip):
+                frames = session.decode(done, latents)
+                if clips_out is not None:
+                    clips_out.append(len(frames))
+                yield from frames
 
 
 @dataclass

@@ -53,6 +53,8 @@ SOURCES = (
 )
 
 FALLBACKS = tuple(fallback_line(name) for name in (FACE_EMBEDDING, REGION_MASKS, VOCAL_SEPARATION))
+REPRODUCTION = ReproductionConfig(system="hallo", whole_audio=True, motion_roundtrip=True, alternating_reference=True)
+"""What offline generation of an imported Hallo model reproduces of its ``scripts/inference.py``."""
 
 
 def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant: str) -> ModelConfig:
@@ -94,8 +96,7 @@ def build_config(src: Path, states: dict[str, dict[str, torch.Tensor]], variant:
         audio=audio, vae=vae, scheduler=NoiseSchedule.hallo().to_dict(), image_proj=image_proj,
         audio_modules=AudioModulesConfig(enabled=True, cross_attention_dim=audio_dim),
         sampling=SamplingDefaults(steps=40, sampler="ddim", cfg_audio=3.5, cfg_ref=3.5),
-        reproduce=ReproductionConfig(system="hallo", whole_audio=True, motion_roundtrip=True,
-                                     alternating_reference=True))
+        reproduce=REPRODUCTION)
 
 
 SYSTEM = SystemSpec(
