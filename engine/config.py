@@ -371,7 +371,8 @@ class ReproductionConfig:
     its own parity (:class:`engine.sampling.clip_denoiser.AlternatingReference`; torch backends only: their
     backbone takes a bank row per frame).
     ``context_frames`` / ``context_overlap``: EchoMimic's sliding context windows over the whole video
-    (0: clips as planned): :meth:`engine.sampling.clip_denoiser.ClipDenoiser.windowed`.
+    (0: clips as planned): :meth:`engine.sampling.clip_denoiser.ClipDenoiser.windowed`; a stream (clip
+    schedule) runs their causal form: :meth:`engine.stream.session.Session.denoise_window`.
     ``whisper_chunk_frames``: the video has as many frames as EchoMimic's audio chunker gives
     (:func:`engine.models.audio.echomimic_frame_count`), not ``ceil(seconds x fps)``.
     ``noise_clamp``: the initial noise is clamped to ``[-noise_clamp, noise_clamp]`` (EchoMimic: 1.5; 0: not).

@@ -46,7 +46,8 @@ class GenerationOptions:
         reproduce: follow the imported system's own pipeline where the model's config says how (its
             ``reproduce`` section: Hallo's reference reader and motion-frame round trip, EchoMimic's noise
             clamp; offline also whole-audio features, Hallo's whole clips, EchoMimic's frame count and context
-            windows); False: the engine's own form of those steps.
+            windows, streamed clip by clip their causal form, ``clip_frames`` the window size); False: the
+            engine's own form of those steps.
         offline: the whole audio is pushed before any frame is wanted (``emote generate``): a session that
             reproduces a system's whole-audio front end waits for the end of the audio.
     """
