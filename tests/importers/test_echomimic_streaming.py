@@ -23,6 +23,7 @@ from engine.options import GenerationOptions
 from engine.pipeline import open_model, reproduction_note
 from engine.sampling.clip_denoiser import ClipConditions
 from engine.sampling.samplers import sample
+from engine.stream.runner import LiveSession
 from engine.stream.session import Session
 
 WINDOW, OVERLAP = 12, 3
@@ -179,3 +180,17 @@ def test_held_frames_come_out_as_they_are_when_no_window_can_average_them(echomi
     assert torch.allclose(torch.cat([latents, held], dim=2), alone_first, rtol=0, atol=1e-6)
     assert nothing_held == [] and [(c.start, c.end) for c, _ in flushed] == [(33, 36)]
     assert fewer_held.shape[2] == 3
+
+
+def test_latency_floor_counts_the_held_frames(echomimic_model, oracle):
+    """A window's first new frame waits for its 9 new frames, a held frame for 3 more: the floor is a 12-frame
+    clip's plus the 2-frame look-ahead, not a 9-frame one's."""
+    model = open_model(str(echomimic_model))
+    session = Session(make_backend("torch", model, "cpu", torch.float32), model.config, oracle["portrait"],
+                      oracle["face_mask"], GenerationOptions(steps=1))
+    live = LiveSession(session)
+    try:
+        assert (session.planner.clip_frames, session.held_frames, session.planner.lookahead) == (9, 3, 2)
+        assert live.stats.latency_floor_s == pytest.approx((12 - 1 + 2) / 24)
+    finally:
+        live.close()
