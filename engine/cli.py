@@ -166,6 +166,8 @@ def _request(kind: type[StreamRequest], args: argparse.Namespace, options: Gener
     flags ask for, generating with ``options``, with ``extra`` fields on top; notes on stderr when the model is
     an untrained preset, falls back where an input is missing, or is an imported one (what the run reproduces
     of its system's pipeline, ``offline`` for ``generate``, and what it approximates)."""
+    from dataclasses import replace
+
     from engine.faces import FaceBox
     from engine.importers.provenance import fallback_note
     from engine.models.checkpoint import resolve_config
@@ -187,7 +189,9 @@ def _request(kind: type[StreamRequest], args: argparse.Namespace, options: Gener
     fallbacks = fallback_note(Path(args.model), supplied=supplied_inputs(request))
     if fallbacks:
         print(fallbacks, file=sys.stderr)
-    reproduced = reproduction_note(resolve_config(args.model), options, offline=offline)
+    config = resolve_config(args.model)
+    reproduced = reproduction_note(config if args.fps is None else replace(config, fps=args.fps), options,
+                                   offline=offline)
     if reproduced:
         print(reproduced, file=sys.stderr)
     return request

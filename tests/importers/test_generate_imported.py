@@ -74,12 +74,12 @@ def test_echomimic_import_with_no_reproduce_runs_clips(echomimic_model, tmp_path
 
 
 def test_echomimic_stream_runs_causal_context_windows(echomimic_model, tmp_path, capsys):
-    """`emote stream`: every frame of the audio comes out (windows of 12, the last 3 held back until the next
-    window or the end), and the note says what holding them back costs."""
+    """`emote stream` at 30 fps: every frame of the audio comes out (windows of 12, the last 3 held back until
+    the next window or the end), and the note says what holding them back costs at that rate."""
     out = tmp_path / "live.mp4"
     audio = write_wav(tmp_path / "speech.wav", speech(1.0, hz=160, syllable_hz=4))
     code = main(["stream", "--model", str(echomimic_model), "--image", str(PORTRAIT), "--audio", str(audio),
-                 "--out", str(out), "--steps", "1", "--quiet"])
-    assert code == 0 and read_video_info(out)["frames"] == 24
+                 "--out", str(out), "--steps", "1", "--fps", "30", "--quiet"])
+    assert code == 0 and read_video_info(out)["frames"] == 30
     reproduced = notes(capsys, "echomimic_v1")[-1]
-    assert "as a causal chain" in reproduced and "+125 ms latency" in reproduced
+    assert "as a causal chain" in reproduced and "+100 ms latency" in reproduced
