@@ -273,10 +273,14 @@ class LiveSession:
         Rolling schedule: a group of k frames leaves the window after S calls, one per new group, so a
         frame waits for the audio of S k frames (S = steps), not k: the floors use S k as the clip size.
         Streamed context windows: a window's last ``held_frames`` frames wait for the next window, so the
-        clip size is a window's new frames plus those.
+        clip size is a window's new frames plus those; a first clip no longer than that is all held, and
+        frame 0 leaves with the second window.
         """
         planner, fps = self.session.planner, self.session.fps
-        clip, first = planner.clip_frames + self.session.held_frames, planner.first_clip_frames
+        held = self.session.held_frames
+        clip, first = planner.clip_frames + held, planner.first_clip_frames
+        if held and first <= held:
+            first += planner.clip_frames
         if self.session.rolling:
             clip = first = self.session.options.steps * planner.clip_frames
         stats = StreamStats(fps, self.clock, latency_floor_s=latency_floor(clip, planner.lookahead, fps),

@@ -182,15 +182,18 @@ def test_held_frames_come_out_as_they_are_when_no_window_can_average_them(echomi
     assert fewer_held.shape[2] == 3
 
 
-def test_latency_floor_counts_the_held_frames(echomimic_model, oracle):
-    """A window's first new frame waits for its 9 new frames, a held frame for 3 more: the floor is a 12-frame
-    clip's plus the 2-frame look-ahead, not a 9-frame one's."""
+@pytest.mark.parametrize("first, ttff_frames", [(None, 12 + 2), (2, 2 + 9 + 2)])
+def test_latency_floors_count_the_held_frames(echomimic_model, oracle, first, ttff_frames):
+    """A window's first new frame waits for its 9 new frames, a held frame for 3 more: the latency floor is a
+    12-frame clip's plus the 2-frame look-ahead, not a 9-frame one's. A first clip of 2 frames is all held:
+    frame 0 comes out with the second window."""
     model = open_model(str(echomimic_model))
     session = Session(make_backend("torch", model, "cpu", torch.float32), model.config, oracle["portrait"],
-                      oracle["face_mask"], GenerationOptions(steps=1))
+                      oracle["face_mask"], GenerationOptions(steps=1, first_clip_frames=first))
     live = LiveSession(session)
     try:
         assert (session.planner.clip_frames, session.held_frames, session.planner.lookahead) == (9, 3, 2)
         assert live.stats.latency_floor_s == pytest.approx((12 - 1 + 2) / 24)
+        assert live.stats.ttff_floor_s == pytest.approx(ttff_frames / 24)
     finally:
         live.close()
