@@ -97,7 +97,7 @@ def attention_case(num_frames: int, head_dim: int, pointer_type: str) -> KernelC
         float_args=frozenset({"qk_scale"}),
         constexprs=dict(BLOCK_F=block_f, BLOCK_D=block_d, DOT_PRECISION=dot_precision(dtype), HEAD_DIM=head_dim),
         num_warps=num_warps,
-        int_args=dict(positions=positions, num_frames=num_frames, **strides),
+        int_args=dict(positions=positions, num_frames=num_frames, context_frames=4, **strides),
     )
 
 

@@ -4,7 +4,10 @@ A motion module attends across frames at every spatial position:
 GroupNorm -> ``proj_in`` -> [LayerNorm -> self-attention over frames with sinusoidal positions] x2
 -> (optional speed cross-attention) -> LayerNorm -> GEGLU feed-forward -> ``proj_out`` + residual.
 Key names match ``motion_modules.N.temporal_transformer...`` of AnimateDiff v2, Hallo and EchoMimic.
-Motion-frame features are prepended on the frame axis before the module and sliced off after it.
+Motion-frame features are prepended on the frame axis before the module; they are keys and values of the
+attention across frames, and their own outputs are dropped. The last self-attention therefore queries the
+clip's frames only, and what follows it (speed cross-attention, feed-forward, ``proj_out``) runs on those
+rows only: the same result as running every row and slicing the motion frames off at the end.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ class TemporalSelfAttention(Attention):
         super().__init__(dim, heads, dim // heads)
         self.pos_encoder = PositionalEncoding(dim, max_frames)
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, num_frames: int,  # type: ignore[override]
+                context_frames: int = 0) -> torch.Tensor:
+        """``x`` ``[B*F, N, C]`` -> ``[B*(F-c), N, C]``: the outputs of frames ``c .. F-1`` of every sample, where
+        ``c = context_frames`` leading frames are keys and values only."""
         bf, n, c = x.shape
         b = bf // num_frames
-        x = self.pos_encoder(x.view(b, num_frames, n, c)).view(bf, n, c)
-        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
-        out = temporal_attention(q, k, v, num_frames, self.heads)
+        x = self.pos_encoder(x.view(b, num_frames, n, c))
+        queries = x[:, context_frames:].flatten(0, 1) if context_frames else x.view(bf, n, c)
+        x = x.view(bf, n, c)
+        q, k, v = self.to_q(queries), self.to_k(x), self.to_v(x)
+        out = temporal_attention(q, k, v, num_frames, self.heads, context_frames)
         return self.to_out[0](out)
 
 
@@ -73,11 +81,19 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, num_frames: int, speed_tokens: torch.Tensor | None) -> torch.Tensor:
-        for attention, norm in zip(self.attention_blocks, self.norms):
-            x = attention(norm(x), num_frames) + x
+    def forward(self, x: torch.Tensor, num_frames: int, speed_tokens: torch.Tensor | None,
+                context_frames: int = 0) -> torch.Tensor:
+        """``x`` ``[B*F, N, C]``, ``speed_tokens`` ``[B, F, S, D_s]`` -> ``[B*(F-c), N, C]`` (``c =
+        context_frames`` leading frames per sample are only read by the last self-attention)."""
+        last = len(self.attention_blocks) - 1
+        for index, (attention, norm) in enumerate(zip(self.attention_blocks, self.norms)):
+            if index == last and context_frames:
+                kept = x.view(-1, num_frames, *x.shape[1:])[:, context_frames:].flatten(0, 1)
+                x = attention(norm(x), num_frames, context_frames) + kept
+            else:
+                x = attention(norm(x), num_frames) + x
         if hasattr(self, "speed_attn") and speed_tokens is not None:
-            x = self.speed_attn(self.speed_norm(x), context=speed_tokens.flatten(0, 1)) + x
+            x = self.speed_attn(self.speed_norm(x), context=speed_tokens[:, context_frames:].flatten(0, 1)) + x
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -93,16 +109,21 @@ class TemporalTransformer3DModel(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, x: torch.Tensor, num_frames: int, speed_tokens: torch.Tensor | None) -> torch.Tensor:
-        """``x``: ``[B*F, C, h, w]`` -> same shape."""
+    def forward(self, x: torch.Tensor, num_frames: int, speed_tokens: torch.Tensor | None,
+                context_frames: int = 0) -> torch.Tensor:
+        """``x``: ``[B*F, C, h, w]`` -> ``[B*(F-c), C, h, w]``, the frames after the ``c = context_frames``
+        leading ones of every sample (all of them by default)."""
         bf, c, h, w = x.shape
+        last = len(self.transformer_blocks) - 1
         hidden = group_norm(x, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps)
         hidden = hidden.permute(0, 2, 3, 1).reshape(bf, h * w, c)
         hidden = self.proj_in(hidden)
-        for block in self.transformer_blocks:
-            hidden = block(hidden, num_frames, speed_tokens)
+        for index, block in enumerate(self.transformer_blocks):
+            hidden = block(hidden, num_frames, speed_tokens, context_frames if index == last else 0)
         hidden = self.proj_out(hidden)
-        return hidden.reshape(bf, h, w, c).permute(0, 3, 1, 2) + x
+        if context_frames:
+            x = x.view(-1, num_frames, c, h, w)[:, context_frames:].flatten(0, 1)
+        return hidden.reshape(x.shape[0], h, w, c).permute(0, 3, 1, 2) + x
 
 
 class MotionModule(nn.Module):
@@ -125,5 +146,4 @@ class MotionModule(nn.Module):
             return self.temporal_transformer(x, frames, ctx.speed_tokens)
         b, n = motion.shape[:2]
         joined = torch.cat([motion.to(x.dtype), x.view(b, frames, *x.shape[1:])], dim=1)
-        out = self.temporal_transformer(joined.flatten(0, 1), n + frames, ctx.speed_tokens)
-        return out.view(b, n + frames, *x.shape[1:])[:, n:].reshape(x.shape)
+        return self.temporal_transformer(joined.flatten(0, 1), n + frames, ctx.speed_tokens, context_frames=n)

@@ -66,6 +66,19 @@ def test_reference_matches_sdpa_on_transposed_tensors(batch, frames, positions, 
                                atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("batch, frames, context", [(2, 12, 4), (1, 5, 4), (3, 9, 1)])
+def test_reference_with_context_frames_is_the_full_attention_sliced(batch, frames, context):
+    """Context frames are keys and values only: the queries of the others give those frames' rows of the
+    full attention."""
+    q, k, v = make_qkv(batch, frames, 7, 2, 16, torch.float64, torch.device("cpu"))
+    positions, channels = q.shape[1:]
+    full = ta.temporal_attention_reference(q, k, v, frames, 2).view(batch, frames, positions, channels)
+    queries = q.view(batch, frames, positions, channels)[:, context:].flatten(0, 1)
+    out = ta.temporal_attention_reference(queries, k, v, frames, 2, context)
+    assert out.shape == (batch * (frames - context), positions, channels)
+    torch.testing.assert_close(out, full[:, context:].flatten(0, 1), atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "frames, head_dim, heads, height, width, dtype, layout",
     [
@@ -84,6 +97,19 @@ def test_triton_matches_reference(frames, head_dim, heads, height, width, dtype,
     out = ta.temporal_attention_triton(q, k, v, frames, heads)
     expected = ta.temporal_attention_reference(q, k, v, frames, heads)
     assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
+    torch.testing.assert_close(out, expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("frames, context, dtype, layout", [(12, 4, torch.float32, "contiguous"),
+                                                           (17, 3, torch.float16, "fused"),
+                                                           (9, 8, torch.float32, "mixed")])
+@requires_triton
+def test_triton_with_context_frames_matches_reference(frames, context, dtype, layout, device):
+    q, k, v = make_qkv(2, frames, 6, 2, 40, dtype, device, layout)
+    queries = q[:2 * (frames - context)]
+    out = ta.temporal_attention_triton(queries, k, v, frames, 2, context)
+    expected = ta.temporal_attention_reference(queries, k, v, frames, 2, context)
+    assert out.shape == queries.shape and out.is_contiguous()
     torch.testing.assert_close(out, expected, **TOLERANCE[dtype])
 
 
@@ -117,6 +143,10 @@ def test_rejects_bad_shapes():
         ta.temporal_attention_reference(q, q, q, 6, 3)
     with pytest.raises(ValueError, match="shapes differ"):
         ta.temporal_attention_reference(q, q, q[:, :14], 6, 2)
+    with pytest.raises(ValueError, match="context_frames"):
+        ta.temporal_attention_reference(q, q, q, 6, 2, context_frames=6)
+    with pytest.raises(ValueError, match="q must be"):
+        ta.temporal_attention_reference(q, q, q, 6, 2, context_frames=2)
 
 
 @requires_triton

@@ -109,3 +109,26 @@ def test_reference_keep_false_equals_no_reference_bank(model, inputs):
     without_bank = _run(model, inputs, t, reference_bank=None)
     torch.testing.assert_close(masked[0], with_bank[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(masked[1], without_bank[1], rtol=0, atol=1e-5)
+
+
+def test_motion_modules_skip_only_work_whose_result_is_dropped(model, inputs):
+    """Each motion module runs its last attention's queries, speed attention, feed-forward and ``proj_out`` on
+    the clip's frames only; the motion frames' rows, run and then dropped, would give the same clip frames."""
+    from engine.models.blocks import UNetContext
+    from engine.models.temporal import MotionModule
+
+    module = next(m for m in model.backbone.modules() if isinstance(m, MotionModule))
+    motion = inputs["motion_features"][module.motion_index]
+    b, n, c, h, w = motion.shape
+    x = torch.randn(b * F, c, h, w, generator=torch.Generator().manual_seed(5))
+    speed = inputs["speed_tokens"]
+    joined_speed = torch.cat([speed[:, :1].expand(-1, n, -1, -1), speed], dim=1)
+    ctx = UNetContext(temb=torch.zeros(b * F, 1), num_frames=F, motion_features=inputs["motion_features"],
+                      speed_tokens=joined_speed)
+    with torch.no_grad():
+        out = module(x, ctx)
+        joined = torch.cat([motion, x.view(b, F, c, h, w)], dim=1).flatten(0, 1)
+        every_row = module.temporal_transformer(joined, n + F, joined_speed)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, every_row.view(b, n + F, c, h, w)[:, n:].reshape(x.shape), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, x, atol=1e-3)
