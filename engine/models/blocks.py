@@ -133,7 +133,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
+        return F.gelu(gate).mul_(hidden)
 
 
 class FeedForward(nn.Module):
