@@ -27,6 +27,7 @@ from bench.speech import session_speech
 from engine.backends import make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig, preset
+from engine.models.backbone_inputs import BackboneInputs
 from engine.options import GenerationOptions
 from engine.stream.batching import BatchScheduler
 from engine.stream.session import Session
@@ -60,9 +61,9 @@ class _CountingBackend:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def backbone(self, *args, **kwargs) -> torch.Tensor:
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
         self.backbone_calls += 1
-        return self.inner.backbone(*args, **kwargs)
+        return self.inner.backbone(inputs)
 
 
 def _sessions(backends: list[Backend | _CountingBackend], config: ModelConfig,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from engine.backends.base import Backend
+from engine.models.backbone_inputs import BackboneInputs, BackboneLayout
 from engine.models.reference_net import ReferenceBank
 
 _TIMESTEP = 500
@@ -94,9 +95,12 @@ class Call:
         return (self.network, self.args, self.kwargs)
 
     def inputs(self, device: torch.device | str, float_dtype: torch.dtype | None = None) -> tuple[list, dict]:
-        """Materialised ``(args, kwargs)`` for a replay (see :func:`materialise`)."""
-        return ([materialise(a, device, float_dtype) for a in self.args],
-                {k: materialise(v, device, float_dtype) for k, v in self.kwargs})
+        """Materialised ``(args, kwargs)`` for a replay (see :func:`materialise`); a backbone call's flat form is
+        made one :class:`BackboneInputs` again."""
+        args = [materialise(a, device, float_dtype) for a in self.args]
+        kwargs = {k: materialise(v, device, float_dtype) for k, v in self.kwargs}
+        layout = kwargs.pop("layout", None)
+        return ([layout.unflatten(args)], kwargs) if isinstance(layout, BackboneLayout) else (args, kwargs)
 
     def frames(self) -> int:
         """Output frames of the call: ``F`` of a backbone sample ``[B, C, F, h, w]``, ``N`` of a VAE
@@ -133,12 +137,14 @@ class RecordingBackend(Backend):
 
     def _call(self, network: str, *args: Any, **kwargs: Any) -> Any:
         out = getattr(self.inner, network)(*args, **kwargs)
-        if self.recording:
-            call = Call(network, self.phase, tuple(spec_of(a) for a in args),
-                        tuple(sorted((k, spec_of(v)) for k, v in kwargs.items())))
-            with self._lock:
-                self.calls.append(call)
+        self._record(network, tuple(spec_of(a) for a in args),
+                     tuple(sorted((k, spec_of(v)) for k, v in kwargs.items())))
         return out
+
+    def _record(self, network: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]) -> None:
+        if self.recording:
+            with self._lock:
+                self.calls.append(Call(network, self.phase, args, kwargs))
 
     def take_calls(self) -> list[Call]:
         """The calls recorded so far, cleared from the recorder."""
@@ -152,13 +158,12 @@ class RecordingBackend(Backend):
     def reference(self, latents: torch.Tensor, **extra: Any) -> ReferenceBank:
         return self._call("reference", latents, **extra)
 
-    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor],
-                 face_features: torch.Tensor, speed_tokens: torch.Tensor | None,
-                 reference_keep: torch.Tensor, **extra: Any) -> torch.Tensor:
-        return self._call("backbone", sample, timestep, audio_tokens=audio_tokens, reference_bank=reference_bank,
-                          motion_features=motion_features, face_features=face_features, speed_tokens=speed_tokens,
-                          reference_keep=reference_keep, **extra)
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        """The inner backend's backbone; recorded in its flat form (the sample first), keyed by its layout."""
+        out = self.inner.backbone(inputs)
+        layout = BackboneLayout.of(inputs)
+        self._record("backbone", tuple(spec_of(t) for t in layout.flatten(inputs)), (("layout", layout),))
+        return out
 
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:
         return self._call("face_features", mask)

@@ -36,8 +36,10 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.audio import WHISPER_POSITIONS, AudioEncoder, frame_windows, whisper_frame_tokens, whisper_steps
+from engine.models.backbone_inputs import (GRAPH_DTYPES, BackboneInputs, BackboneLayout, graph_dims, reference_shapes,
+                                           with_graph_defaults)
 from engine.models.model import EmoteModel
-from engine.models.reference_net import ReferenceBank, ReferenceNet
+from engine.models.reference_net import ReferenceBank
 from engine.options import GenerationOptions
 from engine.sampling.guidance import GuidanceScales, branches_needed
 from engine.timebase import frames_covering, samples_per_frame
@@ -205,28 +207,6 @@ class StreamShapes:
         out["batches"] = list(self.batches)
         out["frame_buckets"] = list(self.frame_buckets)
         return out
-
-
-def reference_shapes(cfg: ModelConfig, latent: int) -> tuple[list[Shape], list[Shape]]:
-    """Per-image shapes of the ReferenceNet outputs at a latent side of ``latent``.
-
-    Computed on the meta device (no memory, no arithmetic). Returns the bank token shapes
-    ``[(L_i, C_i)]`` per transformer block and the feature shapes ``[(C_j, h_j, w_j)]`` per
-    motion-module location.
-    """
-    with torch.device("meta"):
-        net = ReferenceNet(cfg)
-        bank = net(torch.empty(1, cfg.unet.in_channels, latent, latent))
-    return [tuple(t.shape[1:]) for t in bank.tokens], [tuple(f.shape[1:]) for f in bank.features]
-
-
-def mask_positions(cfg: ModelConfig, latent: int) -> list[int]:
-    """Positions ``h_l * w_l`` per resolution level of a ``latent`` x ``latent`` latent: sides halved per
-    level, rounded up (:func:`engine.models.hallo_audio.region_mask_levels`)."""
-    sides = [latent]
-    for _ in cfg.unet.block_out_channels[1:]:
-        sides.append(-(-sides[-1] // 2))
-    return [side * side for side in sides]
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -591,55 +571,28 @@ class ReferenceNetwork(Network):
 
 
 class _BackboneGraph(nn.Module):
-    """The backbone with its list inputs flattened: positional tensors in :class:`BackboneNetwork` order.
+    """The backbone on positional tensors: the flat form of its inputs in ``layout``."""
 
-    ``motion_used``: the motion-module locations whose features are inputs (of ``motions`` in all); the
-    others' motion modules do not run, so their slots stay None.
-    """
-
-    def __init__(self, backbone: nn.Module, banks: int, motions: int, motion_used: list[int], speed: bool,
-                 image: bool, masks: int):
+    def __init__(self, backbone: nn.Module, layout: BackboneLayout):
         super().__init__()
-        self.backbone, self.banks, self.motions, self.motion_used = backbone, banks, motions, motion_used
-        self.speed, self.image, self.masks = speed, image, masks
+        self.backbone, self.layout = backbone, layout
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        sample, timestep, audio_tokens, face_features = inputs[:4]
-        rest = list(inputs[4:])
-        speed_tokens = rest.pop(0) if self.speed else None
-        reference_keep = rest.pop(0)
-        lists = self.banks + len(self.motion_used)
-        motion_features: list[torch.Tensor | None] = [None] * self.motions
-        for j, features in zip(self.motion_used, rest[self.banks:lists]):
-            motion_features[j] = features
-        image_tokens = rest[lists] if self.image else None
-        region_masks = rest[lists + int(self.image):] if self.masks else None
-        return self.backbone(sample, timestep, audio_tokens=audio_tokens, reference_bank=rest[:self.banks],
-                             motion_features=motion_features, face_features=face_features,
-                             speed_tokens=speed_tokens, reference_keep=reference_keep, image_tokens=image_tokens,
-                             region_masks=region_masks)
-
-
-def running_motion_locations(backbone: nn.Module) -> list[int]:
-    """Motion-module locations whose module runs (Hallo's ``skip_plain_blocks`` skips some): their
-    features are backbone inputs; the others' would be dropped from a traced graph."""
-    blocks = [*backbone.down_blocks, backbone.mid_block, *backbone.up_blocks]
-    return sorted(j for block in blocks if hasattr(block, "motion_modules") and block.run_motion_modules
-                  for j in block.motion_indices)
+        return self.backbone(**self.layout.unflatten(inputs).kwargs())
 
 
 class BackboneNetwork(Network):
     """One denoising step; every condition is an explicit graph input.
 
-    Inputs: ``sample`` ``[batch, C, frames, h, w]``; ``timestep`` ``[batch, frames]`` float32 (per
-    frame); ``audio_tokens`` ``[batch, frames, T, D]``; ``face_features`` ``[batch, 1, C', h, w]``
-    (one mask for the clip); ``speed_tokens`` ``[batch, frames, S, D_s]`` (only with speed layers);
-    ``reference_keep`` ``[batch]`` bool; ``reference_bank_i`` ``[batch, L_i, C_i]`` per transformer
-    block; ``motion_features_j`` ``[batch, n, C_j, h_j, w_j]`` per motion-module location whose module
-    runs (:func:`running_motion_locations`).
-    Hallo's inputs, only for models that have them: ``image_tokens`` ``[batch, T_i, D]`` (``image_proj``:
-    face-embedding tokens for ``attn2``) and ``region_masks_l`` ``[batch, 3, h_l * w_l]`` per resolution
-    level (``audio_modules``: full / face / lip weights).
+    Inputs: the flat form (:class:`~engine.models.backbone_inputs.BackboneLayout`) of the inputs the model
+    takes, with the dims of :func:`~engine.models.backbone_inputs.graph_dims`: ``sample``
+    ``[batch, C, frames, h, w]``, ``timestep`` ``[batch, frames]`` float32 (per frame), ``audio_tokens``
+    ``[batch, frames, T, D]``, ``reference_bank_i`` ``[batch, L_i, C_i]`` per transformer block,
+    ``motion_features_j`` ``[batch, n, C_j, h_j, w_j]`` per motion-module location whose module runs,
+    ``face_features`` ``[batch, 1, C', h, w]`` (one mask for the clip), ``speed_tokens``
+    ``[batch, frames, S, D_s]`` (only with speed layers), Hallo's ``image_tokens`` ``[batch, T_i, D]`` and
+    ``region_masks_l`` ``[batch, 3, h_l * w_l]`` (only for models that have them), ``reference_keep``
+    ``[batch]`` bool.
     Output: ``model_output`` ``[batch, C_out, frames, h, w]``. ``batch`` is the guidance branch count.
     """
 
@@ -648,11 +601,8 @@ class BackboneNetwork(Network):
 
     def __init__(self, model: EmoteModel, shapes: StreamShapes):
         super().__init__(model, shapes)
-        self.bank, self.features = reference_shapes(self.config, shapes.latent)
-        self.speed = hasattr(model, "speed_encoder")
-        self.motion_used = running_motion_locations(model.backbone)
-        self.image = self.config.image_proj.enabled
-        self.mask_positions = mask_positions(self.config, shapes.latent) if self.config.audio_modules.enabled else []
+        self.dims = graph_dims(model, shapes.latent, shapes.motion_frames)
+        self.layout = BackboneLayout.of(self.dims)
 
     def weights_digest(self) -> str:
         """SHA-256 of the backbone's weights and, for Hallo's models, of its pose / face / lip weights:
@@ -665,23 +615,11 @@ class BackboneNetwork(Network):
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        cfg, s = self.config, self.shapes
-        lat = s.latent
-        face_channels = cfg.unet.block_out_channels[0] if cfg.face_locator.target == "conv_in" else cfg.unet.in_channels
-        audio = self.model.audio_encoder
-        specs = [TensorSpec("sample", ("batch", cfg.unet.in_channels, "frames", lat, lat)),
-                 TensorSpec("timestep", ("batch", "frames"), "float32"),
-                 TensorSpec("audio_tokens", ("batch", "frames", audio.output_tokens, audio.output_dim)),
-                 TensorSpec("face_features", ("batch", 1, face_channels, lat, lat))]
-        if self.speed:
-            specs.append(TensorSpec("speed_tokens", ("batch", "frames", cfg.speed.tokens, cfg.speed.dim)))
-        specs.append(TensorSpec("reference_keep", ("batch",), "bool"))
-        specs += [TensorSpec(f"reference_bank_{i}", ("batch", *shape)) for i, shape in enumerate(self.bank)]
-        specs += [TensorSpec(f"motion_features_{j}", ("batch", s.motion_frames, *self.features[j]))
-                  for j in self.motion_used]
-        if self.image:
-            specs.append(TensorSpec("image_tokens", ("batch", cfg.image_proj.tokens, cfg.unet.cross_attention_dim)))
-        specs += [TensorSpec(f"region_masks_{level}", ("batch", 3, n)) for level, n in enumerate(self.mask_positions)]
+        specs = []
+        for slot in self.layout.slots:
+            dims = self.dims[slot.name]
+            entries = [dims] if slot.length is None else [dims[i] for i in slot.held]
+            specs += [TensorSpec(name, tuple(d), GRAPH_DTYPES[slot.name]) for name, d in zip(slot.names(), entries)]
         return specs
 
     @property
@@ -690,57 +628,24 @@ class BackboneNetwork(Network):
         return [TensorSpec("model_output", ("batch", self.config.unet.out_channels, "frames", lat, lat))]
 
     def module(self) -> nn.Module:
-        return _BackboneGraph(self.model.backbone, len(self.bank), len(self.features), self.motion_used, self.speed,
-                              self.image, len(self.mask_positions))
+        return _BackboneGraph(self.model.backbone, self.layout)
 
-    def feed(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-             reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-             speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
-             image_tokens: torch.Tensor | None = None,
-             region_masks: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The arguments of :meth:`engine.backends.base.Backend.backbone` -> graph inputs by name.
+    def feed(self, inputs: BackboneInputs) -> dict[str, torch.Tensor]:
+        """A backbone call -> graph inputs by name.
 
         A clip-wide timestep (``[]`` or ``[B]``) is expanded per frame; a per-frame face feature map
-        (``[B, F, ...]``) is refused (the graph takes one map per clip). Hallo's inputs left out are
-        filled as the torch backbone reads them: the zero embedding's tokens, masks of ones.
+        (``[B, F, ...]``) is refused (the graph takes one map per clip). Inputs the graph takes but the call
+        left None are filled as the torch backbone reads them
+        (:func:`~engine.models.backbone_inputs.with_graph_defaults`); an input the graph does not take is refused.
         """
-        b, _, frames = sample.shape[:3]
-        t = torch.as_tensor(timestep, device=sample.device)
-        t = t.reshape(-1, 1).expand(b, frames) if t.dim() < 2 else t
-        if face_features.shape[1] != 1:
+        if inputs.face_features.shape[1] != 1:
             raise ValueError(f"the exported backbone takes one face map per clip ([B, 1, C, h, w]), "
-                             f"got {list(face_features.shape)}")
-        if self.speed and speed_tokens is None:
-            raise ValueError("this backbone has speed layers: speed_tokens are required")
-        if len(reference_bank) != len(self.bank) or len(motion_features) != len(self.features):
-            raise ValueError(f"expected {len(self.bank)} reference bank tensors and {len(self.features)} motion "
-                             f"feature tensors, got {len(reference_bank)} and {len(motion_features)}")
-        named = {"sample": sample, "timestep": t, "audio_tokens": audio_tokens, "face_features": face_features,
-                 "reference_keep": torch.as_tensor(reference_keep, device=sample.device).reshape(b)}
-        if self.speed:
-            named["speed_tokens"] = speed_tokens
-        named.update({f"reference_bank_{i}": x for i, x in enumerate(reference_bank)})
-        named.update({f"motion_features_{j}": motion_features[j] for j in self.motion_used})
-        named.update(self._hallo_inputs(b, sample.device, image_tokens, region_masks))
-        return named
-
-    def _hallo_inputs(self, batch: int, device: torch.device, image_tokens: torch.Tensor | None,
-                      region_masks: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """``image_tokens`` and ``region_masks_l`` by name, expanded to ``batch`` (defaults for those left out)."""
-        if (image_tokens is not None and not self.image) or (region_masks is not None and not self.mask_positions):
-            raise ValueError("this backbone takes no image tokens / region masks (no image_proj / audio_modules)")
-        named = {}
-        if self.image:
-            tokens = image_tokens if image_tokens is not None else self.model.backbone.default_image_tokens[None]
-            named["image_tokens"] = tokens.to(device).expand(batch, *tokens.shape[1:])
-        if self.mask_positions:
-            if region_masks is None:
-                region_masks = [torch.ones(1, 3, n, device=device) for n in self.mask_positions]
-            if len(region_masks) != len(self.mask_positions):
-                raise ValueError(f"expected {len(self.mask_positions)} region mask levels, got {len(region_masks)}")
-            named.update({f"region_masks_{level}": m.to(device).expand(batch, *m.shape[1:])
-                          for level, m in enumerate(region_masks)})
-        return named
+                             f"got {list(inputs.face_features.shape)}")
+        held = {slot.name for slot in self.layout.slots}
+        extra = [name for name, value in inputs.kwargs().items() if value is not None and name not in held]
+        if extra:
+            raise ValueError(f"this backbone takes no {', '.join(extra)}")
+        return self.layout.named(with_graph_defaults(inputs, self.layout, self.model))
 
     def export_dims(self) -> dict[str, int]:
         return {"batch": EXPORT_BATCH, "frames": EXPORT_BATCH + 1}

@@ -7,6 +7,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
@@ -50,16 +51,9 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor],
-                 face_features: torch.Tensor, speed_tokens: torch.Tensor | None,
-                 reference_keep: torch.Tensor, image_tokens: torch.Tensor | None = None,
-                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """One denoising step (see :meth:`engine.models.backbone.Backbone.forward` for the shapes).
-
-        ``image_tokens`` (``[B, T_i, D]``) and ``region_masks`` (per level ``[B, 3, h_l * w_l]``) are
-        Hallo's; None means the zero-embedding tokens and weight 1 everywhere.
-        """
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        """One denoising step -> model output ``[B, C_out, F, h, w]`` (the inputs' shapes:
+        :class:`~engine.models.backbone_inputs.BackboneInputs`)."""
 
     @abstractmethod
     def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:

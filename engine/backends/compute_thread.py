@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from engine.backends.base import Backend
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.reference_net import ReferenceBank
 
 T = TypeVar("T")
@@ -84,8 +85,8 @@ class ComputeThreadBackend(Backend):
     def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
         return self.compute.run(self.inner.reference, latents, context)
 
-    def backbone(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.compute.run(self.inner.backbone, *args, **kwargs)
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        return self.compute.run(self.inner.backbone, inputs)
 
     def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.compute.run(self.inner.image_tokens, embedding)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from engine.backends.base import Backend, TorchPerSessionNetworks
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from export.engine_cache import EngineCache, metadata_path
@@ -212,15 +213,9 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
         return ReferenceBank(tokens=[t.to(self.device, self.dtype) for t in bank.tokens],
                              features=[f.to(self.device, self.dtype) for f in bank.features])
 
-    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
-                 image_tokens: torch.Tensor | None = None,
-                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        size = self._size(sample.shape[-1], latent=True)
-        named = self.network("backbone", size).feed(sample, timestep, audio_tokens, reference_bank, motion_features,
-                                                    face_features, speed_tokens, reference_keep, image_tokens,
-                                                    region_masks)
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        size = self._size(inputs.sample.shape[-1], latent=True)
+        named = self.network("backbone", size).feed(inputs)
         return self.run("backbone", size, named)["model_output"].to(self.device, self.dtype)
 
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from engine.backends.base import Backend, TorchPerSessionNetworks
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from engine.options import GenerationOptions
@@ -324,15 +325,9 @@ class TensorRTBackend(TorchPerSessionNetworks, Backend):
         return ReferenceBank(tokens=[t.to(self.dtype) for t in bank.tokens],
                              features=[f.to(self.dtype) for f in bank.features])
 
-    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
-                 image_tokens: torch.Tensor | None = None,
-                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        plan = self.plan("backbone", self._size(sample.shape[-1]))
-        named = plan.network.feed(sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
-                                  speed_tokens, reference_keep, image_tokens, region_masks)
-        return plan.run(named)["model_output"].to(self.dtype)
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        plan = self.plan("backbone", self._size(inputs.sample.shape[-1]))
+        return plan.run(plan.network.feed(inputs))["model_output"].to(self.dtype)
 
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
         plan = self.plan("vae_encoder", images.shape[-1])

@@ -18,6 +18,7 @@ speed encoder (once per session) run eagerly.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from typing import Callable, Generic, TypeVar
@@ -25,6 +26,7 @@ from typing import Callable, Generic, TypeVar
 import torch
 
 from engine.backends.torch_eager import TorchEagerBackend
+from engine.models.backbone_inputs import BackboneInputs, BackboneLayout
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
@@ -141,32 +143,18 @@ class TorchCudaGraphsBackend(TorchEagerBackend):
         count = self.model.reference_net.num_bank_layers
         return ReferenceBank(tokens=list(outputs[:count]), features=list(outputs[count:]))
 
-    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor], face_features: torch.Tensor,
-                 speed_tokens: torch.Tensor | None, reference_keep: torch.Tensor,
-                 image_tokens: torch.Tensor | None = None,
-                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """The eager backbone through a graph per input shape set; the optional inputs (speed tokens, Hallo's
-        image tokens and region masks) follow the lists, in that order, when given."""
-        banks, motions = len(reference_bank), len(motion_features)
-        speed = [speed_tokens] if speed_tokens is not None else []
-        image = [image_tokens] if image_tokens is not None else []
-        masks = list(region_masks) if region_masks is not None else []
-        tensors = [sample.to(self.dtype), torch.as_tensor(timestep, device=self.device), audio_tokens,
-                   face_features, reference_keep.to(self.device), *reference_bank, *motion_features,
-                   *speed, *image, *masks]
-        first_image = banks + motions + len(speed)
-        first_mask = first_image + len(image)
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        """The eager backbone through a graph per input structure and shape set (its flat form:
+        :class:`~engine.models.backbone_inputs.BackboneLayout`)."""
+        inputs = dataclasses.replace(
+            inputs, sample=inputs.sample.to(self.dtype), timestep=torch.as_tensor(inputs.timestep, device=self.device),
+            reference_keep=None if inputs.reference_keep is None else inputs.reference_keep.to(self.device))
+        layout = BackboneLayout.of(inputs)
 
-        def fn(x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor, face: torch.Tensor, keep: torch.Tensor,
-               *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return (self.model.backbone(x, t, audio_tokens=audio, reference_bank=list(rest[:banks]),
-                                        motion_features=list(rest[banks:banks + motions]), face_features=face,
-                                        speed_tokens=rest[banks + motions] if speed else None,
-                                        reference_keep=keep, image_tokens=rest[first_image] if image else None,
-                                        region_masks=list(rest[first_mask:]) if masks else None),)
+        def fn(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (self.model.backbone(**layout.unflatten(flat).kwargs()),)
 
-        return self._run("backbone", fn, tensors)[0]
+        return self._run("backbone:" + ",".join(layout.names()), fn, layout.flatten(inputs))[0]
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", lambda x: (self.model.vae.decode(x),), [latents.to(self.dtype)])[0]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from engine.backends.base import Backend, project_face_embedding
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
@@ -36,13 +39,8 @@ class TorchEagerBackend(Backend):
         return self.model.reference_net(latents.to(self.dtype), context=context)
 
     @torch.inference_mode()
-    def backbone(self, sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
-                 speed_tokens, reference_keep, image_tokens=None, region_masks=None) -> torch.Tensor:
-        return self.model.backbone(sample.to(self.dtype), timestep, audio_tokens=audio_tokens,
-                                   reference_bank=reference_bank, motion_features=motion_features,
-                                   face_features=face_features, speed_tokens=speed_tokens,
-                                   reference_keep=reference_keep, image_tokens=image_tokens,
-                                   region_masks=region_masks)
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        return self.model.backbone(**dataclasses.replace(inputs, sample=inputs.sample.to(self.dtype)).kwargs())
 
     def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
         return project_face_embedding(self.model, embedding, self.device, self.dtype)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.models.backbone_inputs import GUIDANCE, BackboneConditions, BackboneInputs
 from engine.sampling.guidance import Branch, GuidanceScales, branches_needed, combine, split_batched
 from engine.sampling.samplers import Sampler, sample
 
@@ -67,34 +68,20 @@ class AlternatingReference:
         return dict(reference_bank=bank, reference_keep=keep, motion_features=motion)
 
 
-@dataclass
-class ClipConditions:
-    """Everything the backbone reads for one clip besides the noisy latents (batch 1).
+@dataclass(kw_only=True)
+class ClipConditions(BackboneConditions):
+    """Everything the backbone reads for one clip besides the noisy latents (batch 1): the
+    :class:`~engine.models.backbone_inputs.BackboneConditions` (``reference_keep`` is set per guidance branch)
+    and what guidance builds its branches from.
 
     Attributes:
-        audio_tokens: ``[1, F, T, D]``.
-        reference_bank: per transformer block ``[1, L, C]``.
-        motion_features: per motion-module location ``[1, n, C, h, w]``.
-        face_features: ``[1, 1 or F, C', h, w]`` face-locator output (``1``: the same mask for every frame).
-        speed_tokens: ``[1, F, S, D_s]`` or None.
-        image_tokens: Hallo only: ``[1, T_i, D]`` tokens of the portrait's face embedding, or None (the
-            backbone reads a zero embedding's tokens in every branch).
         uncond_image_tokens: ``[1, T_i, D]`` a zero embedding's tokens, for the unconditional branch
             (needed with ``image_tokens``).
-        region_masks: Hallo only: per resolution level ``[1, 3, h_l * w_l]`` full / face / lip weights,
-            or None (weight 1 everywhere).
         alternating: Hallo only: its reference reader's per-frame banks and per-branch motion frames,
             used under single-scale CFG in place of ``reference_bank`` / ``motion_features``; None: off.
     """
 
-    audio_tokens: torch.Tensor
-    reference_bank: list[torch.Tensor]
-    motion_features: list[torch.Tensor]
-    face_features: torch.Tensor
-    speed_tokens: torch.Tensor | None
-    image_tokens: torch.Tensor | None = None
     uncond_image_tokens: torch.Tensor | None = None
-    region_masks: list[torch.Tensor] | None = None
     alternating: AlternatingReference | None = None
 
 
@@ -114,36 +101,33 @@ class GuidedBackbone:
         self.backend, self.guidance = backend, guidance
         self.branches = branches_needed(guidance)
 
-    def batched(self, cond: ClipConditions) -> dict:
-        """The backbone's keyword inputs for all branches (batch = number of branches)."""
+    def batched(self, cond: ClipConditions) -> BackboneConditions:
+        """The backbone's conditions for all branches (batch = number of branches)."""
         n = len(self.branches)
-        keep_audio = [b.uses_audio for b in self.branches]
-        keep_reference = [b.uses_reference for b in self.branches]
+        keep = {"audio": [b.uses_audio for b in self.branches], "reference": [b.uses_reference for b in self.branches]}
 
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.expand(n, *t.shape[1:])
 
-        def kept(t: torch.Tensor, keep: list[bool]) -> torch.Tensor:
-            """``t`` repeated per branch, zero in the branches whose ``keep`` is False."""
-            if all(keep):
-                return rep(t)
-            return rep(t) * torch.tensor(keep, device=t.device, dtype=t.dtype).view(n, *(1,) * (t.dim() - 1))
+        def batch(name: str, value: torch.Tensor | list[torch.Tensor] | None) -> torch.Tensor | list | None:
+            """``value`` repeated per branch, zero in the branches that drop its condition."""
+            if value is None:
+                return None
+            if isinstance(value, list):
+                return [rep(t) for t in value]
+            kept = keep.get(GUIDANCE.get(name, ""))
+            if kept is None or all(kept):
+                return rep(value)
+            return rep(value) * torch.tensor(kept, device=value.device, dtype=value.dtype).view(
+                n, *(1,) * (value.dim() - 1))
 
-        inputs = dict(
-            audio_tokens=kept(cond.audio_tokens, keep_audio),
-            reference_bank=[rep(t) for t in cond.reference_bank],
-            motion_features=[rep(t) for t in cond.motion_features],
-            face_features=kept(cond.face_features, keep_reference),
-            speed_tokens=rep(cond.speed_tokens) if cond.speed_tokens is not None else None,
-            reference_keep=torch.tensor(keep_reference, device=cond.audio_tokens.device),
-        )
+        values = {name: batch(name, value) for name, value in cond.condition_fields().items()}
+        values["reference_keep"] = torch.tensor(keep["reference"], device=cond.audio_tokens.device)
         if cond.alternating is not None and self.branches == HALLO_BRANCHES:
-            inputs.update(cond.alternating.batched(self.branches, cond.audio_tokens.shape[1]))
+            values.update(cond.alternating.batched(self.branches, cond.audio_tokens.shape[1]))
         if cond.image_tokens is not None:
-            inputs["image_tokens"] = self._image_tokens(cond)
-        if cond.region_masks is not None:
-            inputs["region_masks"] = [rep(m) for m in cond.region_masks]
-        return inputs
+            values["image_tokens"] = self._image_tokens(cond)
+        return BackboneConditions(**values)
 
     def _image_tokens(self, cond: ClipConditions) -> torch.Tensor:
         """``[n, T_i, D]``: the face's tokens for branches with the reference, the zero embedding's without."""
@@ -154,10 +138,10 @@ class GuidedBackbone:
         return torch.cat([cond.image_tokens if b.uses_reference else cond.uncond_image_tokens
                           for b in self.branches])
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, batched: dict) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, batched: BackboneConditions) -> torch.Tensor:
         """Guided model output for latents ``x`` ``[1, C, F, h, w]`` at timesteps ``t`` ``[1, F]``."""
         n = len(self.branches)
-        out = self.backend.backbone(x.expand(n, *x.shape[1:]), t.expand(n, *t.shape[1:]), **batched)
+        out = self.backend.backbone(BackboneInputs.at(x.expand(n, *x.shape[1:]), t.expand(n, *t.shape[1:]), batched))
         return combine(split_batched(out.to(x.dtype), self.branches), self.guidance)
 
 

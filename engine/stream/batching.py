@@ -20,38 +20,16 @@ from typing import Any
 import torch
 
 from engine.backends.base import Backend
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.reference_net import ReferenceBank
-
-Inputs = dict[str, Any]
-"""One backbone call's inputs by :meth:`Backend.backbone` argument name (``sample`` and ``timestep`` included)."""
-
 
 @dataclass
 class _Request:
     slot: int
-    inputs: Inputs
+    inputs: BackboneInputs
     done: threading.Event = field(default_factory=threading.Event)
     output: torch.Tensor | None = None
     error: BaseException | None = None
-
-
-def _signature(value: Any) -> Any:
-    """What must match for two requests to share a call: shapes and dtypes (None and lists kept apart)."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape), value.dtype
-    return tuple(_signature(v) for v in value)
-
-
-def _stack(values: list[Any]) -> Any:
-    """Concatenate one input across requests along the batch: tensors, lists of tensors (per entry), None."""
-    first = values[0]
-    if first is None:
-        return None
-    if isinstance(first, torch.Tensor):
-        return torch.cat(values)
-    return [torch.cat(parts) for parts in zip(*values)]
 
 
 class BatchScheduler:
@@ -101,7 +79,7 @@ class BatchScheduler:
             self._attached.discard(slot)
             self._cond.notify_all()
 
-    def submit(self, slot: int, inputs: Inputs) -> torch.Tensor:
+    def submit(self, slot: int, inputs: BackboneInputs) -> torch.Tensor:
         """Run one backbone call of the session in ``slot`` in the next batch; blocks until its output is in.
 
         Returns the output for this request's rows (``[b, C_out, F, h, w]``, b = the request's batch).
@@ -152,8 +130,7 @@ class BatchScheduler:
         while requests := self._gather():
             groups: dict[Any, list[_Request]] = {}
             for request in requests:
-                key = tuple((name, _signature(value)) for name, value in request.inputs.items())
-                groups.setdefault(key, []).append(request)
+                groups.setdefault(request.inputs.signature(), []).append(request)
             for group in groups.values():
                 self._run(group)
 
@@ -162,9 +139,8 @@ class BatchScheduler:
         try:
             by_slot = {r.slot: r for r in group}
             blocks = [by_slot.get(s, group[0]).inputs for s in range(self.slots)]
-            stacked = {name: _stack([b[name] for b in blocks]) for name in group[0].inputs}
-            output = self.backend.backbone(**stacked)
-            size = group[0].inputs["sample"].shape[0]
+            output = self.backend.backbone(BackboneInputs.cat(blocks))
+            size = group[0].inputs.sample.shape[0]
             for request in group:
                 request.output = output[request.slot * size:(request.slot + 1) * size].clone()
             self.occupancy[len(group)] += 1
@@ -187,15 +163,8 @@ class SlotBackend(Backend):
         """Give the slot back (the session is over)."""
         self.scheduler.detach(self.slot)
 
-    def backbone(self, sample: torch.Tensor, timestep: torch.Tensor, audio_tokens: torch.Tensor,
-                 reference_bank: list[torch.Tensor], motion_features: list[torch.Tensor],
-                 face_features: torch.Tensor, speed_tokens: torch.Tensor | None,
-                 reference_keep: torch.Tensor, image_tokens: torch.Tensor | None = None,
-                 region_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return self.scheduler.submit(self.slot, dict(
-            sample=sample, timestep=timestep, audio_tokens=audio_tokens, reference_bank=reference_bank,
-            motion_features=motion_features, face_features=face_features, speed_tokens=speed_tokens,
-            reference_keep=reference_keep, image_tokens=image_tokens, region_masks=region_masks))
+    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
+        return self.scheduler.submit(self.slot, inputs)
 
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self.inner.audio_tokens(pcm, num_frames)

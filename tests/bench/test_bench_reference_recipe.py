@@ -58,10 +58,10 @@ class InputsBackend(TorchEagerBackend):
 
     first_backbone: dict | None = None
 
-    def backbone(self, sample, timestep, **kwargs):
+    def backbone(self, inputs):
         if self.first_backbone is None:
-            self.first_backbone = {k: v for k, v in kwargs.items()}
-        return super().backbone(sample, timestep, **kwargs)
+            self.first_backbone = inputs.kwargs()
+        return super().backbone(inputs)
 
 
 def test_reference_recipe_runs_the_offline_session_in_hallos_form(model, portrait):

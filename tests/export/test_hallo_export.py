@@ -18,6 +18,7 @@ from support import hallo_tiny, randomize_, tiny_random_model
 from engine.backends import make_backend
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.config import preset
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.checkpoint import random_model
 from engine.models.hallo_audio import region_mask_levels
 from engine.models.model import EmoteModel
@@ -126,8 +127,8 @@ def test_onnxruntime_backend_takes_the_hallo_inputs_like_torch(hallo, cache, net
     timestep = torch.tensor([[900.0, 880.0], [900.0, 880.0]])
     for hallo_inputs in ({}, {"image_tokens": None, "region_masks": None}):
         args = {**call, **hallo_inputs}
-        torch.testing.assert_close(onnx_backend.backbone(sample, timestep, **args),
-                                   eager.backbone(sample, timestep, **args), atol=TOLERANCE, rtol=0)
+        inputs = BackboneInputs(sample=sample, timestep=timestep, **args)
+        torch.testing.assert_close(onnx_backend.backbone(inputs), eager.backbone(inputs), atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["tiny", "sd15"])
@@ -137,8 +138,8 @@ def test_presets_export_the_inputs_they_always_had(name):
     assert isinstance(network, BackboneNetwork)
     speed = ["speed_tokens"] if model.config.speed.enabled else []
     want = (["sample", "timestep", "audio_tokens", "face_features"] + speed + ["reference_keep"]
-            + [f"reference_bank_{i}" for i in range(len(network.bank))]
-            + [f"motion_features_{j}" for j in range(len(network.features))])
+            + [f"reference_bank_{i}" for i in range(len(network.dims["reference_bank"]))]
+            + [f"motion_features_{j}" for j in range(len(network.dims["motion_features"]))])
     assert network.input_names == want
     assert make_network("reference", model, StreamShapes.for_model(model.config)).input_names == ["latents"]
 

@@ -104,14 +104,11 @@ class RecordingBackend(TorchEagerBackend):
         self._log("reference", {"latents": latents})
         return super().reference(latents)
 
-    def backbone(self, sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
-                 speed_tokens, reference_keep):
-        network = self._network("backbone", sample.shape[-1] * self.model.config.latent_downscale)
+    def backbone(self, inputs):
+        network = self._network("backbone", inputs.sample.shape[-1] * self.model.config.latent_downscale)
         assert isinstance(network, BackboneNetwork)
-        self._log("backbone", network.feed(sample, timestep, audio_tokens, reference_bank, motion_features,
-                                           face_features, speed_tokens, reference_keep))
-        return super().backbone(sample, timestep, audio_tokens, reference_bank, motion_features, face_features,
-                                speed_tokens, reference_keep)
+        self._log("backbone", network.feed(inputs))
+        return super().backbone(inputs)
 
     def vae_encode(self, images):
         self._log("vae_encoder", {"images": images})

@@ -16,6 +16,7 @@ from support import random_portrait, speech, write_wav
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.faces import FaceBox, box_mask
 from engine.importers.provenance import FACE_EMBEDDING, PROVENANCE_FILE, REGION_MASKS, fallback_note
+from engine.models.backbone_inputs import BackboneInputs
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
 from engine.options import GenerationOptions
@@ -35,9 +36,9 @@ class RecordingBackend(TorchEagerBackend):
         self.backbone_calls: list[dict] = []
         self.reference_contexts: list[torch.Tensor | None] = []
 
-    def backbone(self, sample, timestep, **kwargs):
-        self.backbone_calls.append(kwargs)
-        return super().backbone(sample, timestep, **kwargs)
+    def backbone(self, inputs):
+        self.backbone_calls.append(inputs.kwargs())
+        return super().backbone(inputs)
 
     def reference(self, latents, context=None):
         self.reference_contexts.append(context)
@@ -78,7 +79,7 @@ def test_every_backbone_call_gets_the_masks_and_no_face_tokens_without_an_embedd
         assert len(masks) == levels and masks[0].shape == (2, 3, (SIZE // 8) ** 2)
         assert torch.equal(masks[0][0], masks[0][1])  # the same masks in both guidance branches
         assert not masks[0][0, 0].eq(1).all()  # the face box's masks, not weight 1 everywhere
-        assert "image_tokens" not in call
+        assert call["image_tokens"] is None
     assert backend.reference_contexts and all(c is None for c in backend.reference_contexts)
 
 
@@ -106,9 +107,10 @@ def test_masks_change_the_backbone_output(model, hallo_portrait):
     call = dict(backend.backbone_calls[0])
     sample = torch.randn(2, 4, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
     timestep = torch.full((2, 4), 500.0)
-    with_masks = backend.backbone(sample, timestep, **call)
+    call.update(sample=sample, timestep=timestep)
+    with_masks = backend.backbone(BackboneInputs(**call))
     call["region_masks"] = None
-    without = backend.backbone(sample, timestep, **call)
+    without = backend.backbone(BackboneInputs(**call))
     assert (with_masks - without).abs().max() > 1e-3
 
 

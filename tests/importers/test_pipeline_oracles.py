@@ -18,6 +18,7 @@ import torch
 from tiny_sources import FIXTURES
 
 from engine.backends import make_backend
+from engine.models.backbone_inputs import BackboneInputs
 from engine.pipeline import OFFLINE_BLOCK_MS, open_model
 from engine.timebase import SAMPLE_RATE
 from engine.models.audio import echomimic_frame_count
@@ -81,7 +82,7 @@ def hallo_run(hallo_model: Path, hallo_oracle: dict[str, np.ndarray]) -> dict:
             noise, _ = session.noise(clip)
             guided = session.denoiser.model
             batched = guided.batched(cond)
-            out = backend.backbone(noise.expand(2, -1, -1, -1, -1), t0.expand(2, -1), **batched)
+            out = backend.backbone(BackboneInputs.at(noise.expand(2, -1, -1, -1, -1), t0.expand(2, -1), batched))
             branches = split_batched(out, guided.branches)
             run["branches0"].append(branches)
             run["guided0"].append(combine(branches, guided.guidance))  # what GuidedBackbone returns
@@ -207,8 +208,8 @@ def echomimic_run(echomimic_model: Path, echomimic_oracle: dict[str, np.ndarray]
         guided = session.denoiser.model
         window = torch.tensor(context_windows(clip.frames, 12, 3, 0)[0])
         t0 = torch.full((1, window.numel()), float(o["timesteps"][0]))
-        out = backend.backbone(noise[:, :, window].expand(2, -1, -1, -1, -1), t0.expand(2, -1),
-                               **guided.batched(window_conditions(cond, window)))
+        out = backend.backbone(BackboneInputs.at(noise[:, :, window].expand(2, -1, -1, -1, -1), t0.expand(2, -1),
+                                                 guided.batched(window_conditions(cond, window))))
         every = torch.full((1, clip.frames), float(o["timesteps"][0]))
         guided0 = session.denoiser.windowed_output(noise, every, cond, context_windows(clip.frames, 12, 3, 0))
         ((done, latents),) = session.step(clip)

@@ -25,8 +25,7 @@ def hallo() -> dict:
 
 def test_models_without_hallo_inputs_get_no_new_arguments():
     batched = GuidedBackbone(None, GuidanceScales(reference=2.0, audio=3.0)).batched(conditions())
-    assert set(batched) == {"audio_tokens", "reference_bank", "motion_features", "face_features", "speed_tokens",
-                            "reference_keep"}
+    assert batched.image_tokens is None and batched.region_masks is None
 
 
 @pytest.mark.parametrize(("scales", "uses_face"), [
@@ -38,19 +37,19 @@ def test_models_without_hallo_inputs_get_no_new_arguments():
 def test_face_tokens_follow_the_reference_and_masks_are_shared(hallo, scales, uses_face):
     model = GuidedBackbone(None, GuidanceScales(reference=scales[0], audio=scales[1]))
     batched = model.batched(conditions(**hallo))
-    assert batched["reference_keep"].tolist() == uses_face
-    tokens = batched["image_tokens"]
+    assert batched.reference_keep.tolist() == uses_face
+    tokens = batched.image_tokens
     assert tokens.shape == (len(uses_face), T, D)
     for row, face in zip(tokens, uses_face):
         assert torch.equal(row, hallo["image_tokens"][0] if face else hallo["uncond_image_tokens"][0])
-    for got, given in zip(batched["region_masks"], hallo["region_masks"], strict=True):
+    for got, given in zip(batched.region_masks, hallo["region_masks"], strict=True):
         assert got.shape == (len(uses_face), *given.shape[1:])
         assert all(torch.equal(m, given[0]) for m in got)
 
 
 def test_face_tokens_without_uncond_tokens_need_no_unconditional_branch(hallo):
     cond = conditions(image_tokens=hallo["image_tokens"])
-    assert GuidedBackbone(None, GuidanceScales(audio=2.0)).batched(cond)["image_tokens"].shape[0] == 2
+    assert GuidedBackbone(None, GuidanceScales(audio=2.0)).batched(cond).image_tokens.shape[0] == 2
     with pytest.raises(ValueError, match="uncond_image_tokens"):
         GuidedBackbone(None, GuidanceScales(reference=2.0, audio=2.0)).batched(cond)
 
@@ -64,9 +63,9 @@ def test_face_tokens_without_uncond_tokens_need_no_unconditional_branch(hallo):
 def test_unconditional_branch_gets_zero_face_features_and_audio(scales, layout):
     cond = conditions()
     batched = GuidedBackbone(None, GuidanceScales(reference=scales[0], audio=scales[1])).batched(cond)
-    assert batched["reference_keep"].tolist() == [reference for reference, _ in layout]
-    assert batched["face_features"].shape == (len(layout), *cond.face_features.shape[1:])
-    assert batched["audio_tokens"].shape == (len(layout), *cond.audio_tokens.shape[1:])
-    for face, audio, (reference, uses_audio) in zip(batched["face_features"], batched["audio_tokens"], layout):
+    assert batched.reference_keep.tolist() == [reference for reference, _ in layout]
+    assert batched.face_features.shape == (len(layout), *cond.face_features.shape[1:])
+    assert batched.audio_tokens.shape == (len(layout), *cond.audio_tokens.shape[1:])
+    for face, audio, (reference, uses_audio) in zip(batched.face_features, batched.audio_tokens, layout):
         assert torch.equal(face, cond.face_features[0] if reference else torch.zeros_like(face))
         assert torch.equal(audio, cond.audio_tokens[0] if uses_audio else torch.zeros_like(audio))

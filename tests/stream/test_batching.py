@@ -27,9 +27,9 @@ class CountingBackend(TorchEagerBackend):
         super().__init__(*args, **kwargs)
         self.batches: list[int] = []
 
-    def backbone(self, sample, timestep, **kwargs):
-        self.batches.append(sample.shape[0])
-        return super().backbone(sample, timestep, **kwargs)
+    def backbone(self, inputs):
+        self.batches.append(inputs.sample.shape[0])
+        return super().backbone(inputs)
 
 
 def voice(seconds: float, seed: int) -> np.ndarray:

@@ -18,9 +18,9 @@ class RecordingBackend(TorchEagerBackend):
         super().__init__(*args, **kwargs)
         self.timesteps = []
 
-    def backbone(self, sample, timestep, **kwargs):
-        self.timesteps.append(timestep.clone())
-        return super().backbone(sample, timestep, **kwargs)
+    def backbone(self, inputs):
+        self.timesteps.append(inputs.timestep.clone())
+        return super().backbone(inputs)
 
 
 def run(model, portrait, pcm, blocks=None, backend=None, **options):

@@ -24,9 +24,10 @@ class RecordingBackend(TorchEagerBackend):
         self.backbone_calls: list[dict] = []
         self.reference_calls: list[torch.Tensor] = []
 
-    def backbone(self, sample, timestep, **kwargs):
-        self.backbone_calls.append(dict(sample=sample.clone(), timestep=timestep.clone(), **kwargs))
-        return super().backbone(sample, timestep, **kwargs)
+    def backbone(self, inputs):
+        self.backbone_calls.append(dict(inputs.kwargs(), sample=inputs.sample.clone(),
+                                        timestep=inputs.timestep.clone()))
+        return super().backbone(inputs)
 
     def reference(self, latents):
         self.reference_calls.append(latents.clone())
