@@ -1,11 +1,12 @@
 """Where exported graphs and TensorRT plans live, and when one may be used.
 
-Every artifact (an ONNX directory or a TensorRT plan) is stored under a path keyed by everything
-that makes it stale: the network, a hash of its weights, its graph signature (input/output names and
-shapes, so the portrait size), the precision, the optimisation profiles, the tool versions (torch,
-onnx, opset and exporter for a graph; TensorRT for a plan) and, for a plan, the GPU's compute
-capability. Beside each artifact sits ``<artifact>.json``: the full key it was built for, plus
-file sizes and checksums, written last, so an artifact without metadata is an interrupted build.
+Every artifact (an ONNX directory, a TensorRT plan, or an exported graph as ONNX Runtime optimised it for
+one CPU) is stored under a path keyed by everything that makes it stale: the network, a hash of its
+weights, its graph signature (input/output names and shapes, so the portrait size), the precision, the
+optimisation profiles, the tool versions (torch, onnx, opset and exporter for a graph; TensorRT for a
+plan) and, for a plan, the GPU's compute capability. Beside each artifact sits ``<artifact>.json``: the
+full key it was built for, plus file sizes and checksums, written last, so an artifact without metadata
+is an interrupted build.
 
 An artifact whose recorded metadata does not match the key asked for is never used: it is rebuilt
 (``on_stale="rebuild"``) or refused with a :class:`StalePlanError` that names each difference
@@ -31,7 +32,7 @@ CACHE_FORMAT = 1
 """Bumped when the layout or the meaning of a key changes: every older artifact becomes stale."""
 
 CACHE_ENV = "EMOTE_CACHE_DIR"
-KIND_DIRS = {"onnx": "onnx", "plan": "plans"}
+KIND_DIRS = {"onnx": "onnx", "plan": "plans", "ort": "ort-optimized"}
 ON_STALE = ("rebuild", "refuse")
 
 
@@ -50,7 +51,8 @@ class CacheKey:
     """Everything that makes an artifact stale.
 
     Attributes:
-        kind: ``"onnx"`` (an exported graph) or ``"plan"`` (a TensorRT engine).
+        kind: ``"onnx"`` (an exported graph), ``"plan"`` (a TensorRT engine) or ``"ort"`` (an exported graph
+            as ONNX Runtime optimised it: its versions hold ONNX Runtime's, the CPU's and the exported graph's).
         network: network name (``"backbone"``, ...).
         weights: SHA-256 of the network's weights.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
@@ -222,7 +224,7 @@ class EngineCache:
                               f"Delete it, or rebuild (make engines / on_stale='rebuild').")
 
     def get_or_build(self, key: CacheKey, build: Callable[[Path], dict[str, Any] | None],
-                     on_stale: str = "rebuild", checksum: bool = False) -> Path:
+                     on_stale: str = "rebuild", checksum: bool = False, supersede: bool = False) -> Path:
         """The path of a fresh artifact for ``key``, building it when missing (or stale and allowed).
 
         Args:
@@ -231,6 +233,8 @@ class EngineCache:
                 file system); returns extra metadata to record (sizes, timings), or None.
             on_stale: ``"rebuild"`` replaces a stale artifact; ``"refuse"`` raises :class:`StalePlanError`.
             checksum: record the SHA-256 of a single-file artifact (plans), checked by :meth:`read_verified`.
+            supersede: once built, delete the artifacts that differ from it in ``versions`` alone (the same
+                graph for another tool version, CPU or export of it).
         """
         if on_stale not in ON_STALE:
             raise ValueError(f"on_stale must be one of {', '.join(ON_STALE)}, got {on_stale!r}")
@@ -256,6 +260,10 @@ class EngineCache:
             self._write_json(metadata_path(entry.path), meta)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if supersede:
+            for other, reasons in self.others(key):
+                if all(reason.startswith("versions.") for reason in reasons):
+                    self.remove(other)
         return entry.path
 
     def read_verified(self, key: CacheKey, on_stale: str = "refuse") -> bytes:

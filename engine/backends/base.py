@@ -92,16 +92,27 @@ def project_face_embedding(model: EmoteModel, embedding: torch.Tensor, device: t
 
 
 class TorchPerSessionNetworks:
-    """Image projection, face locator and speed encoder in eager PyTorch, for the backends that compile
-    only the per-step networks (these run once per session). The backend sets ``model``, ``device``,
-    ``dtype``, ``face_locator`` (float32) and ``speed_encoder`` (None without speed layers)."""
+    """Image projection, face locator and speed encoder in eager PyTorch (these run once per session), for every
+    backend: :meth:`use_per_session_networks` sets them up over the backend's ``model``, ``device`` and ``dtype``.
+    The face locator runs in ``face_dtype`` (the graph backends keep it float32, their model being unconverted;
+    the eager backend in its own dtype), the speed encoder in float32; their outputs come back in ``dtype``."""
+
+    model: EmoteModel
+    device: torch.device
+    dtype: torch.dtype
+
+    def use_per_session_networks(self, model: EmoteModel, face_dtype: torch.dtype) -> None:
+        """Move ``model``'s face locator (to ``face_dtype``) and speed encoder (if any) to :attr:`device`."""
+        self.face_dtype = face_dtype
+        self.face_locator = model.face_locator.to(self.device, face_dtype)
+        self.speed_encoder = model.speed_encoder.to(self.device) if hasattr(model, "speed_encoder") else None
 
     def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
         return project_face_embedding(self.model, embedding, self.device, self.dtype)
 
     @torch.inference_mode()
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.face_locator(mask.to(self.device, torch.float32)).to(self.dtype)
+        return self.face_locator(mask.to(self.device, self.face_dtype)).to(self.dtype)
 
     @torch.inference_mode()
     def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:

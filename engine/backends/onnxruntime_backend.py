@@ -7,37 +7,34 @@ provider runs here; on a CUDA device the CUDA execution provider (``onnxruntime-
 IO binding on tensors owned by torch, on torch's current stream, so nothing goes through the host.
 
 On the CPU, ONNX Runtime's graph optimisation (about 2 s for talking64's backbone, every time a process opens
-it) is done once: the optimised graph is saved beside the cache (``ort-optimized/``), keyed by ONNX Runtime's
-version, the CPU's instruction-set flags (the optimised graph may use layouts only this CPU runs) and the
-exported graph's metadata (a re-export makes a new one), and later sessions load it with optimisation off.
+it) is done once: the optimised graph is an artifact of the same cache (kind ``"ort"``), keyed by the exported
+graph's key plus ONNX Runtime's version, the CPU's instruction-set flags (the optimised graph may use layouts
+only this CPU runs) and the exported graph's metadata (a re-export makes a new one, which replaces the old),
+and later sessions load it with optimisation off.
 
-The face locator, the speed encoder and the image projection (once per session, microseconds) run in torch.
+The face locator, the speed encoder and the image projection (once per session, microseconds) run in torch
+(:class:`~engine.backends.graph.GraphBackend`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
-import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine.backends.base import Backend, TorchPerSessionNetworks
-from engine.models.backbone_inputs import BackboneInputs
+from engine.backends.graph import GraphBackend
 from engine.models.model import EmoteModel
-from engine.models.reference_net import ReferenceBank
-from export.engine_cache import EngineCache, metadata_path
-from export.networks import Network, StreamShapes, make_network
-from export.onnx_export import GRAPH_FILE, cached_export
+from export.engine_cache import CacheKey, EngineCache, metadata_path
+from export.networks import Network
+from export.onnx_export import GRAPH_FILE, cached_export, onnx_key
 
 PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}
-OPTIMIZED_DIR = "ort-optimized"
 OPTIMIZED_GRAPH, OPTIMIZED_DATA = "graph.onnx", "graph.data"
 NUMPY_OF = {torch.float32: np.float32, torch.float16: np.float16, torch.bool: np.bool_}
 
@@ -63,7 +60,7 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
+class OnnxRuntimeBackend(GraphBackend):
     """Runs the exported networks of ``model`` with ONNX Runtime.
 
     Args:
@@ -92,20 +89,10 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
                                f"{', '.join(self.ort.get_available_providers())})")
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"the onnxruntime backend runs on cpu or cuda, not {self.device}")
-        self.model = model.eval()
+        super().__init__(model, self.device, dtype)
         self.cache = EngineCache(cache_dir)
         self.on_stale, self.threads = on_stale, threads if threads is not None else torch.get_num_threads()
-        self.face_locator = model.face_locator.to(self.device, torch.float32)
-        self.speed_encoder = model.speed_encoder.to(self.device) if hasattr(model, "speed_encoder") else None
-        self._networks: dict[tuple[str, int], Network] = {}
         self._sessions: dict[tuple[str, int], Any] = {}
-
-    def network(self, name: str, size: int) -> Network:
-        """The :class:`export.networks.Network` description of ``name`` at portrait side ``size``."""
-        key = (name, size)
-        if key not in self._networks:
-            self._networks[key] = make_network(name, self.model, StreamShapes.for_model(self.model.config, size))
-        return self._networks[key]
 
     def session(self, name: str, size: int) -> Any:
         """The inference session of network ``name`` at ``size``, exporting the graph on first use."""
@@ -121,7 +108,7 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
                 self._sessions[key] = self.ort.InferenceSession(str(directory / GRAPH_FILE), options,
                                                                 providers=providers)
             else:
-                self._sessions[key] = self._cpu_session(directory)
+                self._sessions[key] = self._cpu_session(network, directory)
         return self._sessions[key]
 
     def _options(self, level: Any) -> Any:
@@ -130,47 +117,45 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
         options.intra_op_num_threads = self.threads
         return options
 
-    def optimized_path(self, directory: Path) -> Path:
-        """Where the optimised CPU graph of the exported graph at ``directory`` is kept (see the module's notes)."""
-        graph = hashlib.sha256(metadata_path(directory).read_bytes()).hexdigest()[:10]
-        name = f"{directory.name}-ort{self.ort.__version__}-{cpu_digest()}-{graph}"
-        return directory.parent.parent / OPTIMIZED_DIR / name
+    def optimized_key(self, network: Network, directory: Path) -> CacheKey:
+        """The cache key of the optimised CPU graph of ``network``, exported at ``directory`` (see the module's
+        notes)."""
+        graph = hashlib.sha256(metadata_path(directory).read_bytes()).hexdigest()[:16]
+        exported = onnx_key(network, self.precision)
+        versions = {**exported.versions, "onnxruntime": self.ort.__version__, "cpu": cpu_digest(), "graph": graph}
+        return dataclasses.replace(exported, kind="ort", versions=versions)
 
-    def _cpu_session(self, directory: Path) -> Any:
-        """The CPU session of the graph at ``directory``: from its saved optimised graph when there is a good one,
-        else optimised afresh (and saved when the cache can be written)."""
+    def _cpu_session(self, network: Network, directory: Path) -> Any:
+        """The CPU session of the graph at ``directory``: from its optimised graph in the cache when there is a good
+        one, else optimised afresh (and saved in the cache when it can be written)."""
         levels, providers = self.ort.GraphOptimizationLevel, ["CPUExecutionProvider"]
-        saved = self.optimized_path(directory)
-        if (saved / OPTIMIZED_GRAPH).exists():
-            try:
-                return self.ort.InferenceSession(str(saved / OPTIMIZED_GRAPH), self._options(levels.ORT_DISABLE_ALL),
-                                                 providers=providers)
-            except Exception:  # noqa: BLE001 - a damaged saved graph: made again from the exported one below
-                shutil.rmtree(saved, ignore_errors=True)
-        options = self._options(levels.ORT_ENABLE_ALL)
-        try:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{saved.name}.", dir=saved.parent))
-        except OSError:
-            return self.ort.InferenceSession(str(directory / GRAPH_FILE), options, providers=providers)
-        try:
-            options.optimized_model_filepath = str(work / OPTIMIZED_GRAPH)
+        key = self.optimized_key(network, directory)
+        built: list[Any] = []
+
+        def optimise(target: Path) -> None:
+            target.mkdir()
+            options = self._options(levels.ORT_ENABLE_ALL)
+            options.optimized_model_filepath = str(target / OPTIMIZED_GRAPH)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_DATA)
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
             options.log_severity_level = 3  # not the warning that the saved graph is for this CPU: it is keyed so
-            session = self.ort.InferenceSession(str(directory / GRAPH_FILE), options, providers=providers)
-            for stale in saved.parent.glob(f"{directory.name}-ort*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.replace(work, saved)
-            except OSError:  # another process saved it first
-                pass
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return session
+            built.append(self.ort.InferenceSession(str(directory / GRAPH_FILE), options, providers=providers))
 
-    def run(self, name: str, size: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run network ``name`` on named inputs (any dtype, any device); outputs by name on :attr:`device`."""
+        try:
+            saved = self.cache.get_or_build(key, optimise, supersede=True)
+        except OSError:  # a cache that cannot be written: optimised in memory only
+            return self.ort.InferenceSession(str(directory / GRAPH_FILE), self._options(levels.ORT_ENABLE_ALL),
+                                             providers=providers)
+        if built:
+            return built[0]
+        try:
+            return self.ort.InferenceSession(str(saved / OPTIMIZED_GRAPH), self._options(levels.ORT_DISABLE_ALL),
+                                             providers=providers)
+        except Exception:  # noqa: BLE001 - a damaged saved graph: removed, and made again from the exported one
+            self.cache.remove(saved)
+            return self._cpu_session(network, directory)
+
+    def run_graph(self, name: str, size: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         network = self.network(name, size)
         feeds = network.cast(inputs, self.precision)
         session = self.session(name, size)
@@ -196,32 +181,3 @@ class OnnxRuntimeBackend(TorchPerSessionNetworks, Backend):
             outputs[spec.name] = out
         session.run_with_iobinding(binding)
         return outputs
-
-    def _size(self, spatial: int, latent: bool) -> int:
-        return spatial * self.model.config.latent_downscale if latent else spatial
-
-    def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
-        network = self.network("audio", self.model.config.resolution)
-        feed = network.prepare(pcm.detach().float().cpu(), num_frames)
-        outputs = self.run("audio", self.model.config.resolution, feed.inputs)
-        return network.finish(outputs, feed).to(self.device, self.dtype)
-
-    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
-        size = self._size(latents.shape[-1], latent=True)
-        network = self.network("reference", size)
-        bank = network.bank_of(self.run("reference", size, network.feed(latents, context)))
-        return ReferenceBank(tokens=[t.to(self.device, self.dtype) for t in bank.tokens],
-                             features=[f.to(self.device, self.dtype) for f in bank.features])
-
-    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
-        size = self._size(inputs.sample.shape[-1], latent=True)
-        named = self.network("backbone", size).feed(inputs)
-        return self.run("backbone", size, named)["model_output"].to(self.device, self.dtype)
-
-    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
-        size = self._size(images.shape[-1], latent=False)
-        return self.run("vae_encoder", size, {"images": images})["latents"].to(self.device, self.dtype)
-
-    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        size = self._size(latents.shape[-1], latent=True)
-        return self.run("vae_decoder", size, {"latents": latents})["images"].to(self.device, self.dtype)

@@ -19,7 +19,8 @@ around the engine's execution (thread-local capture mode). A capture counts only
 reports success; otherwise the error is cleared, the graph dropped and that profile runs eagerly.
 The first and last clips run through the dynamic profile without a graph.
 
-The face locator, the speed encoder and the image projection (once per session) run in torch.
+The face locator, the speed encoder and the image projection (once per session) run in torch
+(:class:`~engine.backends.graph.GraphBackend`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engine.backends.base import Backend, TorchPerSessionNetworks
-from engine.models.backbone_inputs import BackboneInputs
+from engine.backends.graph import GraphBackend
 from engine.models.model import EmoteModel
-from engine.models.reference_net import ReferenceBank
 from engine.options import GenerationOptions
 from export.engine_cache import EngineCache
-from export.networks import StreamShapes, make_network, select_profile
+from export.networks import select_profile
 from export.trt_build import BuildSettings, TensorRTUnavailable, cached_plan, cuda_device, import_tensorrt
 
 PRECISION_OF = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -257,7 +256,7 @@ class EnginePlan:
         return {name: tensor.clone() for name, tensor in static_out.items()}
 
 
-class TensorRTBackend(TorchPerSessionNetworks, Backend):
+class TensorRTBackend(GraphBackend):
     """Runs every network of ``model`` as a TensorRT plan on a CUDA device.
 
     Args:
@@ -283,16 +282,14 @@ class TensorRTBackend(TorchPerSessionNetworks, Backend):
         self.device = cuda_device(device)
         if dtype not in PRECISION_OF:
             raise ValueError(f"the tensorrt backend runs float16, bfloat16 or float32, not {dtype}")
-        self.dtype, self.precision = dtype, PRECISION_OF[dtype]
+        self.precision = PRECISION_OF[dtype]
         self.settings = BuildSettings(self.precision)
-        self.model = model.eval()
         self.cache = EngineCache(cache_dir)
-        self.build, self.cuda_graphs, self.options = build, cuda_graphs, options
+        self.build, self.cuda_graphs = build, cuda_graphs
         self.gpu = PlanDevice(self.device, import_cudart())
         with self.gpu.selected():
             self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        self.face_locator = model.face_locator.to(self.device, torch.float32)
-        self.speed_encoder = model.speed_encoder.to(self.device) if hasattr(model, "speed_encoder") else None
+        super().__init__(model, self.device, dtype, options)
         self._plans: dict[tuple[str, int], EnginePlan] = {}
 
     def plan(self, name: str, size: int) -> EnginePlan:
@@ -301,38 +298,11 @@ class TensorRTBackend(TorchPerSessionNetworks, Backend):
         key = (name, size)
         with self.gpu.lock:
             if key not in self._plans:
-                cfg = self.model.config
-                shapes = (StreamShapes.for_options(cfg, self.options, size) if self.options is not None
-                          else StreamShapes.for_model(cfg, size))
-                network = make_network(name, self.model, shapes)
+                network = self.network(name, size)
                 plan_key = cached_plan(self.cache, network, self.settings, build=self.build, device=self.device)
                 data = self.cache.read_verified(plan_key)
                 self._plans[key] = EnginePlan(self.trt, self.runtime, data, network, self.gpu, self.cuda_graphs)
             return self._plans[key]
 
-    def _size(self, spatial: int) -> int:
-        return spatial * self.model.config.latent_downscale
-
-    def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
-        plan = self.plan("audio", self.model.config.resolution)
-        feed = plan.network.prepare(pcm.detach().float().cpu(), num_frames)
-        outputs = plan.run(feed.inputs)
-        return plan.network.finish(outputs, feed).to(self.device, self.dtype)
-
-    def reference(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
-        plan = self.plan("reference", self._size(latents.shape[-1]))
-        bank = plan.network.bank_of(plan.run(plan.network.feed(latents, context)))
-        return ReferenceBank(tokens=[t.to(self.dtype) for t in bank.tokens],
-                             features=[f.to(self.dtype) for f in bank.features])
-
-    def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
-        plan = self.plan("backbone", self._size(inputs.sample.shape[-1]))
-        return plan.run(plan.network.feed(inputs))["model_output"].to(self.dtype)
-
-    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
-        plan = self.plan("vae_encoder", images.shape[-1])
-        return plan.run({"images": images})["latents"].to(self.dtype)
-
-    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        plan = self.plan("vae_decoder", self._size(latents.shape[-1]))
-        return plan.run({"latents": latents})["images"].to(self.dtype)
+    def run_graph(self, name: str, size: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.plan(name, size).run(inputs)

@@ -6,17 +6,17 @@ import dataclasses
 
 import torch
 
-from engine.backends.base import Backend, project_face_embedding
+from engine.backends.base import Backend, TorchPerSessionNetworks
 from engine.models.backbone_inputs import BackboneInputs
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 
 
-class TorchEagerBackend(Backend):
+class TorchEagerBackend(TorchPerSessionNetworks, Backend):
     """Runs :class:`EmoteModel` as it is, in ``dtype`` on ``device``.
 
     The audio encoder and the speed encoder always run in float32 (they are cheap, and wav2vec2's
-    normalisation and whisper's log-mel need the range).
+    normalisation and whisper's log-mel need the range); the face locator runs in ``dtype``.
     """
 
     name = "torch"
@@ -25,8 +25,9 @@ class TorchEagerBackend(Backend):
     def __init__(self, model: EmoteModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device, self.dtype = torch.device(device), dtype
         self.model = model.to(self.device).eval()
-        for name in ("reference_net", "backbone", "face_locator", "vae"):
+        for name in ("reference_net", "backbone", "vae"):
             getattr(self.model, name).to(dtype)
+        self.use_per_session_networks(self.model, dtype)
 
     @torch.inference_mode()
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -41,19 +42,6 @@ class TorchEagerBackend(Backend):
     @torch.inference_mode()
     def backbone(self, inputs: BackboneInputs) -> torch.Tensor:
         return self.model.backbone(**dataclasses.replace(inputs, sample=inputs.sample.to(self.dtype)).kwargs())
-
-    def image_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
-        return project_face_embedding(self.model, embedding, self.device, self.dtype)
-
-    @torch.inference_mode()
-    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.face_locator(mask.to(self.dtype))
-
-    @torch.inference_mode()
-    def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
-        if not hasattr(self.model, "speed_encoder"):
-            return None
-        return self.model.speed_encoder(speed.to(self.device)).to(self.dtype)
 
     @torch.inference_mode()
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
