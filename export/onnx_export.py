@@ -29,7 +29,8 @@ from torch import nn
 from engine.models.checkpoint import CheckpointError, load_model, model_directory, random_model, resolve_config
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, default_cache_dir
-from export.networks import NETWORK_NAMES, PRECISIONS, Network, StreamShapes, make_network
+from export.networks import NETWORK_NAMES, make_network
+from export.networks.spec import PRECISIONS, Network, StreamShapes
 from emote_kernels import dispatch
 
 OPSET = 18

@@ -2,7 +2,7 @@
 
 ``python -m export.trt_build --model tiny|DIR [--size N] [--precision fp16|bf16|fp32] [--out DIR]``
 (what ``make engines`` runs) exports every network (cached), then builds one plan per network
-with the optimisation profiles of :mod:`export.networks` (static per-bucket profiles first, one
+with the optimisation profiles of :mod:`export.networks.spec` (static per-bucket profiles first, one
 dynamic profile for the first and last clips). Plans go into the keyed cache
 (:mod:`export.engine_cache`): the key holds the weights hash, the network, the graph signature and
 profiles, the precision, the builder's workspace limit and optimisation level, the TensorRT version
@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from export.engine_cache import CacheKey, EngineCache, default_cache_dir
-from export.networks import NETWORK_NAMES, Network, StreamShapes, make_network
+from export.networks import NETWORK_NAMES, make_network
+from export.networks.spec import Network, StreamShapes
 
 PLAN_PRECISIONS = ("fp32", "fp16", "bf16")
 TENSORRT_MAJORS = (10, 11)

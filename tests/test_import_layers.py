@@ -73,7 +73,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-SOURCES = sorted([*(REPO / "engine").rglob("*.py"), *(REPO / "export").glob("*.py")])
+SOURCES = sorted([*(REPO / "engine").rglob("*.py"), *(REPO / "export").rglob("*.py")])
 
 
 def test_every_module_has_a_layer():

@@ -1,7 +1,7 @@
 """The backends that run exported networks (ONNX Runtime graphs, TensorRT plans): one set of network methods over
 a single run method.
 
-A graph backend describes each network at a portrait size with :class:`export.networks.Network` (names, dims,
+A graph backend describes each network at a portrait size with :class:`export.networks.spec.Network` (names, dims,
 how a call becomes named graph inputs and the outputs a result) and runs it by name with :meth:`run_graph`; the
 audio encoder, the ReferenceNet, the backbone and the VAE are the same five methods for every such backend. The
 networks run once per session (face locator, speed encoder, image projection) stay in torch.
@@ -18,7 +18,8 @@ from engine.models.backbone_inputs import BackboneInputs
 from engine.models.model import EmoteModel
 from engine.models.reference_net import ReferenceBank
 from engine.options import GenerationOptions
-from export.networks import Network, StreamShapes, make_network
+from export.networks import make_network
+from export.networks.spec import Network, StreamShapes
 
 
 class GraphBackend(TorchPerSessionNetworks, Backend):

@@ -31,7 +31,7 @@ import torch
 from engine.backends.graph import GraphBackend
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, metadata_path
-from export.networks import Network
+from export.networks.spec import Network
 from export.onnx_export import GRAPH_FILE, cached_export, onnx_key
 
 PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16"}

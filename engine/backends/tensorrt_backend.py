@@ -36,7 +36,7 @@ from engine.backends.graph import GraphBackend
 from engine.models.model import EmoteModel
 from engine.options import GenerationOptions
 from export.engine_cache import EngineCache
-from export.networks import select_profile
+from export.networks.spec import select_profile
 from export.trt_build import BuildSettings, TensorRTUnavailable, cached_plan, cuda_device, import_tensorrt
 
 PRECISION_OF = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -154,7 +154,7 @@ class EnginePlan:
         trt: the ``tensorrt`` module.
         runtime: a ``trt.Runtime``.
         data: the serialized plan (checked against its metadata by the cache).
-        network: its :class:`export.networks.Network` (names and profiles, in build order).
+        network: its :class:`export.networks.spec.Network` (names and profiles, in build order).
         gpu: the device, stream, activation buffer and lock shared with the backend's other plans.
         cuda_graphs: capture and replay static-profile executions.
     """

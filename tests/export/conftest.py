@@ -14,7 +14,8 @@ from engine.models.model import EmoteModel
 from engine.options import GenerationOptions
 from engine.stream.session import Session
 from export.engine_cache import EngineCache
-from export.networks import NETWORK_NAMES, StreamShapes, make_network
+from export.networks import NETWORK_NAMES, make_network
+from export.networks.spec import StreamShapes
 from export.onnx_export import cached_export
 
 

@@ -11,7 +11,8 @@ import torch
 
 from engine.models.model import EmoteModel
 from export.engine_cache import CacheKey, EngineCache, StalePlanError, metadata_path
-from export.networks import StreamShapes, make_network
+from export.networks import make_network
+from export.networks.spec import StreamShapes
 from export.trt_build import BuildSettings, plan_key
 
 

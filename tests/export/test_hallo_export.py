@@ -23,7 +23,9 @@ from engine.models.checkpoint import random_model
 from engine.models.hallo_audio import region_mask_levels
 from engine.models.model import EmoteModel
 from export.engine_cache import EngineCache
-from export.networks import BackboneNetwork, Network, StreamShapes, make_network, weights_digest
+from export.networks import make_network
+from export.networks.backbone import BackboneNetwork
+from export.networks.spec import Network, StreamShapes, weights_digest
 from export.onnx_export import GRAPH_FILE, cached_export
 
 TOLERANCE = 1e-4

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.models.model import EmoteModel
 from engine.options import GenerationOptions
-from export.networks import (NETWORK_NAMES, BackboneNetwork, Network, Profile, StreamShapes, linear_resample_matrix,
-                             make_network, select_profile)
+from export.networks import NETWORK_NAMES, make_network
+from export.networks.audio import linear_resample_matrix
+from export.networks.backbone import BackboneNetwork
+from export.networks.spec import Network, Profile, StreamShapes, select_profile
 
 Feed = dict[str, tuple[int, ...]]
 

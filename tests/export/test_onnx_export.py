@@ -20,7 +20,8 @@ from engine.config import AudioConfig, preset
 from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
 from export.engine_cache import EngineCache
-from export.networks import NETWORK_NAMES, Network, StreamShapes, make_network
+from export.networks import NETWORK_NAMES, make_network
+from export.networks.spec import Network, StreamShapes
 from export.onnx_export import DATA_FILE, GRAPH_FILE, cached_export, main, onnx_key
 
 FP32_TOLERANCE = 1e-4

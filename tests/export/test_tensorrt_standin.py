@@ -22,7 +22,7 @@ import torch
 
 from engine.backends.tensorrt_backend import EnginePlan, PlanDevice, import_cudart
 from export.engine_cache import EngineCache
-from export.networks import Profile
+from export.networks.spec import Profile
 from export.trt_build import (BuildSettings, TensorRTUnavailable, build_plan, import_tensorrt, plan_key,
                               timing_cache_path)
 from tests.export import trt_standin

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.models.backbone_inputs import FIELDS, BackboneInputs, BackboneLayout, graph_dims
-from export.networks import StreamShapes, make_network
+from export.networks import make_network
+from export.networks.spec import StreamShapes
 from tests.support import tiny_random_model
 
 
