@@ -32,11 +32,13 @@ Dim = int | str
 Dims = tuple[Dim, ...]
 
 
-def _input(*, many: bool = False, dtype: str = "float", guidance: str | None = None, **kwargs: Any) -> Any:
+def _input(*, many: bool = False, dtype: str = "float", guidance: str | None = None, per_frame: bool = False,
+           **kwargs: Any) -> Any:
     """A field of the inputs: ``many``: a list (one graph tensor per entry); ``dtype``: ``"float"`` (the graph's
     precision), ``"float32"`` or ``"bool"``; ``guidance``: the condition a guidance branch without it zeroes
-    (``"audio"`` or ``"reference"``; None: the same in every branch)."""
-    return field(metadata={"many": many, "dtype": dtype, "guidance": guidance}, **kwargs)
+    (``"audio"`` or ``"reference"``; None: the same in every branch); ``per_frame``: one entry per frame on axis 1
+    (size 1 there: the same for every frame)."""
+    return field(metadata={"many": many, "dtype": dtype, "guidance": guidance, "per_frame": per_frame}, **kwargs)
 
 
 @dataclass(kw_only=True)
@@ -54,9 +56,9 @@ class BackboneConditions:
         region_masks: Hallo only: per resolution level ``[B, 3, h_l * w_l]``, or None (weight 1 everywhere).
     """
 
-    audio_tokens: torch.Tensor = _input(guidance="audio")
-    face_features: torch.Tensor = _input(guidance="reference")
-    speed_tokens: torch.Tensor | None = _input()
+    audio_tokens: torch.Tensor = _input(guidance="audio", per_frame=True)
+    face_features: torch.Tensor = _input(guidance="reference", per_frame=True)
+    speed_tokens: torch.Tensor | None = _input(per_frame=True)
     reference_keep: torch.Tensor | None = _input(dtype="bool", default=None)
     reference_bank: list[torch.Tensor] = _input(many=True)
     motion_features: list[torch.Tensor] = _input(many=True)
@@ -131,6 +133,8 @@ GRAPH_DTYPES = {f.name: f.metadata["dtype"] for f in FLAT_ORDER}
 """Per input its graph dtype: ``"float"`` (the graph's precision), ``"float32"`` or ``"bool"``."""
 GUIDANCE = {f.name: f.metadata["guidance"] for f in FLAT_ORDER if f.metadata["guidance"]}
 """The inputs a guidance branch zeroes when it drops their condition (``"audio"`` or ``"reference"``)."""
+PER_FRAME = tuple(f.name for f in dataclasses.fields(BackboneConditions) if f.metadata["per_frame"])
+"""The conditions with one entry per frame on axis 1 (a window of frames gathers them)."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.models.backbone_inputs import GUIDANCE, BackboneConditions, BackboneInputs
+from engine.models.backbone_inputs import GUIDANCE, PER_FRAME, BackboneConditions, BackboneInputs
 from engine.sampling.guidance import Branch, GuidanceScales, branches_needed, combine, split_batched
 from engine.sampling.samplers import Sampler, sample
 
@@ -163,11 +163,11 @@ def context_windows(frames: int, size: int, overlap: int, step: int) -> list[lis
 
 
 def window_conditions(cond: ClipConditions, index: torch.Tensor) -> ClipConditions:
-    """``cond`` for the frames ``index`` (``[n]`` long) of its clip: per-frame inputs gathered in that order."""
-    face = cond.face_features if cond.face_features.shape[1] == 1 else cond.face_features[:, index]
-    return dataclasses.replace(
-        cond, audio_tokens=cond.audio_tokens[:, index], face_features=face,
-        speed_tokens=cond.speed_tokens[:, index] if cond.speed_tokens is not None else None)
+    """``cond`` for the frames ``index`` (``[n]`` long) of its clip: the per-frame inputs
+    (:data:`~engine.models.backbone_inputs.PER_FRAME`) gathered in that order; one the same for every frame
+    (size 1 on the frame axis) is kept."""
+    return dataclasses.replace(cond, **{name: value[:, index] for name in PER_FRAME
+                                        if (value := getattr(cond, name)) is not None and value.shape[1] != 1})
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.sampling.clip_denoiser import ClipConditions, GuidedBackbone
+from engine.sampling.clip_denoiser import ClipConditions, GuidedBackbone, window_conditions
 from engine.sampling.guidance import GuidanceScales
 
 T, D = 4, 6
@@ -69,3 +69,17 @@ def test_unconditional_branch_gets_zero_face_features_and_audio(scales, layout):
     for face, audio, (reference, uses_audio) in zip(batched.face_features, batched.audio_tokens, layout):
         assert torch.equal(face, cond.face_features[0] if reference else torch.zeros_like(face))
         assert torch.equal(audio, cond.audio_tokens[0] if uses_audio else torch.zeros_like(audio))
+
+
+@pytest.mark.parametrize("face_frames", [1, 3])
+def test_a_window_gathers_the_per_frame_inputs_in_its_order(face_frames):
+    cond = conditions()
+    cond.speed_tokens = torch.randn(1, 3, 2, 6)
+    cond.face_features = torch.randn(1, face_frames, 5, 4, 4)
+    index = torch.tensor([2, 0])
+    window = window_conditions(cond, index)
+    assert torch.equal(window.audio_tokens, cond.audio_tokens[:, [2, 0]])
+    assert torch.equal(window.speed_tokens, cond.speed_tokens[:, [2, 0]])
+    face = cond.face_features if face_frames == 1 else cond.face_features[:, [2, 0]]
+    assert torch.equal(window.face_features, face)
+    assert window.reference_bank is cond.reference_bank and window.motion_features is cond.motion_features
