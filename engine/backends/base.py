@@ -23,10 +23,15 @@ class Backend(ABC):
     ``per_frame_reference_bank``: the backbone takes a reference bank with one row per frame (``[B * F, L, C]``,
     :class:`engine.sampling.clip_denoiser.AlternatingReference`), not only one per clip; exported graphs
     take one per clip.
+
+    ``serial``: every call, from any thread, runs on one thread one at a time (the CPU's compute thread), so
+    work handed over later waits behind work already handed over: the streaming stages then decode a clip
+    in the same call as its last step, not behind the next clip's step.
     """
 
     name: str = "abstract"
     per_frame_reference_bank: bool = False
+    serial: bool = False
     device: torch.device
     dtype: torch.dtype
 

@@ -65,6 +65,8 @@ class ComputeThreadBackend(Backend):
     other attribute is the inner backend's. Made there, the inner backend's set-up work (moving the model,
     ONNX Runtime's sessions) also stays off the calling thread."""
 
+    serial = True
+
     def __init__(self, make: Callable[[], Backend], threads: int):
         self.compute = ComputeThread(threads)
         self.inner = self.compute.run(make)

@@ -2,9 +2,12 @@
 
 Stages (one class each): :class:`DenoiseStage` (audio in -> clips released by the planner ->
 latents), :class:`DecodeStage` (latents -> frames; overlaps the next clip's denoising), and the
-consumer iterating :class:`LiveSession`. :func:`run_stream` adds a source thread and the sinks.
-When generation falls behind real time, :class:`LagPolicy` decides: let latency grow, skip clips
-(their frames repeat the last image and are reported as skipped), or run fewer steps.
+consumer iterating :class:`LiveSession`. On a serial backend (the CPU's one compute thread) nothing can
+overlap: there the denoise stage decodes a clip in the same call as its last step, so its frames never wait
+behind the next clip's whole step (which the decode stage's call, handed over a moment later, would).
+:func:`run_stream` adds a source thread and the sinks. When generation falls behind real time,
+:class:`LagPolicy` decides: let latency grow, skip clips (their frames repeat the last image and are reported as
+skipped), or run fewer steps.
 
 Always-on (``LiveSession(always_on=True)``): the session's clock releases silence into its audio timeline
 (:mod:`engine.stream.idle`) whenever no speech is queued, so frames keep coming at the stream's fps; idle
@@ -63,6 +66,7 @@ class _Latents:
     clip: Clip
     latents: object | None  # torch.Tensor, or None for a skipped clip
     epoch: int  # interrupts processed before this clip was made
+    frames: list[Frame] | None = None  # already decoded (a serial backend decodes with the step)
 
 
 @dataclass
@@ -147,10 +151,31 @@ class DenoiseStage(threading.Thread):
             return held + [_Latents(clip, None, self.epoch)]
         steps = self.policy.min_steps if late and self.policy.kind == "steps" else None
         started = time.perf_counter()
-        done = self.session.backend.run(self.session.step, clip, steps=steps)
-        self.stats.stage("denoise", time.perf_counter() - started, clip.index)
+        items, decode_s = self._denoised(lambda: self.session.step(clip, steps=steps))
+        self.stats.stage("denoise", time.perf_counter() - started - sum(decode_s), clip.index)
+        self._report_decodes(items, decode_s)
         self._report_drift_guard()
-        return [_Latents(c, latents, self.epoch) for c, latents in done]
+        return items
+
+    def _denoised(self, make: Callable[[], list[tuple[Clip, object]]]) -> tuple[list[_Latents], list[float]]:
+        """Run ``make`` (a clip's step, or the flush) where the backend runs; on a serial backend the clips it
+        finishes are decoded in the same call. Returns the clips and each one's decode time in seconds."""
+
+        def job() -> tuple[list[_Latents], list[float]]:
+            items = [_Latents(c, latents, self.epoch) for c, latents in make()]
+            seconds = []
+            if self.session.backend.serial:
+                for item in items:
+                    started = time.perf_counter()
+                    item.frames = self.session.decode(item.clip, item.latents)
+                    seconds.append(time.perf_counter() - started)
+            return items, seconds
+
+        return self.session.backend.run(job)
+
+    def _report_decodes(self, items: list[_Latents], seconds: list[float]) -> None:
+        for item, elapsed in zip(items, seconds):
+            self.stats.stage("decode", elapsed, item.clip.index)
 
     def _report_drift_guard(self) -> None:
         self.stats.drift_guard_acted(self.session.options.motion_anchor, self.session.anchored)
@@ -177,9 +202,12 @@ class DenoiseStage(threading.Thread):
                     if self.stop_requested.is_set() or self._stale:
                         break
                     self._emit(self._run_clip(clip))
+                    self.session.backend.run(self.session.advance_motion)  # deferred: after the frames went out
             if not self.stop_requested.is_set():
-                self._emit([_Latents(c, latents, self.epoch) for c, latents in
-                            self.session.backend.run(self.session.flush)])
+                items, decode_s = self._denoised(self.session.flush)
+                self._report_decodes(items, decode_s)
+                self._emit(items)
+                self.session.backend.run(self.session.advance_motion)
                 self._report_drift_guard()
             self.out.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -220,9 +248,11 @@ class DecodeStage(threading.Thread):
             for i in range(clip.start, clip.end):
                 self.out.put(Frame(i, i / self.session.fps, self.last_image, skipped=True, idle=clip.idle))
             return
-        started = time.perf_counter()
-        frames = self.session.backend.run(self.session.decode, clip, item.latents)
-        self.stats.stage("decode", time.perf_counter() - started, clip.index)
+        frames = item.frames
+        if frames is None:
+            started = time.perf_counter()
+            frames = self.session.backend.run(self.session.decode, clip, item.latents)
+            self.stats.stage("decode", time.perf_counter() - started, clip.index)
         self.last_image = frames[-1].image
         for frame in frames:
             self.out.put(frame)
@@ -256,6 +286,7 @@ class LiveSession:
         self.keep_audio = keep_audio
         if always_on:
             session.keep_for_rewind(self.rewind_frames)
+        session.defer_motion = session.backend.serial
         self.stats = stats or self.new_stats()
         self._start()
 

@@ -156,6 +156,7 @@ class Session:
         self.face = backend.face_features(mask.to(device=device, dtype=dtype))[:, None]
         self._speed_cache: dict[int, torch.Tensor | None] = {}
         self.rewind_frames = 0
+        self.defer_motion = False
         self.reset()
 
     def reset(self) -> None:
@@ -167,6 +168,7 @@ class Session:
         self._whole_taken = False
         self._held: HeldFrames | None = None
         self._history: list[tuple[Clip, torch.Tensor]] = []
+        self._motion_pending: list[torch.Tensor] = []
         self.anchored = 0
         init = self.config.motion_init
         if init not in ("zeros", "reference"):
@@ -214,6 +216,7 @@ class Session:
         self._held = None
         self._history = [self._head(clip, latents, frame) for clip, latents in self._history if clip.start < frame]
         self._motions = self._initial_motions
+        self._motion_pending = []
         for clip, latents in self._history:
             if clip.end > reach:
                 self._advance_motion(latents[0].transpose(0, 1))
@@ -254,6 +257,7 @@ class Session:
         return self._conditions(tokens[None].to(self.backend.dtype), clip.frames)
 
     def _conditions(self, audio_tokens: torch.Tensor, frames: int) -> ClipConditions:
+        self.advance_motion()
         alternating = None
         if self.alternating:
             alternating = AlternatingReference(
@@ -410,13 +414,27 @@ class Session:
         return min(needed, self.audio.samples) if self.audio.ended else needed
 
     def _advance_motion(self, clip_latents: torch.Tensor) -> None:
+        """Take a finished clip's latents ``[F, C, h, w]`` in for the next clip's motion frames: at once, or with
+        :attr:`defer_motion` at the next clip's conditions (or :meth:`advance_motion`)."""
+        if self.motion_frames == 0:
+            return
+        self._motion_pending.append(clip_latents[-self.motion_frames:])
+        if not self.defer_motion:
+            self.advance_motion()
+
+    def advance_motion(self) -> None:
         """Motion frames for the next clip: the last n frames so far, through the ReferenceNet (none when n = 0),
         their features pulled ``motion_anchor`` of the way toward the reference image's (``anchored`` counts
-        the updates so pulled since the last :meth:`reset`)."""
+        the updates so pulled since the last :meth:`reset`). Runs the updates taken in and not run yet.
+
+        The streaming runtime defers them on a serial backend (``defer_motion``), so that a clip's frames go out
+        before the ReferenceNet pass that only the next clip needs."""
+        pending, self._motion_pending = self._motion_pending, []
+        for latents in pending:
+            self._motion_update(latents.to(self.backend.dtype))
+
+    def _motion_update(self, latents: torch.Tensor) -> None:
         n = self.motion_frames
-        if n == 0:
-            return
-        latents = clip_latents[-n:].to(self.backend.dtype)
         if self.reproduction.motion_roundtrip:
             latents = self.backend.vae_encode(self.backend.vae_decode(latents))
         anchor = self.options.motion_anchor

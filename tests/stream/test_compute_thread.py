@@ -7,9 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
+from support import speech
 
 from engine.backends import make_backend
 from engine.backends.compute_thread import ComputeThread, ComputeThreadBackend
+from engine.backends.torch_eager import TorchEagerBackend
 from engine.stream.runner import LiveSession
 from engine.stream.session import GenerationOptions, Session
 
@@ -88,3 +90,32 @@ def test_a_compute_thread_runs_calls_in_order_reentrantly_and_raises_their_error
         compute.close()
     with pytest.raises(ValueError, match="at least 1"):
         ComputeThread(0)
+
+
+def test_a_clips_frames_are_decoded_before_the_work_only_the_next_clip_needs(model, portrait):
+    """On the one compute thread nothing overlaps: a clip is decoded right after its last step, before the
+    ReferenceNet pass on its motion frames (which only the next clip reads), and before the next clip's steps.
+    The frames are those of an offline session on the calling thread."""
+    options = GenerationOptions(steps=2, first_clip_frames=4)
+    pcm = speech(1.0, hz=170)
+    backend = make_backend("torch", model, "cpu", threads=torch.get_num_threads())
+    assert backend.serial
+    calls = spy_on(backend)
+    live = LiveSession(Session(backend, model.config, *portrait, options))
+    try:
+        live.push_audio(pcm)
+        live.end()
+        frames = list(live)
+    finally:
+        live.close()
+    offline = Session(TorchEagerBackend(model), model.config, *portrait, options)
+    offline.push_audio(pcm)
+    offline.end()
+    want = list(offline.frames())
+    assert [f.index for f in frames] == [f.index for f in want]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, want))
+    names = [name for name, _, _ in calls]
+    decodes = [i for i, name in enumerate(names) if name == "vae_decode"]
+    assert len(decodes) >= 3
+    assert all(names[i - 1] == "backbone" for i in decodes), names
+    assert live.session.anchored == offline.anchored
