@@ -50,6 +50,8 @@ MODES = ("plain", "batched", "ray")
 front of the same session code)."""
 BLOCK_MS = 20.0
 START_TIMEOUT_S = 180.0
+BUSY_RETRY_S = 0.05
+BUSY_WAIT_S = 5.0
 POINT_KEYS = ("mode", "sessions", "repeat", "held", "sessions_ok", "frames_expected", "frames", "frames_skipped",
               "errors", "latency_floor_s", "bound_s", "latency_median_s", "latency_p95_s", "latency_max_s",
               "server_latency_p95_s", "min_sustained_fps", "replica_cpu_s", "stage_s_per_media_s")
@@ -192,12 +194,21 @@ def frame_latencies(result: SessionResult, fps: float) -> list[float]:
 
 
 async def _clients(url: str, count: int, stream_s: float) -> list[SessionResult]:
-    """``count`` paced sessions at ``url``, session i starting i x SESSION_OFFSET_S after the first."""
+    """``count`` paced sessions at ``url``, session i starting i x SESSION_OFFSET_S after the first.
+
+    A session answered ``busy`` starts again (every BUSY_RETRY_S, for BUSY_WAIT_S at most): the server frees a
+    slot only after the previous client's socket has closed, so the warm-up's slot can still be held for a moment
+    when the measured sessions connect."""
     async def one(index: int) -> SessionResult:
         await asyncio.sleep(index * SESSION_OFFSET_S)
         pcm = to_pcm16(session_speech(index, stream_s))
-        return await stream_session(url, pcm, SAMPLE_RATE, block_ms=BLOCK_MS, realtime=True,
-                                    timeout_s=3 * stream_s + 120)
+        deadline = time.monotonic() + BUSY_WAIT_S
+        while True:
+            result = await stream_session(url, pcm, SAMPLE_RATE, block_ms=BLOCK_MS, realtime=True,
+                                          timeout_s=3 * stream_s + 120)
+            if (result.error or {}).get("code") != "busy" or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(BUSY_RETRY_S)
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 

@@ -3,10 +3,12 @@ results (no time asserted), and the pieces that turn measurements into figures."
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
+from bench import sessions
 from bench.sessions import SCHEMA, frame_latencies, main, sessions_per_replica, validate
 from engine.serve.client import SessionResult
 from engine.serve.protocol import FrameMessage
@@ -64,3 +66,19 @@ def test_validate_refuses_a_point_held_outside_its_bound():
     assert validate(results) == []
     assert validate({**results, "points": [{**good, "latency_p95_s": 0.7}]}) != []
     assert validate({**results, "points": [{**good, "sessions_ok": 1}]}) != []
+
+
+def test_a_session_answered_busy_connects_again(monkeypatch):
+    """The server frees a slot only once the previous client's socket has closed: a measured session that
+    connects in that moment is answered ``busy`` and must start again, not count as a failed session."""
+    answers = [SessionResult(error={"code": "busy", "message": "at its limit"}), SessionResult(done={"stats": {}})]
+    calls = []
+
+    async def fake_stream_session(url, pcm, sample_rate, **kwargs):
+        calls.append(url)
+        return answers[len(calls) - 1]
+
+    monkeypatch.setattr(sessions, "stream_session", fake_stream_session)
+    monkeypatch.setattr(sessions, "BUSY_RETRY_S", 0.0)
+    results = asyncio.run(sessions._clients("ws://127.0.0.1:1/session", 1, 0.1))
+    assert len(calls) == 2 and results[0].error is None and results[0].done == {"stats": {}}
