@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from engine import DEFAULT_MODEL, __version__
 from engine.backends import BACKENDS
-from engine.limits import CLIP_FRAMES_LIMITS, FPS_LIMITS, GUIDANCE_LIMITS, SIDE_LIMITS, STEPS_LIMITS
+from engine.limits import CLIP_FRAMES_LIMITS, FPS_LIMITS, GUIDANCE_LIMITS, SIDE_LIMITS, STEPS_LIMITS, THREADS_LIMITS
 from engine.options import SAMPLER_NAMES, SCHEDULES
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def bounded(kind: type[int] | type[float], low: float, high: float, multiple_of:
 SIZE = bounded(int, *SIDE_LIMITS, multiple_of=8)
 CLIP_FRAMES = bounded(int, *CLIP_FRAMES_LIMITS)
 STEPS = bounded(int, *STEPS_LIMITS)
+THREADS = bounded(int, *THREADS_LIMITS)
 SEED = bounded(int, 0, 2**63 - 1)
 FPS = bounded(float, *FPS_LIMITS)
 GUIDANCE = bounded(float, *GUIDANCE_LIMITS)
@@ -182,7 +183,7 @@ def _request(kind: type[StreamRequest], args: argparse.Namespace, options: Gener
         lip_mask=Path(args.lip_mask) if args.lip_mask else None,
         region_weights=(args.pose_weight, args.face_weight, args.lip_weight),
         png_dir=Path(args.png_dir) if args.png_dir else None, device=args.device, backend=args.backend,
-        options=options, **extra)
+        threads=args.threads, options=options, **extra)
     if is_untrained_preset(args.model):
         print(f"note: model '{args.model}' is a preset with seeded random weights: its frames are not a face",
               file=sys.stderr)
@@ -207,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_device(args.device)
     config = ServeConfig(
         host=args.host, port=args.port, model=args.model, device=args.device, backend=args.backend,
-        max_sessions=args.max_sessions, token=_serve_token(args),
+        threads=args.threads, max_sessions=args.max_sessions, token=_serve_token(args),
         allowed_hosts=tuple(name.lower() for name in args.allowed_host), open_server=args.open_server,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         max_pending_uploads=args.max_pending_uploads,
@@ -262,6 +263,9 @@ def _add_model_flags(parser: argparse.ArgumentParser, size_help: str) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS,
                         help=f"how the networks run (default: {BACKENDS[0]}; see README, Backends)")
+    parser.add_argument("--threads", type=THREADS, default=None,
+                        help="CPU: intra-op threads the networks run with (default: OMP_NUM_THREADS, else every "
+                             "core); 1 is the robust choice beside other busy processes")
     parser.add_argument("--size", type=SIZE, default=None, help=size_help)
 
 

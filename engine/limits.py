@@ -11,3 +11,5 @@ STEPS_LIMITS = (1, 50)
 """Fewest and most denoising steps (``sampling.steps``, ``--steps``)."""
 GUIDANCE_LIMITS = (0.0, 30.0)
 """Smallest and largest guidance scale (``sampling.cfg_audio`` / ``cfg_ref``, ``--cfg-audio`` / ``--cfg-ref``)."""
+THREADS_LIMITS = (1, 256)
+"""Fewest and most intra-op threads of a CPU backend's compute thread (``--threads``)."""

@@ -58,6 +58,8 @@ class StreamRequest:
         region_weights: Hallo's models only: its pose / face / lip weights (``--pose_weight``,
             ``--face_weight``, ``--lip_weight``; dimensionless), each None for the model's own (Hallo's
             default: 1): :func:`with_region_weights`.
+        threads: on the CPU, the intra-op threads of the backend's compute thread (None: torch's count, i.e.
+            ``OMP_NUM_THREADS`` or every core).
         policy: what to do when generation falls behind real time.
         always_on: frames at the stream's fps whether or not the source delivers audio (silence between its
             blocks becomes idle motion, and the MP4's sound carries that silence, so it stays in step).
@@ -77,6 +79,7 @@ class StreamRequest:
     png_dir: Path | None = None
     device: str = "cpu"
     backend: str = "torch"
+    threads: int | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
     policy: LagPolicy = field(default_factory=LagPolicy)
     always_on: bool = False
@@ -158,7 +161,7 @@ def open_session(request: StreamRequest) -> tuple[Session, bool]:
     if request.face_embedding is not None:
         embedding = load_face_embedding(request.face_embedding, model.config.image_proj.embedding_dim)
     dtype = torch.float16 if request.device.startswith("cuda") else torch.float32
-    backend = make_backend(request.backend, model, request.device, dtype)
+    backend = make_backend(request.backend, model, request.device, dtype, threads=request.threads)
     session = Session(backend, model.config, portrait.image, portrait.mask, request.options,
                       region_masks=region_masks, face_embedding=embedding)
     return session, portrait.detected

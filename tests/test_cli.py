@@ -147,3 +147,27 @@ def test_fractional_values_are_accepted_where_a_number_is_asked():
     assert (args.cfg_ref, args.motion_anchor, args.fps) == (3.5, 0.5, 29.97)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--size", "100"])
+
+
+def test_threads_set_the_compute_threads_count(capsys):
+    """``--threads N`` reaches the CPU backend's compute thread of generate/stream and of serve's hub; out of
+    range it is a usage error."""
+    from engine.cli import _generation_options, _request, build_parser
+    from engine.pipeline import GenerateRequest, open_session
+    from engine.serve.hub import ServeConfig, SessionHub
+
+    parser = build_parser()
+    portrait = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo" / "portrait.png"
+    args = parser.parse_args(["generate", "--image", str(portrait), "--audio", "a.wav", "--out", "a.mp4",
+                              "--model", "tiny", "--threads", "1"])
+    request = _request(GenerateRequest, args, _generation_options(args), offline=True, audio=Path(args.audio))
+    session, _ = open_session(request)
+    assert request.threads == 1 and session.backend.compute.threads == 1
+    serve_args = parser.parse_args(["serve", "--model", "tiny", "--threads", "2"])
+    hub = SessionHub.load(ServeConfig(model=serve_args.model, threads=serve_args.threads))
+    assert hub.backend.compute.threads == 2
+    with pytest.raises(ValueError, match="threads"):
+        ServeConfig(threads=0)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["stream", "--threads", "0"])
+    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err

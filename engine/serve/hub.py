@@ -28,6 +28,7 @@ from engine.backends import make_backend
 from engine.backends.base import Backend
 from engine.config import ModelConfig
 from engine.faces import Portrait, prepare_portrait
+from engine.limits import THREADS_LIMITS
 from engine.media import load_image
 from engine.options import GenerationOptions
 from engine.pipeline import is_untrained_preset, open_model
@@ -54,6 +55,7 @@ class ServeConfig:
     Attributes:
         host, port: where to listen (loopback by default; port 0 picks a free one).
         model, device, backend: what to load once at start (a preset or a model directory).
+        threads: on the CPU, the intra-op threads of the backend's compute thread (None: torch's count).
         max_sessions: sessions at once; one more is refused with a ``busy`` error. A session holds its slot
             from the moment its portrait is known (at ``start`` for the sample, once an upload has arrived).
         max_pending_uploads: portrait uploads announced but not yet received, at once (they hold no session
@@ -83,6 +85,7 @@ class ServeConfig:
     model: str = DEFAULT_MODEL
     device: str = "cpu"
     backend: str = "torch"
+    threads: int | None = None
     max_sessions: int = 4
     token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -112,6 +115,8 @@ class ServeConfig:
             raise ValueError(f"port must be 0-65535, got {self.port}")
         if self.token is not None and not self.token:
             raise ValueError("the access token must not be empty")
+        if self.threads is not None and not THREADS_LIMITS[0] <= self.threads <= THREADS_LIMITS[1]:
+            raise ValueError(f"threads must be {THREADS_LIMITS[0]}-{THREADS_LIMITS[1]}, got {self.threads}")
         if self.batch_gather_ms is not None and self.batch_gather_ms < 0:
             raise ValueError(f"batch_gather_ms must be >= 0, got {self.batch_gather_ms}")
 
@@ -221,7 +226,8 @@ class SessionHub:
         """Load ``config.model`` once onto ``config.device`` and make the hub around it."""
         model = open_model(config.model)
         dtype = torch.float16 if config.device.startswith("cuda") else torch.float32
-        return cls(make_backend(config.backend, model, config.device, dtype), model.config, config)
+        return cls(make_backend(config.backend, model, config.device, dtype, threads=config.threads), model.config,
+                   config)
 
     @property
     def active(self) -> int:
