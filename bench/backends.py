@@ -34,7 +34,7 @@ from bench.cli import add_common_flags, cuda_missing, results_dir, select_device
 from bench.environment import describe
 from bench.harness import STAGES, build_model, log, random_portrait
 from bench.recording import Call, RecordingBackend
-from bench.report import commit_text, format_figure, format_ms, format_number, format_ratio, markdown_table
+from bench.report import commit_text, format_figure, format_ms, format_number, format_ratio, markdown_table, pyplot
 from bench.speech import speech_pcm
 from bench.timing import Figure, time_call
 from engine.backends import make_backend
@@ -290,10 +290,7 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
 
 def plot(results: dict, path: Path) -> Path:
     """PNG: network time per second of video, one group of bars per network, one bar per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [v["name"] for v in results["variants"]]
     networks = list(results["networks"])

@@ -65,13 +65,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_results(results: dict, directory: Path, stem: str, markdown: Callable[[dict, str | None], str],
-                  plot: Callable[[dict, Path], Path | None]) -> Path:
-    """``stem``.json, .png (when ``plot`` can draw it) and .md of ``results`` in ``directory``, each written
-    atomically; returns the Markdown's path."""
+                  plot: Callable[[dict, Path], Path]) -> Path:
+    """``stem``.json, .png and .md of ``results`` in ``directory``, each written atomically; returns the
+    Markdown's path."""
     write_atomic(directory / f"{stem}.json", json.dumps(results, indent=1) + "\n")
     drawn = plot(results, directory / f"{stem}.png")
     md = directory / f"{stem}.md"
-    write_atomic(md, markdown(results, drawn.name if drawn else None))
+    write_atomic(md, markdown(results, drawn.name))
     return md
 
 

@@ -54,7 +54,7 @@ from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
 from bench.peer_env import PeerEnvironment, SetupError, setup
 from bench.peer_hallo import SIZES
-from bench.report import format_ratio, markdown_table
+from bench.report import format_ratio, markdown_table, pyplot
 from bench.speech import read_wav, speech_pcm, write_wav
 from bench.timing import Figure
 
@@ -279,15 +279,9 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> Path | None:
-    """Bars of seconds per frame (log scale) per run, grouped by thread count; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+def plot(results: dict, path: Path) -> Path:
+    """Bars of seconds per frame (log scale) per run, grouped by thread count."""
+    plt = pyplot()
     groups = list(dict.fromkeys(r["threads"] for r in results["rows"]))
     names = list(dict.fromkeys(r["run"] for r in results["rows"]))
     labels = {r["run"]: r["label"] for r in results["rows"]}

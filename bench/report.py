@@ -123,6 +123,16 @@ def format_ratio(value: float | None) -> str:
     return "-" if value is None else f"{format_number(value, 3)}x"
 
 
+def pyplot():
+    """``matplotlib.pyplot`` drawing to files only (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A Markdown table: a header row, the alignment row, then ``rows`` (each as long as ``header``)."""
     if any(len(r) != len(header) for r in rows):
@@ -275,10 +285,7 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
 
 def plot(results: dict, path: Path) -> Path:
     """PNG: throughput against the bound, latency distribution, share of time per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     configurations = results["configurations"]
     labels = [c["label"] for c in configurations]

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from bench.report import (ENVIRONMENT_KEYS, check_figure, check_keys, commit_text, format_figure, format_ms,
-                          format_number, format_ratio, markdown_table)
+                          format_number, format_ratio, markdown_table, pyplot)
 
 SCHEMA = "emote-bench-schedules/1"
 TOP_KEYS = ("schema", "smoke", "environment", "settings", "notes", "baseline", "configurations", "ratios", "wall_s")
@@ -161,11 +161,9 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
 
 def plot(results: dict, path: Path) -> Path:
     """PNG: each configuration's latency distribution beside its floor and the goal, and its sustained fps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import ticker
+
+    plt = pyplot()
 
     configurations, settings = results["configurations"], results["settings"]
     labels = [c["label"] for c in configurations]

@@ -38,7 +38,7 @@ import torch
 from bench.cli import add_common_flags, cuda_missing, int_tuple, results_dir, write_atomic
 from bench.environment import describe, slug
 from bench.harness import log
-from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table
+from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table, pyplot
 from bench.speech import SAMPLE_RATE, SESSION_OFFSET_S, session_speech
 from engine.serve.client import SessionResult, stream_session, to_pcm16
 from engine.timebase import frame_start, frames_complete
@@ -365,10 +365,7 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
 
 def plot(results: dict, path: Path) -> Path:
     """p95 latency (with the bound) and the lowest sustained fps against the session count, per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for mode in results["settings"]["modes"]:

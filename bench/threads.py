@@ -37,7 +37,7 @@ import torch
 from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
 from bench.harness import DEMO_PORTRAIT
-from bench.report import format_ratio, markdown_table
+from bench.report import format_ratio, markdown_table, pyplot
 from bench.speech import speech_pcm
 from bench.timing import Figure
 
@@ -140,15 +140,9 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> Path | None:
-    """Bars of ms per frame per way, grouped by backend and thread count; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+def plot(results: dict, path: Path) -> Path:
+    """Bars of ms per frame per way, grouped by backend and thread count."""
+    plt = pyplot()
     groups = sorted({(r["backend"], r["threads"]) for r in results["rows"]})
     fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(groups), 3.6))
     width = 0.8 / len(MODES)
