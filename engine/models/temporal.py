@@ -22,6 +22,12 @@ from emote_kernels.group_norm import group_norm
 from emote_kernels.temporal_attention import temporal_attention
 
 
+def frames_from(t: torch.Tensor, num_frames: int, first: int) -> torch.Tensor:
+    """Frame-stacked ``t`` ``[B*F, ...]`` -> ``[B*(F-first), ...]``: frames ``first .. F-1`` of every sample (a view
+    where ``t`` allows one; all of ``t`` for ``first = 0``)."""
+    return t.view(-1, num_frames, *t.shape[1:])[:, first:].flatten(0, 1)
+
+
 class PositionalEncoding(nn.Module):
     """Sinusoidal frame positions added to the tokens (persistent buffer ``pe`` ``[1, max_len, dim]``)."""
 
@@ -58,10 +64,8 @@ class TemporalSelfAttention(Attention):
         ``c = context_frames`` leading frames are keys and values only."""
         bf, n, c = x.shape
         b = bf // num_frames
-        x = self.pos_encoder(x.view(b, num_frames, n, c))
-        queries = x[:, context_frames:].flatten(0, 1) if context_frames else x.view(bf, n, c)
-        x = x.view(bf, n, c)
-        q, k, v = self.to_q(queries), self.to_k(x), self.to_v(x)
+        x = self.pos_encoder(x.view(b, num_frames, n, c)).view(bf, n, c)
+        q, k, v = self.to_q(frames_from(x, num_frames, context_frames)), self.to_k(x), self.to_v(x)
         out = temporal_attention(q, k, v, num_frames, self.heads, context_frames)
         return self.to_out[0](out)
 
@@ -87,11 +91,8 @@ class TemporalTransformerBlock(nn.Module):
         context_frames`` leading frames per sample are only read by the last self-attention)."""
         last = len(self.attention_blocks) - 1
         for index, (attention, norm) in enumerate(zip(self.attention_blocks, self.norms)):
-            if index == last and context_frames:
-                kept = x.view(-1, num_frames, *x.shape[1:])[:, context_frames:].flatten(0, 1)
-                x = attention(norm(x), num_frames, context_frames) + kept
-            else:
-                x = attention(norm(x), num_frames) + x
+            dropped = context_frames if index == last else 0
+            x = attention(norm(x), num_frames, dropped) + frames_from(x, num_frames, dropped)
         if hasattr(self, "speed_attn") and speed_tokens is not None:
             x = self.speed_attn(self.speed_norm(x), context=speed_tokens[:, context_frames:].flatten(0, 1)) + x
         return self.ff(self.ff_norm(x)) + x
@@ -121,8 +122,7 @@ class TemporalTransformer3DModel(nn.Module):
         for index, block in enumerate(self.transformer_blocks):
             hidden = block(hidden, num_frames, speed_tokens, context_frames if index == last else 0)
         hidden = self.proj_out(hidden)
-        if context_frames:
-            x = x.view(-1, num_frames, c, h, w)[:, context_frames:].flatten(0, 1)
+        x = frames_from(x, num_frames, context_frames)
         return hidden.reshape(x.shape[0], h, w, c).permute(0, 3, 1, 2) + x
 
 
