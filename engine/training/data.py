@@ -16,7 +16,7 @@ hand the backbone for that clip:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -102,6 +102,9 @@ class Batch:
         speed: [B, F] head rotation speed (rad/s).
         weights: [B, 1, 1, h, w] loss weights at latent resolution; mouth: [B, 1, 1, h, w] 1 on mouth cells.
         opening, width: [B, F] ground-truth mouth shape.
+        history: the segments of ``n`` frames just before the samples, oldest first (each a Batch of the
+            same samples with its own motion frames and audio; the motion frames of all but the oldest are
+            the segment before it); empty unless asked for (:meth:`ClipSampler.video_batch`).
     """
 
     frames: torch.Tensor
@@ -115,6 +118,7 @@ class Batch:
     mouth: torch.Tensor
     opening: torch.Tensor
     width: torch.Tensor
+    history: list[Batch] = field(default_factory=list)
 
 
 class ClipSampler:
@@ -186,14 +190,19 @@ class ClipSampler:
                               speed=clip.head_speed[index], opening=clip.opening[index], width=clip.width[index]))
         return self._pack(items, with_motion=False, with_audio=False)
 
-    def video_batch(self, clips: int, frames: int, first_clip_prob: float = 0.2, moving_prob: float | None = None
-                    ) -> Batch:
+    def video_batch(self, clips: int, frames: int, first_clip_prob: float = 0.2, moving_prob: float | None = None,
+                    history: int = 0) -> Batch:
         """``clips`` samples of ``frames`` consecutive frames with motion frames and their audio window.
 
         ``first_clip_prob``: how often a sample starts at frame 0 (the session's first clip, no motion
         frames). ``moving_prob``: how often the clip has a moving head (None: as the data has it).
+        ``history``: also cut the ``history`` segments of ``motion_frames`` frames just before each sample
+        (:attr:`Batch.history`, oldest first), whose frames a rollout generates in place of the ground-truth
+        motion frames; every sample then starts at ``history * motion_frames`` or later (never at frame 0).
         """
         n = self.config.motion_frames
+        if history and n == 0:
+            raise ValueError("a model without motion frames has no history to roll out")
         items = []
         for _ in range(clips):
             if moving_prob is not None and self.moving and self.rng.uniform() < moving_prob:
@@ -201,21 +210,37 @@ class ClipSampler:
             else:
                 clip = self.clips[self.rng.integers(len(self.clips))]
             total = clip.num_frames
-            if total < frames:
-                raise ValueError(f"clip {clip.recipe.seed} has {total} frames, fewer than {frames}")
-            start = 0 if self.rng.uniform() < first_clip_prob else int(self.rng.integers(0, total - frames + 1))
-            index = np.arange(start, start + frames)
-            motion_index = np.arange(start - n, start)
+            earliest = history * n
+            if total < frames + earliest:
+                raise ValueError(f"clip {clip.recipe.seed} has {total} frames, fewer than {frames + earliest}")
+            if not history and self.rng.uniform() < first_clip_prob:
+                start = 0
+            else:
+                start = int(self.rng.integers(earliest, total - frames + 1))
             reference = self._reference(clip)
-            motion = clip.frames[np.maximum(motion_index, 0)].copy()
-            before = motion_index < 0
-            motion[before] = reference
-            valid = ~before if self.config.motion_init == "zeros" else np.ones(n, bool)
-            first, last = audio_window(start, start + frames, total, self.lookahead, self.left_context)
-            pcm = window_pcm(clip.audio, first, last, clip.fps)
-            mask, weights = self._common(clip, index)
-            items.append(dict(
-                frames=clip.frames[index], reference=reference, motion=motion, valid=valid, mouth_box=clip.mouth_box,
-                audio=AudioWindow(torch.from_numpy(pcm), last - first, start - first), mask=mask, weights=weights,
-                speed=clip.head_speed[index], opening=clip.opening[index], width=clip.width[index]))
-        return self._pack(items, with_motion=True, with_audio=True)
+            mask, weights = self._common(clip, np.arange(start, start + frames))
+            items.append(self._video_item(clip, start, frames, reference, mask, weights))
+            items[-1]["history"] = [self._video_item(clip, start - k * n, n, reference, mask, weights)
+                                    for k in range(history, 0, -1)]
+        batch = self._pack(items, with_motion=True, with_audio=True)
+        batch.history = [self._pack([it["history"][k] for it in items], with_motion=True, with_audio=True)
+                         for k in range(history)]
+        return batch
+
+    def _video_item(self, clip: TalkingClip, start: int, frames: int, reference: np.ndarray, mask: np.ndarray,
+                    weights: np.ndarray) -> dict:
+        """Frames ``[start, start + frames)`` of ``clip`` with their motion frames and audio window, as the
+        session cuts them (one sample of :meth:`video_batch`)."""
+        n = self.config.motion_frames
+        index = np.arange(start, start + frames)
+        motion_index = np.arange(start - n, start)
+        motion = clip.frames[np.maximum(motion_index, 0)].copy()
+        before = motion_index < 0
+        motion[before] = reference
+        valid = ~before if self.config.motion_init == "zeros" else np.ones(n, bool)
+        first, last = audio_window(start, start + frames, clip.num_frames, self.lookahead, self.left_context)
+        pcm = window_pcm(clip.audio, first, last, clip.fps)
+        return dict(frames=clip.frames[index], reference=reference, motion=motion, valid=valid,
+                    mouth_box=clip.mouth_box, audio=AudioWindow(torch.from_numpy(pcm), last - first, start - first),
+                    mask=mask, weights=weights, speed=clip.head_speed[index], opening=clip.opening[index],
+                    width=clip.width[index])

@@ -16,6 +16,7 @@ import torch
 from engine.models.model import EmoteModel
 from engine.sampling.schedules import NoiseSchedule
 from engine.training.data import AudioWindow, Batch
+from engine.training.motion import MotionAugment, anchor_features, corrupt_latents
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,8 @@ class LossOptions:
 
     ``audio`` / ``motion`` / ``speed``: feed audio tokens, motion frames, speed tokens (else None);
     ``reference_grad``: back-propagate into the ReferenceNet (image stage) or run it frozen;
-    ``motion_noise``: Gaussian noise of standard deviation up to this (uniform per sample, latent units)
-    added to the motion frames' latents, so that the model does not trust them blindly: at inference they
-    are the model's own, imperfect, frames.
+    ``augment``: what is done to the motion frames (:class:`engine.training.motion.MotionAugment`; its
+    ``rollout`` is the stage's business, see :mod:`engine.training.rollout`).
     """
 
     audio: bool = True
@@ -35,7 +35,7 @@ class LossOptions:
     reference_grad: bool = False
     per_frame_prob: float = 0.3
     audio_drop_prob: float = 0.1
-    motion_noise: float = 0.0
+    augment: MotionAugment = MotionAugment()
 
 
 def encode(model: EmoteModel, images: torch.Tensor) -> torch.Tensor:
@@ -57,10 +57,19 @@ def sample_timesteps(batch: int, frames: int, schedule: NoiseSchedule, per_frame
     return torch.randint(0, t_max, (batch, 1), generator=generator).expand(batch, frames).contiguous()
 
 
+def motion_latents(model: EmoteModel, batch: Batch) -> torch.Tensor:
+    """Latents ``[B, n, C, h, w]`` of the batch's (ground-truth) motion frames."""
+    b, n = batch.motion.shape[:2]
+    latents = encode(model, batch.motion.flatten(0, 1))
+    return latents.view(b, n, *latents.shape[1:])
+
+
 def backbone_conditions(model: EmoteModel, batch: Batch, options: LossOptions, generator: torch.Generator,
-                        audio_drop_prob: float | None = None) -> dict:
+                        audio_drop_prob: float | None = None, motion: torch.Tensor | None = None) -> dict:
     """The backbone's keyword inputs besides the sample and timestep, built as the session builds them.
 
+    ``motion``: clean motion latents ``[B, n, C, h, w]`` to use instead of the batch's motion frames (a
+    rollout's); either way ``options.augment`` corrupts them before the ReferenceNet.
     Returns ``audio_tokens`` ([B, F, T, D] or None), ``reference_bank``, ``motion_features``,
     ``face_features`` ([B, 1, C', h, w]) and ``speed_tokens`` ([B, F, S, D] or None).
     """
@@ -68,18 +77,16 @@ def backbone_conditions(model: EmoteModel, batch: Batch, options: LossOptions, g
     reference_context = nullcontext() if options.reference_grad else torch.no_grad()
     with reference_context:
         bank = model.reference_net(encode(model, batch.reference))
-    motion = None
+    features = None
     if options.motion and batch.motion is not None:
-        n = batch.motion.shape[1]
         with torch.no_grad():
-            latents = encode(model, batch.motion.flatten(0, 1))
-            if options.motion_noise > 0:
-                std = torch.rand(b, generator=generator) * options.motion_noise
-                latents = latents + torch.randn(latents.shape, generator=generator) * std.repeat_interleave(n).view(
-                    -1, 1, 1, 1)
-            features = model.reference_net(latents).features
+            latents = motion_latents(model, batch) if motion is None else motion
+            n = latents.shape[1]
+            latents = corrupt_latents(latents, options.augment, generator)
+            features = [f.view(b, n, *f.shape[1:]) for f in model.reference_net(latents.flatten(0, 1)).features]
+            features = anchor_features(features, [f.detach() for f in bank.features], options.augment, generator)
         keep = batch.motion_valid.to(features[0].dtype).view(b, n, 1, 1, 1)
-        motion = [f.view(b, n, *f.shape[1:]) * keep for f in features]
+        features = [f * keep for f in features]
     audio = None
     if options.audio and batch.audio is not None:
         audio = clip_audio_tokens(model, batch.audio, frames)
@@ -87,13 +94,15 @@ def backbone_conditions(model: EmoteModel, batch: Batch, options: LossOptions, g
         keep = (torch.rand(b, generator=generator) >= drop).to(audio.dtype)
         audio = audio * keep.view(b, 1, 1, 1)
     speed = model.speed_encoder(batch.speed) if options.speed and hasattr(model, "speed_encoder") else None
-    return dict(audio_tokens=audio, reference_bank=bank.tokens, motion_features=motion,
+    return dict(audio_tokens=audio, reference_bank=bank.tokens, motion_features=features,
                 face_features=model.face_locator(batch.mask)[:, None], speed_tokens=speed)
 
 
 def diffusion_loss(model: EmoteModel, schedule: NoiseSchedule, batch: Batch, options: LossOptions,
-                   generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted MSE between the backbone's output and the schedule's target (v or eps).
+                   generator: torch.Generator, motion: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted MSE between the backbone's output and the schedule's target (v or eps); ``motion``: motion
+    latents in place of the batch's motion frames (see :func:`backbone_conditions`).
 
     Returns the loss (a scalar with gradient) and metrics: ``loss`` and ``loss_mouth`` (the error on
     the mouth-weighted cells alone), floats.
@@ -105,7 +114,7 @@ def diffusion_loss(model: EmoteModel, schedule: NoiseSchedule, batch: Batch, opt
     noise = torch.randn(x0.shape, generator=generator)
     x_t = schedule.add_noise(x0, noise, t)
     target = schedule.from_x0_eps(x0, noise, t)
-    conditions = backbone_conditions(model, batch, options, generator)
+    conditions = backbone_conditions(model, batch, options, generator, motion=motion)
     out = model.backbone(x_t, t, **conditions)
     error = (out - target).pow(2).mean(dim=1, keepdim=True)
     weights = batch.weights

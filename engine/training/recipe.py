@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from engine.training.motion import MotionAugment
+
 
 STAGES = ("audio", "image", "video", "speed", "distill")
 """The stages in training order (the names of :class:`Recipe`'s budgets)."""
@@ -34,6 +36,8 @@ class Recipe:
             distill: latent-consistency distillation.
         distill_guidance: the audio guidance scale baked into the student.
         distill_temporal: weight of the distillation's frame-difference term (see engine.training.distill).
+        motion / distill_motion: what the video and speed stages / the distillation do to the motion frames
+            (noise, dropped patches, the model's own rollouts, anchoring; engine.training.motion).
         checkpoint_every: steps between resumable checkpoints.
         seed: initial weights and batch order.
     """
@@ -47,7 +51,10 @@ class Recipe:
     distill: StageBudget = field(default_factory=lambda: StageBudget(steps=300, clips=2, frames=8, lr=1e-4,
                                                                      warmup=10))
     distill_guidance: float = 3.0
-    distill_temporal: float = 0.0
+    distill_temporal: float = 1.0
+    motion: MotionAugment = MotionAugment(noise=0.3, patch_drop=0.15, rollout=0.5, segments=1, steps=2, anchor=0.5)
+    distill_motion: MotionAugment = MotionAugment(noise=0.1, patch_drop=0.15, rollout=0.5, segments=2, steps=2,
+                                                  anchor=0.5)
     checkpoint_every: int = 50
     seed: int = 0
 

@@ -32,17 +32,17 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.models.model import EmoteModel
+from engine.sampling.samplers import DDIMSampler
 from engine.sampling.schedules import NoiseSchedule
 from engine.training.data import ClipSampler
 from engine.training.diffusion import LossOptions, clip_audio_tokens, diffusion_loss
+from engine.training.motion import MotionAugment
 from engine.training.recipe import StageBudget
+from engine.training.rollout import Rollout
 from engine.training.state import LossLog, atomic_save, load_state
 
 AUDIO_LAYER_KEYS = (".attn2.", ".norm2.")
 """Backbone parameters of the audio cross-attention (inside ``transformer_blocks``)."""
-
-MOTION_NOISE = 0.3
-"""Largest noise added to motion-frame latents in the video and speed stages (see LossOptions)."""
 
 LossFn = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 
@@ -195,10 +195,28 @@ def image_stage(model: EmoteModel, sampler: ClipSampler, schedule: NoiseSchedule
     return Stage("image", budget, [(params, 1.0)], loss, sampler, generator)
 
 
+def video_loss(model: EmoteModel, sampler: ClipSampler, schedule: NoiseSchedule, budget: StageBudget,
+               options: LossOptions, generator: torch.Generator, moving_prob: float | None = None) -> LossFn:
+    """The diffusion loss on video batches; in a share ``options.augment.rollout`` of them the motion frames
+    are the model's own (DDIM in ``augment.steps`` steps with the current weights, no guidance)."""
+    augment = options.augment
+    rollout = Rollout(model.backbone, DDIMSampler(schedule), augment.steps)
+
+    def loss() -> tuple[torch.Tensor, dict[str, float]]:
+        rolled = augment.rolls_out(generator)
+        batch = sampler.video_batch(budget.clips, budget.frames, moving_prob=moving_prob,
+                                    history=augment.segments if rolled else 0)
+        motion = rollout.motion(model, batch, options, generator) if rolled else None
+        return diffusion_loss(model, schedule, batch, options, generator, motion=motion)
+
+    return loss
+
+
 def video_stage(model: EmoteModel, sampler: ClipSampler, schedule: NoiseSchedule, budget: StageBudget,
-                seed: int, pretrained_lr_scale: float = 0.5) -> Stage:
+                seed: int, augment: MotionAugment = MotionAugment(), pretrained_lr_scale: float = 0.5) -> Stage:
     """Stage 2: clips with motion frames and audio (temporal, audio and speed layers; the layers trained
-    before, spatial, ReferenceNet and audio encoder, at ``pretrained_lr_scale`` of the rate)."""
+    before, spatial, ReferenceNet and audio encoder, at ``pretrained_lr_scale`` of the rate); ``augment``:
+    what is done to the motion frames."""
     new, pretrained = [], list(model.audio_encoder.parameters()) + list(model.reference_net.parameters())
     for name, p in model.backbone.named_parameters():
         (new if is_motion_module(name) or is_audio_attention(name) or is_speed_layer(name) else pretrained).append(p)
@@ -206,27 +224,20 @@ def video_stage(model: EmoteModel, sampler: ClipSampler, schedule: NoiseSchedule
     if hasattr(model, "speed_encoder"):
         new += list(model.speed_encoder.parameters())
     generator = torch.Generator().manual_seed(seed)
-    options = LossOptions(audio=True, motion=True, speed=True, reference_grad=True, motion_noise=MOTION_NOISE)
-
-    def loss() -> tuple[torch.Tensor, dict[str, float]]:
-        return diffusion_loss(model, schedule, sampler.video_batch(budget.clips, budget.frames), options, generator)
-
+    options = LossOptions(audio=True, motion=True, speed=True, reference_grad=True, augment=augment)
+    loss = video_loss(model, sampler, schedule, budget, options, generator)
     return Stage("video", budget, [(new, 1.0), (pretrained, pretrained_lr_scale)], loss, sampler, generator)
 
 
 def speed_stage(model: EmoteModel, sampler: ClipSampler, schedule: NoiseSchedule, budget: StageBudget,
-                seed: int, moving_prob: float = 0.75) -> Stage:
+                seed: int, augment: MotionAugment = MotionAugment(), moving_prob: float = 0.75) -> Stage:
     """Stage 3: speed encoder, speed-attention and motion modules on mostly moving heads."""
     params = [p for n, p in model.backbone.named_parameters() if is_speed_layer(n) or is_motion_module(n)]
     if hasattr(model, "speed_encoder"):
         params += list(model.speed_encoder.parameters())
     generator = torch.Generator().manual_seed(seed)
-    options = LossOptions(audio=True, motion=True, speed=True, reference_grad=False, motion_noise=MOTION_NOISE)
-
-    def loss() -> tuple[torch.Tensor, dict[str, float]]:
-        batch = sampler.video_batch(budget.clips, budget.frames, moving_prob=moving_prob)
-        return diffusion_loss(model, schedule, batch, options, generator)
-
+    options = LossOptions(audio=True, motion=True, speed=True, reference_grad=False, augment=augment)
+    loss = video_loss(model, sampler, schedule, budget, options, generator, moving_prob=moving_prob)
     return Stage("speed", budget, [(params, 1.0)], loss, sampler, generator)
 
 

@@ -79,14 +79,14 @@ def train(out: Path, recipe: Recipe, data_root: Path, threads: int | None = None
     seed = recipe.seed
     stages = [audio_stage(model, sampler(1), recipe.audio, seed + 1),
               image_stage(model, sampler(2), schedule, recipe.image, seed + 2),
-              video_stage(model, sampler(3), schedule, recipe.video, seed + 3),
-              speed_stage(model, sampler(4), schedule, recipe.speed, seed + 4)]
+              video_stage(model, sampler(3), schedule, recipe.video, seed + 3, recipe.motion),
+              speed_stage(model, sampler(4), schedule, recipe.speed, seed + 4, recipe.motion)]
     for stage in stages:
         run_stage(stage, model, out, log, recipe.checkpoint_every, progress)
     teacher_dir = out / "teacher"
     export(model, teacher_dir, steps=TEACHER_STEPS, sampler_name="ddim", cfg_audio=recipe.distill_guidance)
     stage, _ = distill_stage(model, sampler(5), schedule, recipe.distill, seed + 5, recipe.distill_guidance,
-                             recipe.distill_temporal)
+                             recipe.distill_temporal, recipe.distill_motion)
     run_stage(stage, model, out, log, recipe.checkpoint_every, progress)
     export(model, out / "student", steps=STUDENT_STEPS, sampler_name="lcm", cfg_audio=1.0)
     stages = {s: stage_summary(log, s) for s in STAGES}

@@ -149,10 +149,13 @@ def test_stage_losses_are_finite_and_fall(config, clips, name):
 
 
 def test_temporal_error_is_the_frame_change_against_the_clean_clip():
-    clean = torch.randn(2, 4, 5, 3, 3)
-    assert temporal_error(clean + torch.randn(2, 4, 1, 3, 3), clean).abs().max() < 1e-5
-    shaken = temporal_error(clean + 0.3 * torch.randn(2, 4, 5, 3, 3), clean)
-    assert shaken.shape == (2, 1, 4, 3, 3) and float(shaken.min()) > 0
+    clean, before = torch.randn(2, 4, 5, 3, 3), torch.randn(2, 4, 3, 3)
+    offset = torch.randn(2, 4, 1, 3, 3)
+    assert temporal_error(clean + offset, clean, before + offset[:, :, 0], before).abs().max() < 1e-5
+    shaken = temporal_error(clean + 0.3 * torch.randn(2, 4, 5, 3, 3), clean, before, before)
+    assert shaken.shape == (2, 1, 5, 3, 3) and float(shaken.min()) > 0
+    jump = temporal_error(clean, clean, before + 1.0, before)
+    assert float(jump[:, :, 0].min()) == pytest.approx(1.0) and float(jump[:, :, 1:].abs().max()) == 0
 
 
 def test_distillation_temporal_term_scales_with_its_weight(config, clips):
@@ -221,7 +224,7 @@ def test_stage_steps_override_one_stage_and_refuse_bad_ones(capsys):
 
 def test_distill_temporal_weight_from_the_command_line(capsys):
     recipe = Recipe().with_distill_temporal(2.5)
-    assert recipe.distill_temporal == 2.5 and Recipe().distill_temporal == 0.0
+    assert recipe.distill_temporal == 2.5 and Recipe().distill_temporal == 1.0
     assert recipe.with_distill_temporal(0).distill_temporal == 0.0
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="temporal weight must be >= 0"):
