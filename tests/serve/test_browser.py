@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import AsyncIterator
 
 import aiohttp
 import numpy as np
@@ -64,6 +66,11 @@ def fake_microphone(path: Path) -> float:
     pcm = np.concatenate([speech, np.zeros(SR // 4, "<i2"), speech])
     write_wav(path, pcm)
     return pcm.size / SR
+
+
+def as_json(expression: str) -> str:
+    """JavaScript that evaluates ``expression``, awaits it if it is a promise, and gives its value as JSON text."""
+    return f"Promise.resolve({expression}).then((value) => JSON.stringify(value))"
 
 
 class Page(abc.ABC):
@@ -116,7 +123,7 @@ class DevToolsPage(Page):
         await self.call("Page.navigate", url=url)
 
     async def json(self, expression: str, gesture: bool = False) -> object:
-        result = await self.call("Runtime.evaluate", expression=f"JSON.stringify({expression})", returnByValue=True,
+        result = await self.call("Runtime.evaluate", expression=as_json(expression), returnByValue=True,
                                  awaitPromise=True, userGesture=gesture)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
@@ -139,7 +146,7 @@ class BidiPage(Page):
         await self.call("browsingContext.navigate", context=self.context, url=url, wait="complete")
 
     async def json(self, expression: str, gesture: bool = False) -> object:
-        result = await self.call("script.evaluate", expression=f"JSON.stringify({expression})",
+        result = await self.call("script.evaluate", expression=as_json(expression),
                                  target={"context": self.context}, awaitPromise=True, userActivation=gesture)
         if result["type"] != "success":
             raise RuntimeError(f"{expression}: {result}")
@@ -207,29 +214,37 @@ def wait_for_text(path: Path, pattern: str, process: subprocess.Popen, timeout: 
     raise RuntimeError(f"the browser did not write {pattern!r} to {path}")
 
 
-@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_the_page_in_headless_chromium_with_a_fake_microphone(start_server, tmp_path):
-    server = start_server(policy=LagPolicy("skip", max_lag_s=1.0))
-    wav = tmp_path / "microphone.wav"
-    seconds = fake_microphone(wav)
+@contextlib.asynccontextmanager
+async def chromium_page(tmp_path: Path, microphone: Path, loop: bool = True) -> AsyncIterator[DevToolsPage]:
+    """Debian's Chromium, headless, its fake microphone playing the WAV file ``microphone`` (over and over, or
+    once and then silence), driven over DevTools on its first page; the browser is stopped on leaving."""
     profile = tmp_path / "profile"
     profile.mkdir()
     process = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                f"--use-file-for-fake-audio-capture={wav}%noloop", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    async def drive() -> tuple[dict, dict, dict, bytes]:
+                                f"--use-file-for-fake-audio-capture={microphone}{'' if loop else '%noloop'}",
+                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
         port = int(wait_for_text(profile / "DevToolsActivePort", r"^(\d+)\n", process).group(1))
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
                 target = next(t for t in await response.json() if t["type"] == "page")
             async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                return await run_page(DevToolsPage(ws), server.url, seconds)
-
-    try:
-        state, figures, final, png = asyncio.run(drive())
+                yield DevToolsPage(ws)
     finally:
         stop(process)
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_page_in_headless_chromium_with_a_fake_microphone(start_server, tmp_path):
+    server = start_server(policy=LagPolicy("skip", max_lag_s=1.0))
+    wav = tmp_path / "microphone.wav"
+    seconds = fake_microphone(wav)
+
+    async def drive() -> tuple[dict, dict, dict, bytes]:
+        async with chromium_page(tmp_path, wav, loop=False) as page:
+            return await run_page(page, server.url, seconds)
+
+    state, figures, final, png = asyncio.run(drive())
     (tmp_path / "serve.png").write_bytes(png)
     if os.environ.get("EMOTE_SERVE_SCREENSHOT"):
         Path(os.environ["EMOTE_SERVE_SCREENSHOT"]).write_bytes(png)
@@ -270,3 +285,69 @@ def test_the_page_in_headless_firefox_with_a_fake_microphone(start_server, tmp_p
     (tmp_path / "serve-firefox.png").write_bytes(png)
     report("firefox", state, final, FIREFOX_SECONDS)
     check_session(state, figures, final, FIREFOX_SECONDS)
+
+
+LEAD_SILENCE_S = 3.0
+SPEECH_FRAMES = 8
+FRAMES_AFTER_CUT = 12
+MUTE_AND_INTERRUPT = """new Promise((resolve) => {
+  client.stream.getAudioTracks().forEach((track) => { track.enabled = false; });
+  const timer = setInterval(() => {
+    const s = window.emote.state();
+    if (s.withheldBlocks > 0 || s.failed) {
+      clearInterval(timer);
+      document.getElementById('interrupt').click();
+      resolve(s);
+    }
+  }, 5);
+})"""
+"""The microphone falls silent (its track disabled: zeros from then on); as soon as the page withholds a block as
+silence, the Interrupt button is pressed, while the speech already sent is still being turned into frames."""
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_pages_always_on_box_and_interrupt_button_in_headless_chromium(start_server, tmp_path):
+    server = start_server()
+    wav = tmp_path / "microphone.wav"
+    write_wav(wav, np.concatenate([np.zeros(round(LEAD_SILENCE_S * SR), "<i2"), demo_pcm16(), demo_pcm16()]))
+
+    async def drive() -> tuple[dict, dict, dict, dict, str]:
+        async with chromium_page(tmp_path, wav, loop=False) as page:
+            await page.open(server.url)
+            await page.wait_for("document.readyState === 'complete' && !!window.emote", 30)
+            await page.json("document.getElementById('always-on').click()", gesture=True)
+            await page.json("document.getElementById('start').click()", gesture=True)
+            speaking = await page.wait_for("(() => { const s = window.emote.state(); return s && (s.failed || "
+                                           f"s.frames - s.idle >= {SPEECH_FRAMES}) ? s : null; }})()", 120)
+            assert not speaking["failed"], speaking["status"]
+            pressed = await page.json(MUTE_AND_INTERRUPT, gesture=True)
+            after = await page.wait_for("(() => { const s = window.emote.state(); return s.failed || (s.interrupted "
+                                        "&& s.recentFrames.some((f) => f[0] >= s.interrupted.frame + "
+                                        f"{FRAMES_AFTER_CUT})) ? s : null; }})()", 120)
+            assert not after["failed"], after["status"]
+            idle_figure = await page.json("document.getElementById('fig-idle').textContent")
+            await page.json("document.getElementById('stop').click()", gesture=True)
+            final = await page.wait_for("(() => { const s = window.emote.state(); "
+                                        "return s.finished || s.failed ? s : null; })()", 120)
+            return speaking, pressed, after, final, idle_figure
+
+    speaking, pressed, after, final, idle_figure = asyncio.run(drive())
+    cut = after["interrupted"]
+    log = after["recentFrames"]
+    print(f"\nchromium always-on: {speaking['framesBeforeSpeech']} frames before any speech was sent, "
+          f"{speaking['frames'] - speaking['idle']} speech frames when the microphone fell silent; interrupt at "
+          f"frame {cut['frame']} dropped {cut['speech_s']:.2f} s of speech; {final['idle']} idle frames in all")
+    assert speaking["ready"]["always_on"] is True, "the box asks the server for an always-on session"
+    assert speaking["framesBeforeSpeech"] >= 4 and speaking["idleBeforeSpeech"] == speaking["framesBeforeSpeech"], \
+        "frames come while the page sends no speech, every one of them idle"
+    assert speaking["speechSentS"] > 0 and pressed["withheldBlocks"] > 0
+    assert max(f[0] for f in pressed["recentFrames"]) < cut["frame"], "the cut is after every frame already shown"
+    assert cut["pts"] == cut["frame"] / 25 and cut["speech_s"] > 0, "speech sent but not yet shown was dropped"
+    indices = [f[0] for f in log]
+    assert indices == list(range(indices[0], indices[0] + len(indices))), "one frame per index across the cut"
+    assert any(not idle for index, _, idle in log if index < cut["frame"]), "speech frames came before the cut"
+    resumed = [f for f in log if f[0] >= cut["frame"]]
+    assert len(resumed) > FRAMES_AFTER_CUT and all(idle and pts == index / 25 for index, pts, idle in resumed), \
+        "from the interrupt's frame on, every frame is idle, at its own time"
+    assert idle_figure == str(after["idle"]) and int(idle_figure) >= speaking["idleBeforeSpeech"] + len(resumed)
+    assert final["finished"] and not final["failed"], final["status"]

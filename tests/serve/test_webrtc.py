@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +22,7 @@ pytest.importorskip("aiortc", reason="aiortc is not installed (pip install -e '.
 from engine.serve.app import WEBRTC_KEY  # noqa: E402
 from engine.stream.runner import LagPolicy  # noqa: E402
 
-from serve.test_browser import CHROMIUM_FLAGS, DevToolsPage, chromium, fake_microphone, stop, wait_for_text  # noqa: E402
+from serve.test_browser import chromium, chromium_page, fake_microphone  # noqa: E402
 
 FPS = 25
 SECONDS = 3.0
@@ -70,45 +69,31 @@ def test_webrtc_in_headless_chromium_with_a_fake_microphone(start_server, tmp_pa
     server = start_server(webrtc=True, policy=LagPolicy("skip", max_lag_s=1.0))
     wav = tmp_path / "microphone.wav"
     fake_microphone(wav)
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    process = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                f"--use-file-for-fake-audio-capture={wav}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    async def drive() -> tuple[dict, dict, bytes]:
-        port = int(wait_for_text(profile / "DevToolsActivePort", r"^(\d+)\n", process).group(1))
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
-                target = next(t for t in await response.json() if t["type"] == "page")
-            async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                page = DevToolsPage(ws)
-                await page.open(server.url)
-                await page.wait_for("document.readyState === 'complete' && !!window.emote", 30)
-                await page.json("(document.getElementById('transport').value = 'webrtc')")
-                await page.json("document.getElementById('start').click()", gesture=True)
-                decoded = f"s && s.rtc && s.rtc.framesDecoded >= {round(SECONDS * FPS)} && s.rtc.audioPlayoutMs"
-                ready = f"s && (s.failed || ({decoded} && s.rtc.videoPlayoutMs)) ? s : null"
-                state = await page.wait_for(f"(() => {{ const s = window.emote.state(); return {ready}; }})()", 120)
-                assert not state["failed"], state["status"]
-                offsets = []
-                for _ in range(SYNC_SAMPLES):
-                    await asyncio.sleep(0.5)
-                    state = await page.json("window.emote.state()")
-                    offsets.append(state["rtc"]["audioPlayoutMs"] - state["rtc"]["videoPlayoutMs"])
-                state["offsets"] = offsets
-                figures = await page.json("Object.fromEntries(['decoded', 'jitter', 'sync', 'codec', 'fps', 'idle']"
-                                          ".map((k) => [k, document.getElementById('fig-' + k).textContent]))")
-                png = await page.screenshot()
-                await page.json("document.getElementById('stop').click()", gesture=True)
-                return state, figures, png
+    async def drive() -> tuple[dict, dict, bytes, object]:
+        async with chromium_page(tmp_path, wav) as page:
+            await page.open(server.url)
+            await page.wait_for("document.readyState === 'complete' && !!window.emote", 30)
+            await page.json("(document.getElementById('transport').value = 'webrtc')")
+            await page.json("document.getElementById('start').click()", gesture=True)
+            decoded = f"s && s.rtc && s.rtc.framesDecoded >= {round(SECONDS * FPS)} && s.rtc.audioPlayoutMs"
+            ready = f"s && (s.failed || ({decoded} && s.rtc.videoPlayoutMs)) ? s : null"
+            state = await page.wait_for(f"(() => {{ const s = window.emote.state(); return {ready}; }})()", 120)
+            assert not state["failed"], state["status"]
+            offsets = []
+            for _ in range(SYNC_SAMPLES):
+                await asyncio.sleep(0.5)
+                state = await page.json("window.emote.state()")
+                offsets.append(state["rtc"]["audioPlayoutMs"] - state["rtc"]["videoPlayoutMs"])
+            state["offsets"] = offsets
+            figures = await page.json("Object.fromEntries(['decoded', 'jitter', 'sync', 'codec', 'fps', 'idle']"
+                                      ".map((k) => [k, document.getElementById('fig-' + k).textContent]))")
+            png = await page.screenshot()
+            sessions = list(server.app[WEBRTC_KEY])
+            await page.json("document.getElementById('stop').click()", gesture=True)
+            return state, figures, png, sessions[0].sent if sessions else None
 
-    try:
-        state, figures, png = asyncio.run(drive())
-        sessions = list(server.app[WEBRTC_KEY])
-        sent = sessions[0].sent if sessions else None
-    finally:
-        stop(process)
+    state, figures, png, sent = asyncio.run(drive())
     (tmp_path / "webrtc.png").write_bytes(png)
     if os.environ.get("EMOTE_WEBRTC_SCREENSHOT"):
         Path(os.environ["EMOTE_WEBRTC_SCREENSHOT"]).write_bytes(png)

@@ -1,6 +1,7 @@
 // The live avatar page: microphone -> AudioWorklet (16-bit PCM at the context rate) -> WebSocket;
 // JPEG frames with their presentation times <- WebSocket -> canvas, shown in step with the person's own
 // voice, which is played back delayed by the measured latency. Protocol: engine/serve/protocol.py.
+// Always-on, the microphone's quiet blocks are not sent: the server's clock turns that time into idle frames.
 // With the WebRTC transport (RtcClient) the microphone goes out as an audio track and the face and the
 // voice that drove it come back as a video and an audio track, synchronised by the browser; the figures
 // are the receiver's own (getStats). Signalling: engine/serve/webrtc.py.
@@ -10,6 +11,11 @@ const FRAME_HEADER_BYTES = 16;
 const BLOCK_MS = 20;
 const FPS_WINDOW_MS = 2000;
 const DELAY_WINDOW = 50;
+// Always-on: a microphone block quieter than GATE_PEAK (int16 peak, about -50 dBFS) is not sent once
+// GATE_HOLD_MS have passed since the last louder one; the server's clock fills that time with idle motion.
+const GATE_PEAK = 100;
+const GATE_HOLD_MS = 200;
+const FRAME_LOG = 250;
 const CLOSE_REASONS = {
   1001: "the server is shutting down",
   1006: "the connection dropped",
@@ -51,7 +57,14 @@ class Figures {
     this.frames = 0;
     this.skipped = 0;
     this.idle = 0;
+    this.speechSent = 0;
+    this.framesBeforeSpeech = 0;
+    this.idleBeforeSpeech = 0;
+    this.log = [];
   }
+
+  // A block of `samples` left as speech (always-on sessions withhold the quiet ones).
+  speechOut(samples) { this.speechSent += samples; }
 
   audioSent(samples, now) {
     if (this.firstSend === null) this.firstSend = now;
@@ -70,8 +83,15 @@ class Figures {
     return lo < this.sendEnds.length ? this.sendTimes[lo] : null;
   }
 
-  frameIn(index, skipped, idle, now) {
+  // The last FRAME_LOG frames as [index, pts, idle], in arrival order.
+  frameIn(index, pts, skipped, idle, now) {
     if (idle) this.idle += 1;
+    if (this.speechSent === 0) {
+      this.framesBeforeSpeech += 1;
+      if (idle) this.idleBeforeSpeech += 1;
+    }
+    this.log.push([index, pts, idle]);
+    if (this.log.length > FRAME_LOG) this.log.shift();
     if (this.firstFrame === null) {
       this.firstFrame = now;
       this.sentAtFirstFrame = this.sent / this.rate;
@@ -121,6 +141,8 @@ class LiveClient {
     this.draw = this.canvas.getContext("2d");
     this.serverStats = null;
     this.shown = 0;
+    this.gateOpenUntil = -Infinity;
+    this.withheld = 0;
   }
 
   status(text, error = false) {
@@ -214,10 +236,26 @@ class LiveClient {
     if (this.captureStart === null) this.captureStart = block.time - (block.pcm.byteLength / 2) / this.ctx.sampleRate;
     if (this.ws.readyState !== WebSocket.OPEN) return;
     if (block.pcm.byteLength) {
-      this.ws.send(block.pcm);
-      this.figures.audioSent(block.pcm.byteLength / 2, performance.now());
+      const now = performance.now();
+      this.figures.audioSent(block.pcm.byteLength / 2, now);
+      if (this.gated(new Int16Array(block.pcm), now)) {
+        this.withheld += 1;
+      } else {
+        this.withheld = 0;
+        this.ws.send(block.pcm);
+        this.figures.speechOut(block.pcm.byteLength / 2);
+      }
     }
     if (block.last) this.ws.send(JSON.stringify({ type: "end" }));
+  }
+
+  // Always-on only: whether a block is withheld as silence (quiet, and the hold after speech is over).
+  gated(pcm, now) {
+    if (!this.ready.always_on) return false;
+    let peak = 0;
+    for (let i = 0; i < pcm.length; i++) peak = Math.max(peak, Math.abs(pcm[i]));
+    if (peak >= GATE_PEAK) this.gateOpenUntil = now + GATE_HOLD_MS;
+    return now >= this.gateOpenUntil;
   }
 
   async onFrame(buffer) {
@@ -225,7 +263,7 @@ class LiveClient {
     const index = view.getUint32(0, true);
     const pts = view.getFloat64(4, true);
     const flags = view.getUint8(15);
-    this.figures.frameIn(index, (flags & 1) === 1, (flags & 2) === 2, performance.now());
+    this.figures.frameIn(index, pts, (flags & 1) === 1, (flags & 2) === 2, performance.now());
     if (this.delay === null && this.figures.latencies.length) this.updateDelay(true);
     const bitmap = await createImageBitmap(new Blob([buffer.slice(FRAME_HEADER_BYTES)], { type: "image/jpeg" }));
     let at = this.queue.length;
@@ -352,6 +390,9 @@ class LiveClient {
       latencyP95S: f ? percentile(f.latencies, 0.95) : null,
       fps: f ? f.framesPerSecond(now, this.finished) : null, delayS: this.delay,
       idle: f ? f.idle : 0, interrupted: this.interrupted || null,
+      speechSentS: f ? f.speechSent / f.rate : 0, withheldBlocks: this.withheld,
+      framesBeforeSpeech: f ? f.framesBeforeSpeech : 0, idleBeforeSpeech: f ? f.idleBeforeSpeech : 0,
+      recentFrames: f ? f.log : [],
     };
   }
 }
