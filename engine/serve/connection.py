@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from engine.serve.hub import SessionHub, client_key, trim_allocator
+from engine.serve.hub import PendingUploads, SessionHub, client_key, trim_allocator
 from engine.serve.portraits import PortraitError, decode_portrait
 from engine.serve.protocol import (
     ENGINE_SAMPLE_RATE,
@@ -131,6 +131,27 @@ class FramePump(threading.Thread):
                 self.deliver(_Failed(exc))
 
 
+def admit_upload(uploads: PendingUploads, client: str) -> None:
+    """Count one more portrait upload on its way from ``client`` (call ``uploads.finish(client)`` once it has
+    arrived or failed); ProtocolError ``busy`` or ``too_many_uploads`` when a bound is full."""
+    full = uploads.admit(client)
+    if full == "total":
+        raise ProtocolError("busy", f"the server is already waiting for {uploads.total} portrait uploads; "
+                                    "try again shortly")
+    if full == "client":
+        raise ProtocolError("too_many_uploads", f"this address already has {uploads.per_client} portrait "
+                                                "uploads on their way; finish those first")
+
+
+def decode_upload(data: bytes) -> np.ndarray:
+    """An uploaded portrait file as uint8 RGB ``[H, W, 3]`` (:func:`~engine.serve.portraits.decode_portrait`);
+    ProtocolError ``bad_image`` with its one-line reason when it is not an acceptable image."""
+    try:
+        return decode_portrait(data)
+    except PortraitError as exc:
+        raise ProtocolError("bad_image", str(exc)) from None
+
+
 class SessionConnection:
     """Serves one accepted WebSocket until it closes; :meth:`run` never raises for the client's mistakes."""
 
@@ -189,10 +210,7 @@ class SessionConnection:
             raise self._busy()
         image = None
         if upload is not None:
-            try:
-                image = await self.loop.run_in_executor(self.hub.executor, decode_portrait, upload)
-            except PortraitError as exc:
-                raise ProtocolError("bad_image", str(exc)) from None
+            image = await self.loop.run_in_executor(self.hub.executor, decode_upload, upload)
         self.start = start
         self.live, portrait, self.prepare_s = await self.loop.run_in_executor(
             self.hub.executor, self.hub.build, self.session_id, image, start.always_on)
@@ -207,13 +225,7 @@ class SessionConnection:
     async def _receive_upload(self, start: StartRequest, deadline: float) -> bytes:
         """The announced portrait file, counted among the pending uploads (not the sessions) while it comes."""
         uploads = self.hub.uploads
-        full = uploads.admit(self.client)
-        if full == "total":
-            raise ProtocolError("busy", f"the server is already waiting for {uploads.total} portrait uploads; "
-                                        "try again shortly")
-        if full == "client":
-            raise ProtocolError("too_many_uploads", f"this address already has {uploads.per_client} portrait "
-                                                    "uploads on their way; finish those first")
+        admit_upload(uploads, self.client)
         try:
             upload = await self._receive(max(0.1, deadline - self.loop.time()), "portrait upload")
         finally:

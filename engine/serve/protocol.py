@@ -143,10 +143,7 @@ def parse_start(message: dict, max_upload_bytes: int) -> StartRequest:
     if portrait == "upload":
         if size <= 0:
             raise ProtocolError("bad_request", "an upload needs 'portrait_bytes' > 0")
-        if size > max_upload_bytes:
-            shown = f"{size / 2**20:.1f} MiB" if size < 2**60 else "more than an EiB"
-            raise ProtocolError("too_large", f"portrait of {shown} exceeds the "
-                                             f"{max_upload_bytes / 2**20:.1f} MiB upload limit")
+        check_upload_size(size, max_upload_bytes)
     rate = _field(message, "sample_rate", int, ENGINE_SAMPLE_RATE)
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise ProtocolError("bad_request", f"sample_rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, got {rate}")
@@ -161,6 +158,14 @@ def parse_start(message: dict, max_upload_bytes: int) -> StartRequest:
         raise ProtocolError("bad_request", f"field 'always_on' must be bool, got {type(always_on).__name__}")
     return StartRequest(token=token, portrait=portrait, portrait_bytes=size if portrait == "upload" else 0,
                         sample_rate=rate, frames=frames, jpeg_quality=quality, always_on=always_on)
+
+
+def check_upload_size(size: int, max_upload_bytes: int) -> None:
+    """ProtocolError ``too_large`` when a portrait of ``size`` bytes is over the server's upload limit."""
+    if size > max_upload_bytes:
+        shown = f"{size / 2**20:.1f} MiB" if size < 2**60 else "more than an EiB"
+        raise ProtocolError("too_large", f"portrait of {shown} exceeds the "
+                                         f"{max_upload_bytes / 2**20:.1f} MiB upload limit")
 
 
 def max_audio_bytes(sample_rate: int) -> int:

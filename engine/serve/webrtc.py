@@ -1,11 +1,16 @@
 """WebRTC on ``emote serve --webrtc`` (aiortc): the page's microphone in, the avatar's video and voice out.
 
-Signalling is one HTTP request, ``POST /webrtc/offer`` with ``{"token": str, "type": "offer", "sdp": str}``,
-under the same rules as the ``/session`` socket (a Host the server answers to, no cross-site Origin, the
-access token); the answer is ``{"type": "answer", "sdp": str}``. Errors are ``{"error": code, "message": str}``
-with 400 (bad offer), 401 (token), 403 (origin), 503 (``busy``).
+Signalling is one HTTP request, ``POST /webrtc/offer`` with ``{"token": str, "type": "offer", "sdp": str,
+"portrait": str}``, under the same rules as the ``/session`` socket (a Host the server answers to, no
+cross-site Origin, the access token); the answer is ``{"type": "answer", "sdp": str}``. ``portrait``
+(optional; the sample portrait without it) is the client's own image file (PNG, JPEG or WebP) in base64,
+held to the socket's upload rules: at most the server's ``max_upload_bytes`` once decoded, checked from its
+header before any pixel is decoded, counted among the pending uploads while the request's body arrives,
+within the start timeout. Errors are ``{"error": code, "message": str}`` (one line) with the socket's code
+names and the HTTP status of their close codes (4xxx -> xxx): 400 ``bad_request``, 401 ``unauthorized``,
+403 (origin), 408 ``timeout``, 409 ``too_many_uploads``, 413 ``too_large``, 415 ``bad_image``, 503 ``busy``.
 
-Each peer connection is one always-on :class:`~engine.stream.runner.LiveSession` on the sample portrait:
+Each peer connection is one always-on :class:`~engine.stream.runner.LiveSession` on that portrait:
 - in: the first audio track (the microphone), resampled to 16 kHz mono and pushed as it arrives;
 - out: a video track (frame ``i`` with ``pts = i / fps``) and an audio track, the session's own timeline
   (the speech that drove the face, and the silence between it) with ``pts = k`` for sample ``k`` at 16 kHz.
@@ -23,6 +28,8 @@ timeout. The encode (VP8 or H.264, chosen by the browser's offer) runs in aiortc
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import fractions
 import hmac
@@ -37,8 +44,10 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engine.serve.hub import SessionHub
-from engine.serve.protocol import ENGINE_SAMPLE_RATE
+from engine.faces import Portrait
+from engine.serve.connection import admit_upload, decode_upload
+from engine.serve.hub import SessionHub, client_key
+from engine.serve.protocol import ENGINE_SAMPLE_RATE, MAX_TEXT_BYTES, ProtocolError, check_upload_size
 from engine.stream.runner import LiveSession
 
 VIDEO_CLOCK_HZ = 90000
@@ -57,10 +66,31 @@ class SignallingError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
 
+    @classmethod
+    def of(cls, error: ProtocolError) -> SignallingError:
+        """The socket's ``error`` as an HTTP refusal: its code name and message, the status of its close code."""
+        return cls(error.close_code - 4000, error.code, error.message)
 
-def parse_offer(body: object, token: str | None) -> RTCSessionDescription:
+
+@dataclass(frozen=True)
+class Offer:
+    """A parsed ``POST /webrtc/offer`` body: the session description and the portrait file's bytes (None: the
+    sample portrait)."""
+
+    description: RTCSessionDescription
+    portrait: bytes | None = None
+
+
+def offer_body_limit(max_upload_bytes: int) -> int:
+    """The largest offer body read, in bytes: an SDP of :data:`MAX_SDP_CHARS`, a portrait of ``max_upload_bytes``
+    in base64 and the JSON around them."""
+    return MAX_SDP_CHARS + 4 * -(-max_upload_bytes // 3) + MAX_TEXT_BYTES
+
+
+def parse_offer(body: object, token: str | None, max_upload_bytes: int) -> Offer:
     """The offer in a ``POST /webrtc/offer`` body (already parsed JSON); SignallingError when it is not one,
-    or when ``token`` is set and the body's ``token`` does not match it."""
+    when ``token`` is set and the body's ``token`` does not match it, or when its ``portrait`` is not base64
+    or decodes to more than ``max_upload_bytes`` (the image itself is checked by :func:`decode_upload`)."""
     if not isinstance(body, dict):
         raise SignallingError(400, "bad_request", "expected a JSON object {token, type, sdp}")
     given = body.get("token", "")
@@ -73,7 +103,36 @@ def parse_offer(body: object, token: str | None) -> RTCSessionDescription:
         raise SignallingError(400, "bad_request", "expected {'type': 'offer', 'sdp': 'v=0...'}")
     if len(sdp) > MAX_SDP_CHARS:
         raise SignallingError(400, "bad_request", f"the offer has {len(sdp)} characters, more than {MAX_SDP_CHARS}")
-    return RTCSessionDescription(sdp=sdp, type="offer")
+    portrait = body.get("portrait")
+    if portrait is None:
+        return Offer(RTCSessionDescription(sdp=sdp, type="offer"))
+    if not isinstance(portrait, str):
+        raise SignallingError(400, "bad_request", f"field 'portrait' must be base64 str, got {type(portrait).__name__}")
+    try:
+        data = base64.b64decode(portrait.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise SignallingError(400, "bad_request", "field 'portrait' is not base64") from None
+    if not data:
+        raise SignallingError(400, "bad_request", "field 'portrait' is empty")
+    try:
+        check_upload_size(len(data), max_upload_bytes)
+    except ProtocolError as error:
+        raise SignallingError.of(error) from None
+    return Offer(RTCSessionDescription(sdp=sdp, type="offer"), data)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes (SignallingError ``too_large`` beyond)."""
+    too_large = SignallingError(413, "too_large", f"the offer's body is over {limit} bytes (a portrait may have "
+                                                  f"{limit // 4 * 3 - MAX_SDP_CHARS} bytes at most, in base64)")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 @dataclass
@@ -194,6 +253,7 @@ class WebRtcSession:
         ice = [RTCIceServer(urls=url) for url in hub.config.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.live: LiveSession | None = None
+        self.portrait: Portrait | None = None
         self.sent = SentMedia()
         self.mic_samples = 0
         self.tasks: list[asyncio.Task] = []
@@ -201,11 +261,13 @@ class WebRtcSession:
         self.control = None
         self.microphone: asyncio.Task | None = None
 
-    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        """Build the session, attach the tracks, answer ``offer`` (ICE gathered: the answer is complete)."""
+    async def answer(self, offer: RTCSessionDescription, image: np.ndarray | None = None) -> RTCSessionDescription:
+        """Build the session on ``image`` (uint8 RGB [H, W, 3]; None: the sample portrait), attach the tracks,
+        answer ``offer`` (ICE gathered: the answer is complete)."""
         loop = asyncio.get_running_loop()
-        self.live, _, _ = await loop.run_in_executor(self.hub.executor, self.hub.build, self.session_id, None, True,
-                                                     True)  # always-on, keeping its audio
+        self.live, portrait, _ = await loop.run_in_executor(self.hub.executor, self.hub.build, self.session_id, image,
+                                                            True, True)  # always-on, keeping its audio
+        self.portrait = portrait
         playout = Playout(self.live.session.fps)
         self.pc.addTrack(AvatarAudioTrack(self.live, playout, self.sent))
         self.pc.addTrack(AvatarVideoTrack(self.live, playout, self.sent, self.hub.executor))
@@ -257,7 +319,8 @@ class WebRtcSession:
     def _send_ready(self) -> None:
         live, config = self.live, self.hub.config
         self._send({"type": "ready", "session": self.session_id, "fps": live.session.fps,
-                    "size": live.session.size, "model": config.model, "untrained": self.hub.untrained,
+                    "size": live.session.size, "face_detected": bool(self.portrait.detected),
+                    "model": config.model, "untrained": self.hub.untrained,
                     "steps": config.options.steps, "idle_steps": live.idle_steps, "policy": config.policy.kind})
 
     def _on_control(self, data: object) -> None:
@@ -311,19 +374,42 @@ class WebRtcSession:
 
 async def offer_handler(request: web.Request, hub: SessionHub, registry: set) -> web.Response:
     """``POST /webrtc/offer``: start a session for the offer and answer it (see the module's description)."""
+    config = hub.config
+    busy = SignallingError(503, "busy", f"the server is at its limit of {config.max_sessions} sessions")
     try:
+        if hub.active >= config.max_sessions:
+            raise busy
+        client = client_key(request.remote)
         try:
-            body = await request.json()
-        except ValueError:
+            admit_upload(hub.uploads, client)
+        except ProtocolError as error:
+            raise SignallingError.of(error) from None
+        try:
+            data = await asyncio.wait_for(read_body(request, offer_body_limit(config.max_upload_bytes)),
+                                          config.start_timeout_s)
+        except asyncio.TimeoutError:
+            raise SignallingError(408, "timeout", f"no offer within {config.start_timeout_s:g} s") from None
+        finally:
+            hub.uploads.finish(client)
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
             raise SignallingError(400, "bad_request", "the body is not JSON") from None
-        offer = parse_offer(body, hub.config.token)
+        offer = parse_offer(body, config.token, config.max_upload_bytes)
         session_id = hub.reserve()
         if session_id is None:
-            raise SignallingError(503, "busy", f"the server is at its limit of {hub.config.max_sessions} sessions")
+            raise busy
         session = WebRtcSession(hub, session_id, registry)
         registry.add(session)
         try:
-            answer = await session.answer(offer)
+            image = None
+            if offer.portrait is not None:
+                try:
+                    image = await asyncio.get_running_loop().run_in_executor(hub.executor, decode_upload,
+                                                                             offer.portrait)
+                except ProtocolError as error:
+                    raise SignallingError.of(error) from None
+            answer = await session.answer(offer.description, image)
         except BaseException:
             await session.close()
             raise

@@ -9,6 +9,8 @@ sample 0. The screenshot goes to the test's temporary folder, and to ``$EMOTE_WE
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("aiortc", reason="aiortc is not installed (pip install -e '.[webrtc]')")
 
@@ -117,3 +120,75 @@ def test_webrtc_in_headless_chromium_with_a_fake_microphone(start_server, tmp_pa
     assert sent.audio_samples == 320 * sent.audio_blocks, "audio leaves contiguous from sample 0, 20 ms a block"
     assert abs(sent.audio_samples / 16000 - len(sent.frame_pts) / FPS) < 0.5, "audio never runs far from video"
     assert png.startswith(b"\x89PNG")
+
+
+def portrait_png(colour: tuple[int, int, int], side: int = 256) -> bytes:
+    """A PNG portrait: a flat ``colour`` background with a lighter disc in the middle."""
+    yy, xx = np.mgrid[:side, :side]
+    image = np.empty((side, side, 3), np.uint8)
+    image[:] = colour
+    image[(yy - side / 2) ** 2 + (xx - side / 2) ** 2 < (side / 3) ** 2] = np.minimum(np.array(colour) + 60, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def first_video_frames(url: str, portrait: bytes | None, count: int, sessions: set) -> tuple[list, list]:
+    """An aiortc peer's offer (with ``portrait`` in base64, or none), then the first ``count`` frames of the
+    avatar's video track as RGB arrays, and the server's sessions (``sessions``, its registry) while connected."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    pc.createDataChannel("control")
+    video: asyncio.Future = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda track: track.kind == "video" and not video.done() and video.set_result(track))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"type": "offer", "sdp": pc.localDescription.sdp}
+        if portrait is not None:
+            body["portrait"] = base64.b64encode(portrait).decode()
+        async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+            answer = await response.json()
+            assert response.status == 200, answer
+        await pc.setRemoteDescription(RTCSessionDescription(**answer))
+        track = await asyncio.wait_for(video, 60)
+        frames = [(await asyncio.wait_for(track.recv(), 60)).to_ndarray(format="rgb24") for _ in range(count)]
+        return frames, list(sessions)
+    finally:
+        await pc.close()
+
+
+def test_an_offer_carries_a_custom_portrait_and_the_session_animates_it(start_server):
+    from engine.faces import prepare_portrait
+
+    server = start_server(webrtc=True)
+    size = server.hub.size
+    custom_png = portrait_png((20, 140, 60))
+    expected = prepare_portrait(np.asarray(Image.open(io.BytesIO(custom_png)).convert("RGB")), size).image
+    frames, sessions = asyncio.run(first_video_frames(f"{server.url}webrtc/offer", custom_png, 4,
+                                                      server.app[WEBRTC_KEY]))
+    assert server.idle(), "the session's slot is freed once the peer connection closes"
+    assert len(sessions) == 1 and np.array_equal(sessions[0].portrait.image, expected), \
+        "the session was built on the portrait sent with the offer"
+    assert not np.array_equal(expected, server.hub.sample.image)
+    assert [f.shape for f in frames] == [(size, size, 3)] * 4, "the avatar's video track plays"
+
+
+def test_a_bad_portrait_in_the_offer_gets_the_sockets_one_line_error(start_server):
+    server = start_server(webrtc=True, max_upload_bytes=4096)
+    url = f"{server.url}webrtc/offer"
+    cases = [("bm90IGFuIGltYWdl", 415, "bad_image", "the upload is not a PNG, JPEG or WebP image"),
+             ("%%%", 400, "bad_request", "field 'portrait' is not base64"),
+             (12, 400, "bad_request", "field 'portrait' must be base64 str, got int"),
+             (base64.b64encode(bytes(5000)).decode(), 413, "too_large", "portrait of 0.0 MiB exceeds the 0.0 MiB "
+                                                                         "upload limit"),
+             (base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode(), 415, "bad_image",
+              "the upload starts like a PNG image but its header is unreadable")]
+    for portrait, status, code, message in cases:
+        got = post(url, {**OFFER, "sdp": OFFER["sdp"] + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "portrait": portrait})
+        assert got == (status, {"error": code, "message": message}), portrait
+    status, body = post(url, {**OFFER, "portrait": "A" * 40000})
+    assert (status, body["error"]) == (413, "too_large") and "\n" not in body["message"]
+    assert server.idle(), "a refused portrait holds no session slot and no pending upload"

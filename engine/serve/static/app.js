@@ -424,9 +424,10 @@ class RtcClient {
     $("start").disabled = true;
     this.status("Asking for the microphone...");
     try {
-      if (document.querySelector("input[name=portrait]:checked").value === "upload") {
-        throw new Error("WebRTC sessions animate the sample portrait; pick the sample or use WebSocket");
-      }
+      const uploading = document.querySelector("input[name=portrait]:checked").value === "upload";
+      const file = $("portrait-file").files[0];
+      if (uploading && !file) throw new Error("choose a photo first, or pick the sample");
+      const portrait = uploading ? await base64Of(file) : undefined;
       this.stream = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
       });
@@ -454,7 +455,7 @@ class RtcClient {
       this.status("Connecting (WebRTC)...");
       const response = await fetch("/webrtc/offer", {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ token: $("token").value, type: "offer", sdp: pc.localDescription.sdp }),
+        body: JSON.stringify({ token: $("token").value, type: "offer", sdp: pc.localDescription.sdp, portrait }),
       });
       const body = await response.json().catch(() => ({}));
       if (!response.ok) {
@@ -562,6 +563,16 @@ class RtcClient {
       videoTime: this.video.currentTime, videoWidth: this.video.videoWidth,
     };
   }
+}
+
+// A file's bytes in base64 (the portrait travels inside the WebRTC offer's JSON).
+function base64Of(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1));
+    reader.onerror = () => reject(new Error("cannot read the photo"));
+    reader.readAsDataURL(file);
+  });
 }
 
 let client = null;
