@@ -12,17 +12,21 @@ features use; a clip has ``ceil(samples * fps / sr)`` frames.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.synthetic.face_drawing import Identity, Pose, render
 from engine.synthetic.speech import Phoneme, Voice, synthesize
+from engine.synthetic.textures import Texture, random_color
 from engine.synthetic.texts import utterance
 from engine.synthetic.visemes import mouth_track
 from engine.timebase import SAMPLE_RATE, frames_covering
 
 SPLITS = {"train": 0, "heldout": 1}
+TEXTURED_SHARE = 0.5
+"""The share of training clips drawn with textures and free colours (:func:`textured`)."""
 VOICE_BASES = ("en", "en-us", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan",
                "en-gb-x-gbcwmd")
 VOICE_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5",
@@ -117,12 +121,27 @@ def clip_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], 0x7A1C]))
 
 
+def textured(identity: Identity, seed: int, split: str) -> Identity:
+    """Clip ``seed``'s identity with a :class:`~engine.synthetic.textures.Texture` and colours from the whole
+    range (hair, background, shirt; the skin tinted toward any hue) for a share :data:`TEXTURED_SHARE` of the
+    training clips; held-out clips stay flat, as they were. Drawn from a stream of its own, so the rest of
+    the recipe (voice, text, motion) is the same with or without it."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], 0x7E47]))
+    if split != "train" or rng.uniform() >= TEXTURED_SHARE:
+        return identity
+    tint = float(rng.uniform(0.0, 0.35))
+    skin = tuple(float(a * (1 - tint) + b * tint) for a, b in zip(identity.skin, random_color(rng)))
+    return dataclasses.replace(identity, skin=skin, hair=random_color(rng), background=random_color(rng),
+                               background_bottom=random_color(rng), shirt=random_color(rng),
+                               texture=Texture.sample(rng))
+
+
 def recipe(seed: int, split: str = "train", head_motion: bool | None = None,
            sentences: int | None = None) -> ClipRecipe:
     """Draw clip ``seed``'s recipe. ``head_motion`` forces a still (False) or moving (True) head;
     None: moving with probability 1/2. ``sentences``: None draws 1 or 2."""
     rng = clip_rng(seed, split)
-    identity = Identity.sample(rng)
+    identity = textured(Identity.sample(rng), seed, split)
     voice = Voice(name=VOICE_BASES[rng.integers(len(VOICE_BASES))] + VOICE_VARIANTS[rng.integers(len(VOICE_VARIANTS))],
                   rate=int(rng.integers(130, 211)), pitch=int(rng.integers(25, 76)),
                   pitch_range=int(rng.integers(30, 81)), word_gap=int(rng.integers(0, 3)))

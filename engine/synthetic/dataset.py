@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from engine.synthetic.clips import TalkingClip, make_clip, recipe
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever drawing, speech or timing changes what a seed produces."""
 
 _ARRAYS = ("frames", "audio", "opening", "width", "eyes_open", "roll", "head_speed", "face_boxes", "mouth_box",

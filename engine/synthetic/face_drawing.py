@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.synthetic.textures import Texture, hsv
+
 Color = tuple[float, float, float]
 
 HAIR_STYLES = ("short", "long", "buzz", "bangs", "curly")
@@ -41,7 +43,7 @@ class Identity:
 
     ``cx, cy``: centre of the face ellipse; ``rx, ry``: its radii. Features are placed relative to
     them: eyes at ``cy + eye_y * ry`` and ``cx -+ eye_dx * rx``, mouth at ``cy + mouth_y * ry`` with
-    half-width ``mouth_w * rx`` at rest.
+    half-width ``mouth_w * rx`` at rest. ``texture``: patterns and light over the flat colours (None: flat).
     """
 
     background: Color = (196, 208, 222)
@@ -66,6 +68,7 @@ class Identity:
     mouth_w: float = 0.34
     nose_len: float = 0.42
     hair_volume: float = 1.0
+    texture: Texture | None = None
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Identity:
@@ -80,9 +83,9 @@ class Identity:
         skin = np.asarray(_SKIN_TONES[skin_a]) * mix + np.asarray(_SKIN_TONES[skin_b]) * (1 - mix)
         skin = tuple(np.clip(skin + rng.normal(0, 6, 3), 0, 255).tolist())
         hue = rng.uniform(0, 1)
-        background = _pastel(hue, rng.uniform(0.08, 0.35), rng.uniform(0.62, 0.92))
+        background = hsv(hue, rng.uniform(0.08, 0.35), rng.uniform(0.62, 0.92))
         bottom = tuple(np.clip(np.asarray(background) * rng.uniform(0.8, 1.05), 0, 255).tolist())
-        shirt = _pastel(rng.uniform(0, 1), rng.uniform(0.25, 0.7), rng.uniform(0.25, 0.8))
+        shirt = hsv(rng.uniform(0, 1), rng.uniform(0.25, 0.7), rng.uniform(0.25, 0.8))
         lip_base = np.asarray(skin) * np.array([0.85, 0.48, 0.5]) + np.array([30, 6, 10])
         lips = tuple(np.clip(lip_base + rng.normal(0, 8, 3), 70, 235).tolist())
         scale = rng.uniform(0.9, 1.1)
@@ -137,15 +140,6 @@ class Pose:
     eyes_open: float = 1.0
 
 
-def _pastel(hue: float, saturation: float, value: float) -> Color:
-    """HSV (all in [0, 1]) -> RGB 0-255."""
-    i = int(hue * 6) % 6
-    f = hue * 6 - int(hue * 6)
-    p, q, t = value * (1 - saturation), value * (1 - f * saturation), value * (1 - (1 - f) * saturation)
-    rgb = [(value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value), (value, p, q)][i]
-    return tuple(255.0 * c for c in rgb)
-
-
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
     """Approximate signed distance to an ellipse (first-order: level value over its gradient)."""
     u, v = (x - cx) / rx, (y - cy) / ry
@@ -183,10 +177,11 @@ class _Canvas:
     def coverage(self, distance: np.ndarray) -> np.ndarray:
         return np.clip(0.5 - distance * self.size, 0.0, 1.0)
 
-    def paint(self, distance: np.ndarray, color: Color, opacity: float = 1.0) -> None:
+    def paint(self, distance: np.ndarray, color: Color | np.ndarray, opacity: float = 1.0) -> None:
+        """Blend ``color`` (RGB, or a colour field ``[size, size, 3]``) in over the shape's coverage."""
         self.blend(self.coverage(distance) * opacity, color)
 
-    def blend(self, weight: np.ndarray, color: Color) -> None:
+    def blend(self, weight: np.ndarray, color: Color | np.ndarray) -> None:
         self.rgb += (np.asarray(color, np.float32) - self.rgb) * weight[..., None]
 
 
@@ -199,10 +194,14 @@ def render(identity: Identity, pose: Pose = Pose(), size: int = 64) -> np.ndarra
     ident = identity
     canvas = _Canvas(size, ident.background, ident.background_bottom)
     x, y = canvas.x, canvas.y
+    texture = ident.texture
+    if texture is not None:
+        canvas.rgb = texture.background.paint(canvas.rgb, x, y)
     cx, cy, rx, ry = ident.cx, ident.cy, ident.rx, ident.ry
     skin, shade = ident.skin, _scaled(ident.skin, 0.86)
 
-    canvas.paint(_ellipse(x, y, cx, cy + 0.62 * ry + 0.32, 0.40, 0.31), ident.shirt)
+    shirt = ident.shirt if texture is None else texture.shirt.paint(ident.shirt, x, y)
+    canvas.paint(_ellipse(x, y, cx, cy + 0.62 * ry + 0.32, 0.40, 0.31), shirt)
     neck_half = 0.38 * rx
     canvas.paint(_box(x, y, cx - neck_half, cy + 0.4 * ry, cx + neck_half, cy + 0.62 * ry + 0.2), shade)
     v_neck = np.maximum(_segment(x, y, cx, cy + 0.62 * ry + 0.01, cx, cy + 0.62 * ry + 0.09, 0.0) - 0.04 * (
@@ -217,8 +216,8 @@ def render(identity: Identity, pose: Pose = Pose(), size: int = 64) -> np.ndarra
     c, s = math.cos(pose.roll), math.sin(pose.roll)
     hx = (px + c * (x - px) + s * (y - py)).astype(np.float32)
     hy = (py - s * (x - px) + c * (y - py)).astype(np.float32)
-    hair, volume = ident.hair, ident.hair_volume
-    style = ident.hair_style
+    hair = ident.hair if texture is None else texture.hair.paint(ident.hair, hx, hy)
+    volume, style = ident.hair_volume, ident.hair_style
     if style == "long":
         canvas.paint(np.minimum(_ellipse(hx, hy, cx, cy - 0.2 * ry, 1.2 * rx * volume, 1.0 * ry * volume),
                                 _box(hx, hy, cx - 1.18 * rx * volume, cy - 0.2 * ry, cx + 1.18 * rx * volume,
@@ -248,7 +247,7 @@ def render(identity: Identity, pose: Pose = Pose(), size: int = 64) -> np.ndarra
     cap = np.maximum(_ellipse(hx, hy, cx, cy - 0.45 * ry, 1.02 * rx, 0.62 * ry), hy - (cy - cap_depth * ry))
     canvas.paint(cap, hair, opacity=0.45 if style == "buzz" else 1.0)
 
-    brow_color = _scaled(hair, 0.8) if sum(hair) < 500 else (90, 70, 55)
+    brow_color = _scaled(ident.hair, 0.8) if sum(ident.hair) < 500 else (90, 70, 55)
     brow_y = cy + ident.brow_y * ry
     for side in (-1, 1):
         ex = cx + side * ident.eye_dx * rx
@@ -278,6 +277,8 @@ def render(identity: Identity, pose: Pose = Pose(), size: int = 64) -> np.ndarra
         canvas.paint(_ellipse(hx, hy, cx + side * 0.022, nose_bottom, 0.011, 0.007), _scaled(skin, 0.62))
 
     _draw_mouth(canvas, hx, hy, ident, pose)
+    if texture is not None:
+        canvas.rgb *= texture.shading(x, y)[..., None]
     return np.clip(np.round(canvas.rgb), 0, 255).astype(np.uint8)
 
 
