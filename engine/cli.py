@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from engine import DEFAULT_MODEL, __version__
 from engine.backends import BACKENDS
 from engine.limits import CLIP_FRAMES_LIMITS, FPS_LIMITS, GUIDANCE_LIMITS, SIDE_LIMITS, STEPS_LIMITS, THREADS_LIMITS
-from engine.options import SAMPLER_NAMES, SCHEDULES
+from engine.options import NOISE_MODES, SAMPLER_NAMES, SCHEDULES
 
 if TYPE_CHECKING:
     from engine.options import GenerationOptions
@@ -157,7 +157,7 @@ def _generation_options(args: argparse.Namespace, **extra: Any) -> GenerationOpt
     return GenerationOptions(steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref,
                              seed=args.seed, head_speed=args.head_speed, clip_frames=args.clip,
                              first_clip_frames=args.first_clip, schedule=args.schedule, group_frames=args.group,
-                             motion_anchor=args.motion_anchor,
+                             motion_anchor=args.motion_anchor, noise=args.noise,
                              reproduce=not args.no_reproduce, **extra)
 
 
@@ -295,6 +295,9 @@ def _add_generation_flags(parser: argparse.ArgumentParser, first_clip: int | Non
                         help="drift guard, 0-1: how far the motion frames are pulled back toward the reference "
                              "image's features at each clip, so the face does not drift over a long stream "
                              "(0 = off; default: the model's, talking64: 0.5, else off)")
+    parser.add_argument("--noise", default=None, choices=NOISE_MODES,
+                        help="clip: each clip starts from noise of its own; session: every clip from the same noise, "
+                             "which hides the clip seams (default: the model's, talking64: session, else clip)")
     parser.add_argument("--no-reproduce", action="store_true",
                         help="imported models: run the engine's own audio windows, reference bank, motion frames and "
                              "clips instead of what the system's own pipeline does (default: reproduce it)")

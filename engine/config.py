@@ -395,7 +395,8 @@ class SamplingDefaults:
     ``cfg_audio`` / ``cfg_ref``: guidance scales (:class:`engine.sampling.guidance.GuidanceScales`);
     a single-scale CFG of ``s`` (Hallo, EchoMimic) is ``cfg_audio = cfg_ref = s``.
     ``motion_anchor``: the drift guard's strength, 0-1 (``GenerationOptions.motion_anchor``): set where it
-    was measured to help the model's long streams.
+    was measured to help the model's long streams. ``noise``: ``"clip"`` or ``"session"``
+    (``GenerationOptions.noise``): ``"session"`` where it was measured to hide the clip seams.
     """
 
     steps: Annotated[int, Field(ge=STEPS_LIMITS[0], le=STEPS_LIMITS[1])] | None = None
@@ -403,6 +404,7 @@ class SamplingDefaults:
     cfg_audio: Annotated[float, Field(ge=GUIDANCE_LIMITS[0], le=GUIDANCE_LIMITS[1])] | None = None
     cfg_ref: Annotated[float, Field(ge=GUIDANCE_LIMITS[0], le=GUIDANCE_LIMITS[1])] | None = None
     motion_anchor: Annotated[float, Field(ge=0, le=1)] | None = None
+    noise: Literal["clip", "session"] | None = None
 
 
 @dataclass

@@ -33,7 +33,7 @@ from engine.faces import FaceBox, box_mask, prepare_portrait
 from engine.lipsync import generate, mouth_opening, portrait_mask, score
 from engine.models.checkpoint import load_model
 from engine.models.model import EmoteModel
-from engine.options import GenerationOptions
+from engine.options import NOISE_MODES, GenerationOptions
 from engine.stream.chunk_planner import ChunkPlanner
 from engine.synthetic.clips import make_clip
 from engine.timebase import frame_start
@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="drift-guard strength to compare (repeatable; default: 0 and the model's own)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     parser.add_argument("--schedule", choices=("clip", "rolling"), default="clip")
+    parser.add_argument("--noise", choices=NOISE_MODES, default=None,
+                        help="each clip's noise: clip or session (default: the model's)")
     parser.add_argument("--group", type=int, default=2, help="frames per group on the rolling schedule")
     parser.add_argument("--window", type=float, default=WINDOW_S, help="window length, s (default: 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     anchors = args.anchor or sorted({0.0, model.config.sampling.motion_anchor or 0.0})
     for anchor in anchors:
         options = GenerationOptions(steps=args.steps, schedule=args.schedule, group_frames=args.group,
-                                    motion_anchor=anchor)
+                                    motion_anchor=anchor, noise=args.noise)
         for stream in streams:
             rows.append((anchor, measure(model, stream, options, args.window)))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)

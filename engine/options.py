@@ -15,6 +15,8 @@ SAMPLER_NAMES = ("ddim", "lcm", "euler")
 """The samplers a run may name (:data:`engine.sampling.samplers.SAMPLERS` builds them)."""
 SCHEDULES = ("clip", "rolling")
 """How a clip goes through the steps (:attr:`GenerationOptions.schedule`)."""
+NOISE_MODES = ("clip", "session")
+"""Where each clip's starting noise comes from (:attr:`GenerationOptions.noise`)."""
 
 
 @dataclass
@@ -25,7 +27,7 @@ class GenerationOptions:
         steps: sampler steps per clip (1-50).
         sampler: "ddim", "lcm" or "euler".
         cfg_audio, cfg_ref: guidance scales (1 = off; both 1 -> one backbone batch per step).
-            For these four and ``motion_anchor``, None means the model's own default (its config's
+            For these four, ``motion_anchor`` and ``noise``, None means the model's own default (its config's
             ``sampling``), else ``ENGINE_DEFAULTS``; :meth:`with_model_defaults` fills them, and a Session
             does that itself.
         seed: noise seed; with the same inputs the same seed gives the same frames.
@@ -43,6 +45,11 @@ class GenerationOptions:
             default, else off). The model reads its own last frames as motion frames, so without it small
             errors feed back and the face drifts away from the reference over a long stream; see
             :meth:`engine.stream.session.Session._advance_motion`.
+        noise: "clip" (each clip's noise drawn from a seed of its own, fixed by its first frame) or "session"
+            (every clip of the stream starts from the same noise, and its sampler's re-noising draws the same
+            too). Clips denoised from independent noise differ in what the noise decides (overall shading, fine
+            texture), and that shows as a jump at every clip seam; from one noise they agree, and only what the
+            audio and motion frames change moves (None: the model's default, else "clip").
         reproduce: follow the imported system's own pipeline where the model's config says how (its
             ``reproduce`` section: Hallo's reference reader and motion-frame round trip, EchoMimic's noise
             clamp; offline also whole-audio features, Hallo's whole clips, EchoMimic's frame count and context
@@ -64,6 +71,7 @@ class GenerationOptions:
     schedule: str = "clip"
     group_frames: int = 2
     motion_anchor: float | None = None
+    noise: str | None = None
     idle_steps: int = 1
     reproduce: bool = True
     offline: bool = False
@@ -88,10 +96,12 @@ class GenerationOptions:
             raise ValueError(f"audio_context_s must be >= 0, got {self.audio_context_s}")
         if self.motion_anchor is not None and not 0.0 <= self.motion_anchor <= 1.0:
             raise ValueError(f"motion_anchor must be between 0 and 1, got {self.motion_anchor}")
+        if self.noise is not None and self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be 'clip' or 'session', not {self.noise!r}")
 
     def with_model_defaults(self, defaults: SamplingDefaults) -> GenerationOptions:
-        """A copy whose unset ``steps``, ``sampler``, ``cfg_audio``, ``cfg_ref`` and ``motion_anchor`` are the
-        model's ``defaults`` (a distilled student: 4 LCM steps, no guidance), else ``ENGINE_DEFAULTS``."""
+        """A copy whose unset ``steps``, ``sampler``, ``cfg_audio``, ``cfg_ref``, ``motion_anchor`` and ``noise``
+        are the model's ``defaults`` (a distilled student: 4 LCM steps, no guidance), else ``ENGINE_DEFAULTS``."""
         chosen = {}
         for name, fallback in ENGINE_DEFAULTS.items():
             value = getattr(self, name)
@@ -101,5 +111,6 @@ class GenerationOptions:
         return dataclasses.replace(self, **chosen)
 
 
-ENGINE_DEFAULTS = {"steps": 4, "sampler": "ddim", "cfg_audio": 1.0, "cfg_ref": 1.0, "motion_anchor": 0.0}
+ENGINE_DEFAULTS = {"steps": 4, "sampler": "ddim", "cfg_audio": 1.0, "cfg_ref": 1.0, "motion_anchor": 0.0,
+                   "noise": "clip"}
 """What :class:`GenerationOptions` falls back to where neither the user nor the model says."""

@@ -111,7 +111,7 @@ def test_generation_flags_are_the_same_in_every_command():
     from engine.sampling.samplers import SAMPLERS
 
     shared = ["--model", "--device", "--backend", "--size", "--steps", "--sampler", "--cfg-audio", "--cfg-ref",
-              "--head-speed", "--clip", "--first-clip", "--schedule", "--group", "--seed", "--motion-anchor"]
+              "--head-speed", "--clip", "--first-clip", "--schedule", "--group", "--seed", "--motion-anchor", "--noise"]
     assert tuple(SAMPLERS) == SAMPLER_NAMES
     commands = {name: _flags(_subparser(name)) for name in ("generate", "stream", "serve")}
     for flags in commands.values():
@@ -126,10 +126,12 @@ def test_serve_options_come_from_the_shared_flags():
     from engine.cli import _generation_options, build_parser
 
     args = build_parser().parse_args(["serve", "--steps", "3", "--cfg-audio", "2.5", "--head-speed", "0.5",
-                                      "--schedule", "rolling", "--group", "3", "--idle-steps", "2"])
+                                      "--schedule", "rolling", "--group", "3", "--idle-steps", "2",
+                                      "--noise", "session"])
     options = _generation_options(args, idle_steps=args.idle_steps)
     assert (options.steps, options.cfg_audio, options.head_speed, options.schedule, options.group_frames,
-            options.idle_steps, options.first_clip_frames) == (3, 2.5, 0.5, "rolling", 3, 2, 4)
+            options.idle_steps, options.first_clip_frames, options.noise) == (3, 2.5, 0.5, "rolling", 3, 2, 4,
+                                                                              "session")
 
 
 def test_an_unknown_backend_is_a_usage_error(capsys):

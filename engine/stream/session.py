@@ -288,10 +288,12 @@ class Session:
         return first if total <= first else first + -(-(total - first) // size) * size
 
     def noise(self, clip: Clip) -> tuple[torch.Tensor, torch.Generator]:
-        """The clip's starting noise ``[1, C, F, h, w]`` and the generator it came from (seeded by clip start),
-        clamped as the reproduced pipeline clamps it (``reproduce.noise_clamp``)."""
+        """The clip's starting noise ``[1, C, F, h, w]`` and the generator it came from (seeded by clip start, or
+        with ``noise = "session"`` the same for every clip), clamped as the reproduced pipeline clamps it
+        (``reproduce.noise_clamp``)."""
         h = self.size // self.config.latent_downscale
-        generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, clip.start))
+        start = 0 if self.options.noise == "session" else clip.start
+        generator = torch.Generator("cpu").manual_seed(clip_seed(self.options.seed, start))
         noise = torch.randn(1, self.config.unet.in_channels, clip.frames, h, h, generator=generator)
         if self.reproduction.noise_clamp > 0:
             noise = noise.clamp(-self.reproduction.noise_clamp, self.reproduction.noise_clamp)

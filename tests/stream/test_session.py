@@ -170,3 +170,29 @@ def test_reset_keeps_the_reference_and_restarts_frames(model, portrait):
     assert [f.index for f in again] == [f.index for f in first]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again))
     assert len(backend.reference_calls) - calls == len({f.index // 8 for f in again}), "no new reference-image pass"
+
+
+@pytest.mark.parametrize("mode", ["clip", "session"])
+def test_session_noise_starts_every_clip_from_the_same_noise(model, portrait, mode):
+    backend = RecordingBackend(model)
+    session = Session(backend, model.config, *portrait, GenerationOptions(steps=2, sampler="lcm", noise=mode))
+    session.push_audio(speech(1.0, noise=0.02))
+    session.end()
+    first, second = session.ready_clips()[:2]
+    assert first.start != second.start and first.frames == second.frames
+    (a, _), (b, _) = session.noise(first), session.noise(second)
+    assert torch.equal(a, b) == (mode == "session")
+    session.denoise(first)
+    session.denoise(second)
+    starts = [c["sample"] for c in backend.backbone_calls[::2]]
+    renoised = [c["sample"] for c in backend.backbone_calls[1::2]]
+    assert torch.equal(starts[0], starts[1]) == (mode == "session")
+    assert not torch.equal(renoised[0], renoised[1]), "the clips' conditions differ, so their samples do"
+
+
+def test_the_noise_mode_is_the_models_default_unless_given():
+    assert GenerationOptions().with_model_defaults(SamplingDefaults()).noise == "clip"
+    assert GenerationOptions().with_model_defaults(SamplingDefaults(noise="session")).noise == "session"
+    assert GenerationOptions(noise="clip").with_model_defaults(SamplingDefaults(noise="session")).noise == "clip"
+    with pytest.raises(ValueError, match="noise must be 'clip' or 'session'"):
+        GenerationOptions(noise="frame")
