@@ -1,4 +1,4 @@
-"""How long and how hard each stage trains: the full recipe (about 59 minutes on one CPU core) and a
+"""How long and how hard each stage trains: the full recipe (about 67 minutes on one CPU core) and a
 tiny one (seconds, for tests)."""
 
 from __future__ import annotations

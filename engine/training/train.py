@@ -1,6 +1,6 @@
 """``python -m engine.training.train``: the whole recipe, from synthetic data to a distilled student.
 
-    python -m engine.training.train --out out/training/talking64            # full recipe (~59 min, 1 core)
+    python -m engine.training.train --out out/training/talking64            # full recipe (~67 min, 1 core)
     python -m engine.training.train --out /tmp/t --recipe tiny              # seconds: end-to-end check
 
 Steps: render (or reuse) the cached synthetic clips; stages ``audio``, ``image``, ``video``, ``speed``
