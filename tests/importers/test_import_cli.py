@@ -160,7 +160,7 @@ def test_echomimic_acc_variant_and_float16(echomimic_src, tmp_path, capsys):
     assert code == 0 and "denoising_unet_acc.pth" in out
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["sampling"] == {"steps": 6, "sampler": "ddim", "cfg_audio": 1.0, "cfg_ref": 1.0,
-                                  "motion_anchor": None}
+                                  "motion_anchor": None, "noise": None}
     assert load_file(str(tmp_path / "m" / "backbone.safetensors"))["conv_in.weight"].dtype == torch.float16
     assert load_model(tmp_path / "m", dtype=torch.float32).backbone.conv_in.weight.dtype == torch.float32
 
