@@ -69,6 +69,7 @@ def test_info_on_a_model_directory_and_a_bad_path(tmp_path, capsys):
     ({"sampling": {"steps": 0}}, "sampling.steps"),
     ({"sampling": {"cfg_audio": -1.0}}, "sampling.cfg_audio"),
     ({"sampling": {"motion_anchor": 1.5}}, "sampling.motion_anchor"),
+    ({"sampling": {"noise": "frame"}}, "sampling.noise"),
     ({"unet": {"norm_num_groups": 12}}, "unet.norm_num_groups: must divide every UNet block width"),
     ({"motion_init": "noise"}, "motion_init"),
 ])
