@@ -15,24 +15,12 @@ from engine.models.checkpoint import load_model, random_model
 from engine.options import GenerationOptions
 from engine.sampling.schedules import NoiseSchedule
 from engine.stream.session import Session
-from engine.synthetic.clips import make_clip
 from engine.training.data import ClipSampler, audio_window, window_pcm
 from engine.training.distill import distill_stage, temporal_error
-from engine.training.model_config import talking_head_config
 from engine.training.recipe import Recipe, StageBudget
 from engine.training.stages import (audio_stage, copy_backbone_into_reference_net, image_stage, speed_stage,
                                     video_stage, zero_audio_attention_outputs)
 from engine.training.train import main as train_main
-
-
-@pytest.fixture(scope="module")
-def config():
-    return talking_head_config()
-
-
-@pytest.fixture(scope="module")
-def clips():
-    return [make_clip(11, head_motion=True, sentences=1), make_clip(12, head_motion=False, sentences=1)]
 
 
 class RecordingBackend(TorchEagerBackend):
