@@ -40,10 +40,6 @@ class MotionAugment:
         if self.noise < 0 or self.patch < 1 or self.segments < 1 or self.steps < 1:
             raise ValueError("motion augmentation: noise >= 0, patch >= 1, segments >= 1 and steps >= 1 required")
 
-    def without_rollout(self) -> MotionAugment:
-        """The same augmentation of given motion frames, never generating them."""
-        return MotionAugment(noise=self.noise, patch_drop=self.patch_drop, patch=self.patch, anchor=self.anchor)
-
     def rolls_out(self, generator: torch.Generator) -> bool:
         """Draw whether the next batch's motion frames are the model's own (probability ``rollout``)."""
         return self.rollout > 0 and float(torch.rand((), generator=generator)) < self.rollout

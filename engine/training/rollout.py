@@ -14,6 +14,7 @@ from engine.models.model import EmoteModel
 from engine.sampling.samplers import Sampler, sample
 from engine.training.data import Batch
 from engine.training.diffusion import LossOptions, backbone_conditions
+from engine.training.motion import MotionAugment
 
 BackboneFn = Callable[..., torch.Tensor]
 """``backbone(x [B, C, F, h, w], t [B, F], **conditions) -> output like x`` (a backbone module)."""
@@ -38,14 +39,13 @@ class Rollout:
         """
         if not batch.history:
             raise ValueError("the batch has no history segments to roll out (video_batch(history=...))")
-        rollout_options = replace(options, augment=replace(options.augment.without_rollout(), noise=0.0,
-                                                           patch_drop=0.0))
+        rollout_options = replace(options, augment=MotionAugment(anchor=options.augment.anchor))
+        side = model.config.resolution // model.config.latent_downscale
         latents = None
         for segment in batch.history:
             cond = backbone_conditions(model, segment, rollout_options, generator, audio_drop_prob=0.0,
                                        motion=latents)
             b, frames = segment.frames.shape[0], segment.frames.shape[2]
-            side = model.config.resolution // model.config.latent_downscale
             noise = torch.randn(b, model.config.unet.in_channels, frames, side, side, generator=generator)
             clean = sample(lambda x, t: self.backbone(x, t, **cond), self.sampler, noise, self.steps,
                            generator=generator, per_frame=True)
