@@ -18,9 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.synthetic.textures import Texture, hsv
-
-Color = tuple[float, float, float]
+from engine.synthetic.textures import Color, Texture, hsv
 
 HAIR_STYLES = ("short", "long", "buzz", "bangs", "curly")
 
