@@ -46,13 +46,16 @@ SCHEMA = "emote.bench.threads/1"
 
 
 def generate(mode: str, backend_name: str, model_name: str, threads: int, seconds: float) -> dict:
-    """One timed stream of ``seconds`` of speech in this process (after a 1-s warm-up stream)."""
+    """One timed stream of ``seconds`` of speech in this process (after a 1-s warm-up stream), with the allocator
+    settings the ``emote`` command starts with."""
+    from engine.allocator import tune_allocator
     from engine.backends import _make, make_backend
     from engine.faces import prepare_portrait
     from engine.pipeline import open_model
     from engine.stream.runner import LiveSession
     from engine.stream.session import GenerationOptions, Session
 
+    tune_allocator()
     torch.set_num_threads(threads)
     model = open_model(model_name)
     portrait = prepare_portrait(DEMO_PORTRAIT, model.config.resolution)

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from engine.serve.hub import PendingUploads, SessionHub, client_key, trim_allocator
+from engine.allocator import trim_allocator
+from engine.serve.hub import PendingUploads, SessionHub, client_key
 from engine.serve.portraits import PortraitError, decode_portrait
 from engine.serve.protocol import (
     ENGINE_SAMPLE_RATE,

@@ -7,9 +7,7 @@ By default each session's denoise thread calls the shared backend on its own; wi
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import ipaddress
 import secrets
 import threading
@@ -17,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -56,6 +53,10 @@ class ServeConfig:
         host, port: where to listen (loopback by default; port 0 picks a free one).
         model, device, backend: what to load once at start (a preset or a model directory).
         threads: on the CPU, the intra-op threads of the backend's compute thread (None: torch's count).
+        serving_niceness: on a serial (CPU) backend, the niceness added to every thread of the server but the
+            compute thread and its OpenMP workers (0-19; 0: none), so the event loop, the stage threads and
+            the frame encoders take the cores only when the compute team leaves them
+            (:func:`engine.backends.compute_thread.yield_to_compute_threads`).
         max_sessions: sessions at once; one more is refused with a ``busy`` error. A session holds its slot
             from the moment its portrait is known (at ``start`` for the sample, once an upload has arrived).
         max_pending_uploads: portrait uploads announced but not yet received, at once (they hold no session
@@ -86,6 +87,7 @@ class ServeConfig:
     device: str = "cpu"
     backend: str = "torch"
     threads: int | None = None
+    serving_niceness: int = 10
     max_sessions: int = 4
     token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -117,6 +119,8 @@ class ServeConfig:
             raise ValueError("the access token must not be empty")
         if self.threads is not None and not THREADS_LIMITS[0] <= self.threads <= THREADS_LIMITS[1]:
             raise ValueError(f"threads must be {THREADS_LIMITS[0]}-{THREADS_LIMITS[1]}, got {self.threads}")
+        if not 0 <= self.serving_niceness <= 19:
+            raise ValueError(f"serving_niceness must be 0-19, got {self.serving_niceness}")
         if self.batch_gather_ms is not None and self.batch_gather_ms < 0:
             raise ValueError(f"batch_gather_ms must be >= 0, got {self.batch_gather_ms}")
 
@@ -302,65 +306,6 @@ class SessionHub:
         self.executor.shutdown(wait=True)
         if self.scheduler is not None:
             self.scheduler.close()
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library is another."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-"""glibc's ``mallopt`` parameter numbers (``malloc.h``)."""
-TRIM_THRESHOLD_BYTES = 128 * 1024
-"""Free memory at the top of an allocator arena beyond this goes back to the system as it is freed (glibc's
-starting value, held fixed: :func:`tune_allocator`)."""
-MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-"""Allocations from this size up get pages of their own, unmapped when freed (the ceiling glibc's own
-adjustment reaches on 64-bit, held fixed)."""
-
-
-@functools.cache
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt``, or None where the C library is another."""
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
-
-
-def tune_allocator() -> bool:
-    """Hold glibc's trim and mmap thresholds fixed for a long-running server; call it once, at the server's start
-    (``emote serve``, each Ray Serve replica), never from library code. True when both were set.
-
-    By default glibc raises both thresholds as large blocks are freed (the trim threshold up to 64 MiB), so
-    each thread arena of the sessions' worker threads kept up to that much freed memory at its top, which
-    :func:`trim_allocator` cannot return: measured on 2 cores, 1,000 connect/disconnect cycles of the tiny
-    model left 26-33 MiB more resident memory even after a trim, and 3 MiB with the thresholds held (mmap at
-    32 MiB keeps the speed: large tensors still come from the arenas; a 128 KiB mmap threshold was 1.5x slower).
-    """
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD,
-                                                                                  TRIM_THRESHOLD_BYTES))
-
-
-def trim_allocator() -> None:
-    """Return the C allocator's free pages to the system (glibc's ``malloc_trim(0)``; nothing elsewhere).
-
-    A session's tensors are freed by its own threads, into glibc arenas of those threads, which keep the
-    pages: without this a server's resident memory grew about 0.25 MB a session until the arenas were all
-    in use (784 -> 838 MB after 200 sessions, about 1.15 GB after 1,200), none of it reachable memory.
-    Called once a session's memory has been freed (trimming while something still holds the session returns
-    nothing of it); it takes milliseconds.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _detach(backend: Backend) -> None:

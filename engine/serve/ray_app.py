@@ -42,7 +42,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from engine.serve.app import PAGE_FILES, SECURITY_HEADERS, page_url, refusal
 from engine.serve.connection import SessionConnection
-from engine.serve.hub import ServeConfig, SessionHub, tune_allocator
+from engine.allocator import tune_allocator
+from engine.serve.hub import ServeConfig, SessionHub
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 
 APP_NAME = "emote"

@@ -19,7 +19,7 @@ from support import demo_pcm16
 
 from engine.serve import connection
 from engine.serve.client import stream_session
-from engine.serve.hub import trim_allocator, tune_allocator
+from engine.allocator import trim_allocator, tune_allocator
 from engine.stream.session import Session
 
 CYCLES = int(os.environ.get("EMOTE_RECONNECT_CYCLES", "200"))
