@@ -321,7 +321,8 @@ class WebRtcSession:
         self._send({"type": "ready", "session": self.session_id, "fps": live.session.fps,
                     "size": live.session.size, "face_detected": bool(self.portrait.detected),
                     "model": config.model, "untrained": self.hub.untrained,
-                    "steps": config.options.steps, "idle_steps": live.idle_steps, "policy": config.policy.kind})
+                    "steps": config.options.steps, "idle_steps": live.idle_steps, "policy": config.policy.kind,
+                    "ttff_floor_s": live.stats.ttff_floor_s, "latency_floor_s": live.stats.latency_floor_s})
 
     def _on_control(self, data: object) -> None:
         try:
@@ -338,7 +339,8 @@ class WebRtcSession:
         """The session's figures as the ``stats`` message carries them."""
         s = self.live.stats.summary()
         return {"frames_out": s["frames_out"], "frames_skipped": s["frames_skipped"], "frames_idle": s["frames_idle"],
-                "sustained_fps": s["sustained_fps"], "microphone_s": self.mic_samples / ENGINE_SAMPLE_RATE,
+                "sustained_fps": s["sustained_fps"], "latency_p50_s": s["latency_s"]["median"],
+                "latency_p95_s": s["latency_s"]["p95"], "microphone_s": self.mic_samples / ENGINE_SAMPLE_RATE,
                 "video_frames_sent": len(self.sent.frame_pts), "audio_samples_sent": self.sent.audio_samples,
                 "sessions": self.hub.active}
 

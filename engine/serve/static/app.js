@@ -477,8 +477,9 @@ class RtcClient {
     if (m.type === "ready") {
       this.ready = m;
       $("interrupt").disabled = false;
+      const face = m.face_detected ? "" : " No face was found: a centred crop is used.";
       const weights = m.untrained ? ` Model '${m.model}' has random weights: the video is not a face yet.` : "";
-      this.status(`Live over WebRTC: talk now. ${m.steps} step(s) per clip, ${m.idle_steps} when idle.${weights}`);
+      this.status(`Live over WebRTC: talk now. ${m.steps} step(s) per clip, ${m.idle_steps} when idle.${face}${weights}`);
     } else if (m.type === "stats") {
       this.serverStats = m.stats;
     } else if (m.type === "interrupted") {
