@@ -32,7 +32,7 @@ from bench.cli import results_dir, write_results
 from bench.environment import describe
 from bench.harness import log
 from bench.report import commit_text, format_ms, format_number, markdown_table, pyplot
-from bench.sessions import ReplicaProcess, SessionsSettings, _clients
+from bench.sessions import BUSY_RETRY_S, BUSY_WAIT_S, ReplicaProcess, SessionsSettings, _clients
 from bench.speech import SAMPLE_RATE, session_speech
 from engine.serve.client import stream_session, to_pcm16
 from engine.timebase import frames_complete
@@ -66,8 +66,13 @@ def point(transport: str, round_index: int, seconds: float, frames: int, expecte
 
 async def websocket_session(replica: ReplicaProcess, pcm16: np.ndarray) -> tuple[int, dict, dict]:
     """The session over the socket: (frames received, the server's final figures, its ``ready``)."""
-    result = await stream_session(replica.url, pcm16, SAMPLE_RATE, realtime=True, always_on=True,
-                                  timeout_s=3 * pcm16.size / SAMPLE_RATE + 60)
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:  # the warm-up's slot is freed once its socket has closed: a moment after it ended
+        result = await stream_session(replica.url, pcm16, SAMPLE_RATE, realtime=True, always_on=True,
+                                      timeout_s=3 * pcm16.size / SAMPLE_RATE + 60)
+        if (result.error or {}).get("code") != "busy" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(BUSY_RETRY_S)
     if result.error is not None or result.done is None:
         raise RuntimeError(f"websocket session failed: {result.error or result.close_code}")
     summary = result.done["stats"]
@@ -130,11 +135,16 @@ async def webrtc_session(replica: ReplicaProcess, pcm16: np.ndarray) -> tuple[in
     try:
         await pc.setLocalDescription(await pc.createOffer())
         offer_url = replica.url.replace("ws://", "http://").replace("/session", "/webrtc/offer")
-        async with aiohttp.ClientSession() as http, http.post(offer_url, json={
-                "type": "offer", "sdp": pc.localDescription.sdp}) as response:
-            answer = await response.json()
-            if response.status != 200:
-                raise RuntimeError(f"webrtc offer refused: {answer}")
+        deadline = time.monotonic() + BUSY_WAIT_S
+        async with aiohttp.ClientSession() as http:
+            while True:  # busy (503) while the warm-up's slot is being freed
+                async with http.post(offer_url, json={"type": "offer", "sdp": pc.localDescription.sdp}) as response:
+                    answer = await response.json()
+                if response.status != 503 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(BUSY_RETRY_S)
+        if response.status != 200:
+            raise RuntimeError(f"webrtc offer refused: {answer}")
         await pc.setRemoteDescription(RTCSessionDescription(**answer))
         deadline = time.perf_counter() + seconds + 60
         while not any(pts >= seconds for _, pts in arrivals) and time.perf_counter() < deadline:
@@ -156,8 +166,9 @@ def measure(args: argparse.Namespace) -> dict:
     """Every transport ``args.rounds`` times, round-robin, each on a fresh server."""
     pcm16 = client_speech(args.seconds)
     seconds = pcm16.size / SAMPLE_RATE
+    server_flags = ("--webrtc", *(("--size", "64") if args.smoke else ()))
     settings = SessionsSettings(model=args.model, sessions=(1,), modes=("plain",), steps=args.steps,
-                                extra_serve_args=("--webrtc", *(("--size", "64") if args.smoke else ())))
+                                threads=args.threads, extra_serve_args=server_flags)
     points = []
     with tempfile.TemporaryDirectory(prefix="bench-always-on-") as tmp:
         for round_index in range(args.rounds):
@@ -184,7 +195,7 @@ def measure(args: argparse.Namespace) -> dict:
         cost[transport] = float(np.median(cpu))
     webrtc_extra = cost["webrtc"] - cost["websocket"] if set(TRANSPORTS) <= set(cost) else None
     return {"schema": SCHEMA, "smoke": args.smoke, "model": args.model, "steps": args.steps, "seconds": seconds,
-            "rounds": args.rounds,
+            "rounds": args.rounds, "threads": args.threads,
             "budget_ms": args.budget_ms, "environment": describe(torch.device("cpu")), "points": points,
             "median_cpu_s_per_s": cost, "webrtc_extra_cpu_s_per_s": webrtc_extra}
 
@@ -201,7 +212,7 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     lines = [f"# One always-on session per transport: {results['model']} on {env['device']}"
              + (" (smoke run, not a measurement)" if results["smoke"] else ""), "",
              f"{env['date']} · commit {commit_text(env)} · "
-             f"{steps} · "
+             f"{steps} · server threads {results['threads'] or 'default'} · "
              f"{results['seconds']:g} s of speech with a {PAUSE_S:g}-s pause, sent in real time in 20 ms blocks · "
              f"{results['rounds']} rounds, round-robin, a fresh `emote serve --webrtc` per session", "",
              "Latency: the server's own figure (audio in -> frame out, before the transport). Held: every frame "
@@ -255,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transports", type=lambda s: tuple(s.split(",")), default=TRANSPORTS,
                         help="comma-separated, of websocket, webrtc (default both)")
     parser.add_argument("--budget-ms", type=float, default=250.0, help="latency allowed above the floor at p95")
+    parser.add_argument("--threads", type=int, help="the server's torch intra-op threads (default: torch's)")
+
     parser.add_argument("--out-dir", type=Path, help="where the files go (default bench/results/<device>/)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model at 64 px, 1 step, 2 s, 1 round: checks the benchmark, not a speed")

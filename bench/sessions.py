@@ -324,8 +324,7 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
         "",
         f"{env['date']} · torch {env['torch']} · commit {commit_text(env)} · server torch threads "
         f"{s['threads'] or 'default'} · backend {s['backend']} · {steps} steps, {s['schedule']} schedule, first clip "
-        f"{s['first_clip']} frames, lag policy grow"
-        + (f" · extra server flags `{' '.join(s['extra_serve_args'])}`" if s.get("extra_serve_args") else ""),
+        f"{s['first_clip']} frames, lag policy grow",
         "",
         f"Each point: a fresh `emote serve` process with N slots, warmed up by one session, then N clients streaming "
         f"{s['stream_s']:g} s of their own speech in real time ({BLOCK_MS:g} ms blocks), joining "
@@ -402,8 +401,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-ms", type=float, help="latency allowed above the floor at p95 (default 250)")
     parser.add_argument("--gather-ms", type=float, help="the batched mode's gather window (default 5 ms)")
     parser.add_argument("--price-per-hour", type=float, help="replica price in $/h (default 2.50 cuda, 0.085 cpu)")
-    parser.add_argument("--serving-niceness", type=int, choices=range(20), metavar="N",
-                        help="the server's --serving-niceness (default: the server's, 10)")
     add_common_flags(parser, "device", "out_dir", backend="engine backend (default torch)",
                      stream_s="speech per session (default 8 s)", steps="sampler steps (default: the model's)",
                      repeats="fresh replicas per point (default 1)",
@@ -422,9 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    extra = () if args.serving_niceness is None else ("--serving-niceness", str(args.serving_niceness))
-    smoke = dict(model="tiny", sessions=(1,), stream_s=1.0, steps=1, extra_serve_args=("--size", "64", *extra)) \
-        if args.smoke else dict(extra_serve_args=extra)
+    smoke = dict(model="tiny", sessions=(1,), stream_s=1.0, steps=1, extra_serve_args=("--size", "64")) \
+        if args.smoke else {}
     given = {k: v for k, v in dict(sessions=args.sessions, stream_s=args.stream_s, steps=args.steps,
                                    schedule=args.schedule, group=args.group, budget_ms=args.budget_ms,
                                    gather_ms=args.gather_ms, repeats=args.repeats, threads=args.threads,

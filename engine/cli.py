@@ -209,8 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_device(args.device)
     config = ServeConfig(
         host=args.host, port=args.port, model=args.model, device=args.device, backend=args.backend,
-        threads=args.threads, serving_niceness=args.serving_niceness, max_sessions=args.max_sessions,
-        token=_serve_token(args),
+        threads=args.threads, max_sessions=args.max_sessions, token=_serve_token(args),
         allowed_hosts=tuple(name.lower() for name in args.allowed_host), open_server=args.open_server,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
         max_pending_uploads=args.max_pending_uploads,
@@ -404,9 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when generation falls behind: let latency grow, skip clips, or use fewer steps "
                             "(default: skip)")
     serve.add_argument("--max-lag", type=LAG_S, default=1.0, help="seconds of lag before --policy acts (default: 1)")
-    serve.add_argument("--serving-niceness", type=bounded(int, 0, 19), default=10, metavar="N",
-                       help="CPU: niceness added to the server's threads other than the compute team (event loop, "
-                            "stage threads, encoders), so the networks keep both cores (0-19; 0: off; default: 10)")
     serve.add_argument("--webrtc", action="store_true",
                        help="also serve WebRTC (the page's microphone in, video and voice out as media tracks; "
                             "needs the webrtc extra); the WebSocket stays")

@@ -8,12 +8,8 @@ thread. Why that matters, and what it changed, is in docs/cpu-threads.md.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -23,23 +19,6 @@ from engine.models.backbone_inputs import BackboneInputs
 from engine.models.reference_net import ReferenceBank
 
 T = TypeVar("T")
-
-
-COMPUTE_THREAD_NAME = "emote-compute"
-"""A compute thread's name, in Python (with a ``_0`` suffix) and as the system shows it."""
-PR_SET_NAME = 15
-"""Linux's ``prctl`` option that names the calling thread (at most 15 bytes) as the system shows it."""
-
-
-def _start_compute_thread(name: str, threads: int) -> None:
-    """Set-up of the compute thread, on it: ``name`` as its system name (``top -H``, ``/proc/PID/task/TID/comm``;
-    Linux only) and its intra-op thread count."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    _own_thread_count(threads)
 
 
 def _own_thread_count(threads: int) -> None:
@@ -53,50 +32,20 @@ def _own_thread_count(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def yield_to_compute_threads(niceness: int, name: str = COMPUTE_THREAD_NAME) -> int:
-    """Raise by ``niceness`` (0-19) the niceness of every thread of this process except the compute threads
-    (those whose system name is ``name``: a :class:`ComputeThread` and the OpenMP workers it started, which take
-    their creator's name); returns how many threads were lowered.
-
-    On Linux niceness belongs to each thread and a new thread takes its creator's, so threads started later by
-    a lowered thread (the event loop's executors, stage threads, frame encoders) are lowered too, while the
-    compute team keeps the cores whenever it has work. An unprivileged process may raise niceness but never
-    lower it again: call it once, from an entry point, after the compute thread has started. Elsewhere (no
-    per-thread niceness or no ``/proc``) it does nothing and returns 0.
-    """
-    if not 0 <= niceness <= 19:
-        raise ValueError(f"niceness must be 0-19, not {niceness}")
-    tasks = Path("/proc/self/task")
-    if not niceness or not sys.platform.startswith("linux") or not tasks.is_dir():
-        return 0
-    lowered = 0
-    for task in tasks.iterdir():
-        try:
-            if (task / "comm").read_text().strip() == name:
-                continue
-            thread = int(task.name)
-            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
-        except (OSError, ValueError):
-            continue  # a thread that ended meanwhile
-        lowered += 1
-    return lowered
-
-
 class ComputeThread:
     """A single worker thread that runs the callables handed to it, one at a time, in the order given.
 
-    ``threads``: torch's intra-op threads on that thread (set there once, when it starts); ``name``: the thread's
-    name, in Python and as the system shows it. A call made from the worker thread itself runs inline, so a
-    network call may make another.
+    ``threads``: torch's intra-op threads on that thread (set there once, when it starts). A call made from the
+    worker thread itself runs inline, so a network call may make another.
     """
 
-    def __init__(self, threads: int, name: str = COMPUTE_THREAD_NAME):
+    def __init__(self, threads: int, name: str = "emote-compute"):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         self.threads = threads
         caller = torch.get_num_threads()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=_start_compute_thread,
-                                            initargs=(name, threads))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=_own_thread_count,
+                                            initargs=(threads,))
         self._ident = self._executor.submit(threading.get_ident).result()
         torch.set_num_threads(caller)  # the count later threads start from: the caller's again
 

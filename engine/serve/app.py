@@ -21,7 +21,6 @@ from aiohttp import web
 
 from engine.serve.connection import SessionConnection
 from engine.allocator import tune_allocator
-from engine.backends.compute_thread import yield_to_compute_threads
 from engine.serve.hub import SAMPLE_PORTRAIT, ServeConfig, SessionHub
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 
@@ -224,8 +223,6 @@ def run_server(config: ServeConfig) -> None:
     tune_allocator()
     started = time.perf_counter()
     hub = SessionHub.load(config)
-    if hub.backend.serial:
-        yield_to_compute_threads(config.serving_niceness)
     print(f"emote serve: model {config.model} on {config.device} ready in {time.perf_counter() - started:.1f} s; "
           f"portraits {hub.size}x{hub.size}, {config.options.steps} steps, policy {config.policy.kind}, "
           f"at most {config.max_sessions} sessions", file=sys.stderr)

@@ -53,10 +53,6 @@ class ServeConfig:
         host, port: where to listen (loopback by default; port 0 picks a free one).
         model, device, backend: what to load once at start (a preset or a model directory).
         threads: on the CPU, the intra-op threads of the backend's compute thread (None: torch's count).
-        serving_niceness: on a serial (CPU) backend, the niceness added to every thread of the server but the
-            compute thread and its OpenMP workers (0-19; 0: none), so the event loop, the stage threads and
-            the frame encoders take the cores only when the compute team leaves them
-            (:func:`engine.backends.compute_thread.yield_to_compute_threads`).
         max_sessions: sessions at once; one more is refused with a ``busy`` error. A session holds its slot
             from the moment its portrait is known (at ``start`` for the sample, once an upload has arrived).
         max_pending_uploads: portrait uploads announced but not yet received, at once (they hold no session
@@ -87,7 +83,6 @@ class ServeConfig:
     device: str = "cpu"
     backend: str = "torch"
     threads: int | None = None
-    serving_niceness: int = 10
     max_sessions: int = 4
     token: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -119,8 +114,6 @@ class ServeConfig:
             raise ValueError("the access token must not be empty")
         if self.threads is not None and not THREADS_LIMITS[0] <= self.threads <= THREADS_LIMITS[1]:
             raise ValueError(f"threads must be {THREADS_LIMITS[0]}-{THREADS_LIMITS[1]}, got {self.threads}")
-        if not 0 <= self.serving_niceness <= 19:
-            raise ValueError(f"serving_niceness must be 0-19, got {self.serving_niceness}")
         if self.batch_gather_ms is not None and self.batch_gather_ms < 0:
             raise ValueError(f"batch_gather_ms must be >= 0, got {self.batch_gather_ms}")
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -14,7 +10,7 @@ import torch
 from support import speech
 
 from engine.backends import make_backend
-from engine.backends.compute_thread import ComputeThread, ComputeThreadBackend, yield_to_compute_threads
+from engine.backends.compute_thread import ComputeThread, ComputeThreadBackend
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.stream.runner import LiveSession
 from engine.stream.session import GenerationOptions, Session
@@ -123,54 +119,3 @@ def test_a_clips_frames_are_decoded_before_the_work_only_the_next_clip_needs(mod
     assert len(decodes) >= 3
     assert all(names[i - 1] == "backbone" for i in decodes), names
     assert live.session.anchored == offline.anchored
-
-
-LOWERING_SCRIPT = """
-import json, os, threading, time
-import torch
-from engine.backends.compute_thread import ComputeThread, yield_to_compute_threads
-
-def niceness():
-    return {int(t): (open(f"/proc/self/task/{t}/comm").read().strip(), os.getpriority(os.PRIO_PROCESS, int(t)))
-            for t in os.listdir("/proc/self/task")}
-
-stop = threading.Event()
-early = threading.Thread(target=stop.wait)
-early.start()
-compute = ComputeThread(2)
-compute.run(lambda: torch.ones(1 << 20).add_(1).sum())  # the compute thread's OpenMP team starts
-base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-lowered = yield_to_compute_threads(3)
-late = threading.Thread(target=stop.wait)
-late.start()
-print(json.dumps({"base": base, "lowered": lowered, "main": threading.get_native_id(),
-                  "early": early.native_id, "late": late.native_id, "threads": niceness()}))
-stop.set()
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness and /proc are Linux's")
-def test_yielding_lowers_every_thread_but_the_compute_team_and_threads_started_later():
-    """What `emote serve` does once its compute thread runs: the compute thread and its OpenMP workers keep their
-    niceness, every other thread (started before or after) yields. In a child process: an unprivileged process
-    cannot undo it."""
-    done = subprocess.run([sys.executable, "-c", LOWERING_SCRIPT], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    threads = {int(tid): tuple(value) for tid, value in report["threads"].items()}
-    lowered = min(19, report["base"] + 3)
-    compute = [nice for name, nice in threads.values() if name == "emote-compute"]
-    assert len(compute) >= 2 and set(compute) == {report["base"]}, threads  # the thread and its OpenMP worker
-    for thread in ("main", "early", "late"):
-        name, nice = threads[report[thread]]
-        assert name != "emote-compute" and nice == lowered, (thread, threads)
-    assert {nice for name, nice in threads.values() if name != "emote-compute"} == {lowered}, threads
-    assert report["lowered"] == len(threads) - len(compute) - 1  # all but the compute team and `late`
-
-
-def test_a_niceness_outside_0_to_19_is_refused():
-    with pytest.raises(ValueError, match="niceness must be 0-19"):
-        yield_to_compute_threads(20)
-    with pytest.raises(ValueError, match="niceness must be 0-19"):
-        yield_to_compute_threads(-1)
