@@ -11,7 +11,7 @@ skipped, the server's audio-to-frame latency p50 / p95 (the session's own figure
 before the transport) against the bound (the latency floor + ``--budget-ms``), the lowest sustained fps, the
 server's CPU seconds per second of video; for WebRTC also how much later than its timestamp each frame
 arrived, relative to the earliest (p95). WebRTC's CPU per second minus the socket's is what the WebRTC path
-(encode, RTP, SRTP, pacing) costs. Results: ``bench/results/<device>/always-on-<model>.{json,md,png}``.
+(encode, RTP, SRTP, pacing) costs. Results: ``bench/results/<device>/always-on-<model>[-<S>step].{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -257,6 +257,11 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
+def stem(results: dict) -> str:
+    """The results' file name without suffix: ``always-on-<model>[-<steps>step]``."""
+    return f"always-on-{results['model']}" + (f"-{results['steps']}step" if results["steps"] else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.always_on", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="talking64", help="model name, preset or directory (default talking64)")
@@ -288,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"bench.always_on: {exc}", file=sys.stderr)
         return 1
-    md = write_results(results, results_dir(args.out_dir, args.smoke, torch.device("cpu")), f"always-on-{args.model}",
-                       markdown, plot)
+    directory = results_dir(args.out_dir, args.smoke, torch.device("cpu"))
+    md = write_results(results, directory, stem(results), markdown, plot)
     print(md.read_text())
     return 0
 

@@ -17,7 +17,7 @@ pytest.importorskip("aiortc", reason="aiortc is not installed (pip install -e '.
 def test_smoke_run_through_both_transports_writes_results(tmp_path, capsys):
     assert main(["--smoke", "--out-dir", str(tmp_path)]) == 0
 
-    results = json.loads((tmp_path / "always-on-tiny.json").read_text())
+    results = json.loads((tmp_path / "always-on-tiny-1step.json").read_text())
     assert results["schema"] == SCHEMA and results["smoke"] is True
     points = {p["transport"]: p for p in results["points"]}
     assert set(points) == {"websocket", "webrtc"}
@@ -28,9 +28,9 @@ def test_smoke_run_through_both_transports_writes_results(tmp_path, capsys):
     assert points["websocket"]["arrival_delay_p95_s"] is None and points["webrtc"]["arrival_delay_p95_s"] >= 0
     assert results["webrtc_extra_cpu_s_per_s"] == pytest.approx(
         points["webrtc"]["server_cpu_s_per_s"] - points["websocket"]["server_cpu_s_per_s"])
-    page = (tmp_path / "always-on-tiny.md").read_text()
+    page = (tmp_path / "always-on-tiny-1step.md").read_text()
     assert "smoke run" in page and "| webrtc | 1 |" in page and "ms of CPU per second of video" in page
-    assert (tmp_path / "always-on-tiny.png").stat().st_size > 0
+    assert (tmp_path / "always-on-tiny-1step.png").stat().st_size > 0
     assert "| websocket | 1 |" in capsys.readouterr().out
 
 
