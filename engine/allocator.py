@@ -36,7 +36,7 @@ TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 """Free memory at the top of an allocator arena beyond this goes back to the system as it is freed (held fixed:
 :func:`tune_allocator`). Large enough that one diffusion step's tensors, freed and allocated again at every
 step, stay mapped: at glibc's starting value (128 KiB) the compute thread gave its top back after every large
-free and faulted the pages in again, about 4,000 page faults per frame of talking64."""
+free and faulted the pages in again: 4,200-6,600 page faults per frame of talking64."""
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 """Allocations from this size up get pages of their own, unmapped when freed (the ceiling glibc's own
 adjustment reaches on 64-bit, held fixed)."""
@@ -50,7 +50,7 @@ def tune_allocator() -> bool:
     64 MiB of freed memory each at their top, which :func:`trim_allocator` cannot return (1,000 connect and
     disconnect cycles of the tiny model: 26-33 MiB more resident memory; held fixed: about 3 MiB); and until
     the thresholds had risen, tensors of a few hundred KiB were mapped and unmapped at every step (300-600
-    page faults per frame of talking64, and 20-60 with the thresholds held). A 128 KiB mmap threshold made a
+    page faults per frame of talking64, and 16-50 with the thresholds held). A 128 KiB mmap threshold made a
     tiny ``emote generate`` 1.5x slower; 32 MiB keeps large tensors in the arenas.
     """
     mallopt = _mallopt()

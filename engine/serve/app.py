@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from engine.serve.connection import SessionConnection
 from engine.allocator import tune_allocator
+from engine.serve.connection import SessionConnection
 from engine.serve.hub import SAMPLE_PORTRAIT, ServeConfig, SessionHub
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 

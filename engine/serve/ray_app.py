@@ -40,9 +40,9 @@ from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from engine.allocator import tune_allocator
 from engine.serve.app import PAGE_FILES, SECURITY_HEADERS, page_url, refusal
 from engine.serve.connection import SessionConnection
-from engine.allocator import tune_allocator
 from engine.serve.hub import ServeConfig, SessionHub
 from engine.serve.protocol import MAX_SAMPLE_RATE, max_audio_bytes
 
