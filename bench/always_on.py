@@ -32,9 +32,9 @@ from bench.cli import results_dir, write_results
 from bench.environment import describe
 from bench.harness import log
 from bench.report import commit_text, format_ms, format_number, markdown_table, pyplot
-from bench.sessions import BUSY_RETRY_S, BUSY_WAIT_S, ReplicaProcess, SessionsSettings, _clients
+from bench.sessions import BUSY_RETRY_S, BUSY_WAIT_S, ReplicaProcess, SessionsSettings, _clients, admitted_session
 from bench.speech import SAMPLE_RATE, session_speech
-from engine.serve.client import stream_session, to_pcm16
+from engine.serve.client import to_pcm16
 from engine.timebase import frames_complete
 
 SCHEMA = "emote-bench-always-on/1"
@@ -66,13 +66,7 @@ def point(transport: str, round_index: int, seconds: float, frames: int, expecte
 
 async def websocket_session(replica: ReplicaProcess, pcm16: np.ndarray) -> tuple[int, dict, dict]:
     """The session over the socket: (frames received, the server's final figures, its ``ready``)."""
-    deadline = time.monotonic() + BUSY_WAIT_S
-    while True:  # the warm-up's slot is freed once its socket has closed: a moment after it ended
-        result = await stream_session(replica.url, pcm16, SAMPLE_RATE, realtime=True, always_on=True,
-                                      timeout_s=3 * pcm16.size / SAMPLE_RATE + 60)
-        if (result.error or {}).get("code") != "busy" or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(BUSY_RETRY_S)
+    result = await admitted_session(replica.url, pcm16, always_on=True)
     if result.error is not None or result.done is None:
         raise RuntimeError(f"websocket session failed: {result.error or result.close_code}")
     summary = result.done["stats"]
@@ -118,7 +112,12 @@ async def webrtc_session(replica: ReplicaProcess, pcm16: np.ndarray) -> tuple[in
     pc.addTransceiver("video", direction="recvonly")
     channel = pc.createDataChannel("control")
     messages: dict[str, dict] = {}
-    channel.on("message", lambda data: messages.__setitem__(json.loads(data)["type"], json.loads(data)))
+
+    @channel.on("message")
+    def keep(data: str) -> None:  # the last message of each type
+        message = json.loads(data)
+        messages[message["type"]] = message
+
     arrivals: list[tuple[float, float]] = []  # (arrival, pts in seconds)
     readers: list[asyncio.Task] = []
 

@@ -193,22 +193,26 @@ def frame_latencies(result: SessionResult, fps: float) -> list[float]:
     return latencies
 
 
-async def _clients(url: str, count: int, stream_s: float) -> list[SessionResult]:
-    """``count`` paced sessions at ``url``, session i starting i x SESSION_OFFSET_S after the first.
+async def admitted_session(url: str, pcm16: np.ndarray, **options: object) -> SessionResult:
+    """:func:`stream_session` of ``pcm16`` at ``url`` paced in real time in BLOCK_MS blocks (``options``: its other
+    keywords), started again while it is answered ``busy`` (every BUSY_RETRY_S, for BUSY_WAIT_S at most): the
+    server frees a slot only after the previous client's socket has closed, so a warm-up's slot can still be held
+    for a moment when a measured session connects."""
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        result = await stream_session(url, pcm16, SAMPLE_RATE, block_ms=BLOCK_MS, realtime=True,
+                                      timeout_s=3 * pcm16.size / SAMPLE_RATE + 120, **options)
+        if (result.error or {}).get("code") != "busy" or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(BUSY_RETRY_S)
 
-    A session answered ``busy`` starts again (every BUSY_RETRY_S, for BUSY_WAIT_S at most): the server frees a
-    slot only after the previous client's socket has closed, so the warm-up's slot can still be held for a moment
-    when the measured sessions connect."""
+
+async def _clients(url: str, count: int, stream_s: float) -> list[SessionResult]:
+    """``count`` paced sessions at ``url`` (:func:`admitted_session`), session i starting i x SESSION_OFFSET_S
+    after the first."""
     async def one(index: int) -> SessionResult:
         await asyncio.sleep(index * SESSION_OFFSET_S)
-        pcm = to_pcm16(session_speech(index, stream_s))
-        deadline = time.monotonic() + BUSY_WAIT_S
-        while True:
-            result = await stream_session(url, pcm, SAMPLE_RATE, block_ms=BLOCK_MS, realtime=True,
-                                          timeout_s=3 * stream_s + 120)
-            if (result.error or {}).get("code") != "busy" or time.monotonic() > deadline:
-                return result
-            await asyncio.sleep(BUSY_RETRY_S)
+        return await admitted_session(url, to_pcm16(session_speech(index, stream_s)))
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
