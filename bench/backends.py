@@ -12,8 +12,10 @@ video (calls x time over the session's frames), and the ratio of the baseline to
 Variants (``--variants``): ``torch`` (eager PyTorch with the fused ops' PyTorch references),
 ``torch+triton`` (the same with the Triton kernels), ``torch-cuda-graphs`` (Triton kernels, one CUDA
 graph per input shape), ``onnxruntime`` and ``tensorrt`` (their graphs and plans, built on first use:
-the build time is reported apart). A variant that cannot run here (no CUDA, package or plan) is listed
-with its reason and skipped. Defaults: ``torch,onnxruntime`` on the CPU, all five on CUDA.
+the build time is reported apart), ``torchscript`` (CPU: traced, frozen graphs per steady-state shape, the
+tracing in the first call's time). A variant that cannot run here (no CUDA, package or plan) is listed
+with its reason and skipped. Defaults: ``torch,onnxruntime,torchscript`` on the CPU, all but ``torchscript``
+on CUDA.
 Results: ``bench/results/<device>/backends-<model>-<size>.{json,md,png}``.
 """
 
@@ -53,10 +55,12 @@ VARIANTS = {
     "torch+triton": ("torch", "triton"),
     "torch-cuda-graphs": ("torch-cuda-graphs", "triton"),
     "onnxruntime": ("onnxruntime", "torch"),
+    "torchscript": ("torchscript", "torch"),
     "tensorrt": ("tensorrt", "torch"),
 }
 """Variant name -> (backend, kernels) with kernels the ``EMOTE_KERNELS`` mode its eager parts run with."""
-DEFAULT_VARIANTS = {"cpu": ("torch", "onnxruntime"), "cuda": tuple(VARIANTS)}
+DEFAULT_VARIANTS = {"cpu": ("torch", "onnxruntime", "torchscript"),
+                    "cuda": tuple(v for v in VARIANTS if v != "torchscript")}
 NETWORK_ORDER = ("audio_tokens", "reference", "face_features", "speed_tokens", "image_tokens", "backbone",
                  "vae_encode", "vae_decode")
 

@@ -40,6 +40,7 @@ from bench.environment import describe, slug
 from bench.harness import log
 from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table, pyplot
 from bench.speech import SAMPLE_RATE, SESSION_OFFSET_S, session_speech
+from engine.cli import serve_backend
 from engine.serve.client import SessionResult, stream_session, to_pcm16
 from engine.timebase import frame_start, frames_complete
 
@@ -62,14 +63,15 @@ class SessionsSettings:
     """One run's settings.
 
     ``sessions``: the session counts tried; ``stream_s``: seconds of speech per session; ``budget_ms``: the
-    latency allowed above the floor; ``threads``: the server's torch intra-op threads (None: torch's
-    default); ``price_per_hour``: the replica's price in dollars per hour (None: $2.50 for a CUDA device, an
-    on-demand H100 price, $0.085 for a CPU replica, a 2-vCPU cloud VM).
+    latency allowed above the floor; ``backend``: the server's (None: ``emote serve``'s default for the device);
+    ``threads``: the server's torch intra-op threads (None: torch's default); ``price_per_hour``: the replica's
+    price in dollars per hour (None: $2.50 for a CUDA device, an on-demand H100 price, $0.085 for a CPU replica,
+    a 2-vCPU cloud VM).
     """
 
     model: str = "talking64"
     device: str = "cpu"
-    backend: str = "torch"
+    backend: str | None = None
     sessions: tuple[int, ...] = (1, 2, 3, 4)
     modes: tuple[str, ...] = ("plain", "batched")
     stream_s: float = 8.0
@@ -84,6 +86,9 @@ class SessionsSettings:
     price_per_hour: float | None = None
     smoke: bool = False
     extra_serve_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", serve_backend(self.backend, self.device))
 
     @property
     def price(self) -> float:
@@ -405,12 +410,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-ms", type=float, help="latency allowed above the floor at p95 (default 250)")
     parser.add_argument("--gather-ms", type=float, help="the batched mode's gather window (default 5 ms)")
     parser.add_argument("--price-per-hour", type=float, help="replica price in $/h (default 2.50 cuda, 0.085 cpu)")
-    add_common_flags(parser, "device", "out_dir", backend="engine backend (default torch)",
+    add_common_flags(parser, "device", "out_dir", backend="engine backend (default: emote serve's, torchscript on "
+                                                          "the CPU)",
                      stream_s="speech per session (default 8 s)", steps="sampler steps (default: the model's)",
                      repeats="fresh replicas per point (default 1)",
                      threads="the server's torch threads (default: torch's)",
                      smoke="tiny model, 1 session, 1 s, 1 step: checks the benchmark")
-    parser.set_defaults(backend="torch")
+    parser.set_defaults(backend=None)
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes or not set(modes) <= set(MODES):

@@ -2,7 +2,8 @@
 
 ``torch``: eager PyTorch (any device). ``torch-cuda-graphs``: eager modules captured into CUDA
 graphs per static shape (CUDA only). ``onnxruntime``: exported ONNX graphs in ONNX Runtime (CPU
-here; CUDA with onnxruntime-gpu). ``tensorrt``: TensorRT plans from the engine cache (CUDA and the
+here; CUDA with onnxruntime-gpu). ``torchscript``: the same networks traced per steady-state shape, frozen and
+optimised for inference (CPU only). ``tensorrt``: TensorRT plans from the engine cache (CUDA and the
 tensorrt package). Each backend's module is imported only when it is asked for, so a missing package
 is a clear error at that point, never an import failure elsewhere, and the names cost no import.
 """
@@ -22,6 +23,7 @@ _CLASSES = {
     "torch": ("engine.backends.torch_eager", "TorchEagerBackend"),
     "torch-cuda-graphs": ("engine.backends.torch_cuda_graphs", "TorchCudaGraphsBackend"),
     "onnxruntime": ("engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "torchscript": ("engine.backends.torchscript_backend", "TorchScriptBackend"),
     "tensorrt": ("engine.backends.tensorrt_backend", "TensorRTBackend"),
 }
 """The registry: each backend's name -> (its module, its class). Importing this package imports none of them."""

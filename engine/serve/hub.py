@@ -29,6 +29,7 @@ from engine.limits import THREADS_LIMITS
 from engine.media import load_image
 from engine.options import GenerationOptions
 from engine.pipeline import is_untrained_preset, open_model
+from engine.sampling.guidance import GuidanceScales, branches_needed
 from engine.stream.batching import BatchScheduler, SlotBackend
 from engine.stream.runner import LagPolicy, LiveSession
 from engine.stream.session import Session
@@ -223,8 +224,22 @@ class SessionHub:
         """Load ``config.model`` once onto ``config.device`` and make the hub around it."""
         model = open_model(config.model)
         dtype = torch.float16 if config.device.startswith("cuda") else torch.float32
-        return cls(make_backend(config.backend, model, config.device, dtype, threads=config.threads), model.config,
-                   config)
+        extra = {"options": config.options.with_model_defaults(model.config.sampling)} \
+            if config.backend == "torchscript" else {}
+        hub = cls(make_backend(config.backend, model, config.device, dtype, threads=config.threads, **extra),
+                  model.config, config)
+        if config.backend == "torchscript":
+            hub.prepare_graphs()
+        return hub
+
+    def prepare_graphs(self) -> float:
+        """The torchscript backend: trace its graphs for the sessions' shapes now, before any session (one guidance
+        batch, or every batch the scheduler may gather); returns the seconds it took."""
+        started = time.perf_counter()
+        options = self.config.options
+        branches = len(branches_needed(GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)))
+        self.backend.run(self.backend.prepare, self.size, None if self.scheduler is not None else branches)
+        return time.perf_counter() - started
 
     @property
     def active(self) -> int:

@@ -155,5 +155,8 @@ def test_a_command_keeps_its_own_defaults_for_common_flags():
     assert (bench_kernels.parse_args([]).warmup, bench_kernels.parse_args([]).repeats) == (10, 50)
     reference = bench_reference_attention.parse_args([])
     assert (reference.device, reference.warmup, reference.repeats) == ("cuda", 5, 20)
-    assert batching.parse_args([]).backend == sessions.parse_args([]).backend == "torch"
+    assert batching.parse_args([]).backend == "torch"
+    assert sessions.parse_args([]).backend is None, "the sessions benchmark runs emote serve's default"
+    assert sessions.SessionsSettings().backend == "torchscript"
+    assert sessions.SessionsSettings(device="cuda").backend == "torch"
     assert COMMON_FLAGS["backend"][1].get("default") is None

@@ -96,7 +96,7 @@ def test_the_default_model_runs_on_onnxruntime(tmp_path: Path, run_session) -> N
 
 
 def test_make_backend_names_and_clear_errors(tiny_model: EmoteModel) -> None:
-    assert BACKENDS == ("torch", "torch-cuda-graphs", "onnxruntime", "tensorrt")
+    assert BACKENDS == ("torch", "torch-cuda-graphs", "onnxruntime", "torchscript", "tensorrt")
     with pytest.raises(ValueError, match="unknown backend 'onnx'; available: torch, torch-cuda-graphs"):
         make_backend("onnx", tiny_model)
     with pytest.raises(ValueError, match="float32 or float16"):
