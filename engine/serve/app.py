@@ -224,7 +224,7 @@ def run_server(config: ServeConfig) -> None:
     started = time.perf_counter()
     hub = SessionHub.load(config)
     print(f"emote serve: model {config.model} on {config.device} ready in {time.perf_counter() - started:.1f} s; "
-          f"portraits {hub.size}x{hub.size}, {config.options.steps} steps, policy {config.policy.kind}, "
+          f"portraits {hub.size}x{hub.size}, {hub.config.options.steps} steps, policy {config.policy.kind}, "
           f"at most {config.max_sessions} sessions", file=sys.stderr)
     if not config.loopback and config.token is None:
         print(f"warning: listening on {config.host} without a token (--open-server): anyone who can reach "
