@@ -40,7 +40,7 @@ from bench.environment import describe, slug
 from bench.harness import log
 from bench.report import commit_text, format_ms, format_number, format_ratio, markdown_table, pyplot
 from bench.speech import SAMPLE_RATE, SESSION_OFFSET_S, session_speech
-from engine.cli import serve_backend
+from engine.backends import live_backend
 from engine.serve.client import SessionResult, stream_session, to_pcm16
 from engine.timebase import frame_start, frames_complete
 
@@ -88,7 +88,7 @@ class SessionsSettings:
     extra_serve_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "backend", serve_backend(self.backend, self.device))
+        object.__setattr__(self, "backend", live_backend(self.backend, self.device))
 
     @property
     def price(self) -> float:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from engine import DEFAULT_MODEL, __version__
 from engine.allocator import tune_allocator
-from engine.backends import BACKENDS
+from engine.backends import BACKENDS, LIVE_CPU_BACKEND, live_backend
 from engine.limits import CLIP_FRAMES_LIMITS, FPS_LIMITS, GUIDANCE_LIMITS, SIDE_LIMITS, STEPS_LIMITS, THREADS_LIMITS
 from engine.options import NOISE_MODES, SAMPLER_NAMES, SCHEDULES
 
@@ -209,7 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_device(args.device)
     config = ServeConfig(
         host=args.host, port=args.port, model=args.model, device=args.device,
-        backend=serve_backend(args.backend, args.device), threads=args.threads, max_sessions=args.max_sessions,
+        backend=live_backend(args.backend, args.device), threads=args.threads, max_sessions=args.max_sessions,
         token=_serve_token(args),
         allowed_hosts=tuple(name.lower() for name in args.allowed_host), open_server=args.open_server,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), size=args.size,
@@ -259,24 +259,12 @@ def _serve_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("EMOTE_TOKEN") or None
 
 
-SERVE_CPU_BACKEND = "torchscript"
-"""The backend a server runs on the CPU unless told: it traces its graphs once at start (seconds), then runs a
-clip 20-30 % faster than eager (README, Backends); a short ``generate`` would not earn the tracing back."""
-
-
-def serve_backend(backend: str | None, device: str) -> str:
-    """``emote serve``'s backend: ``backend`` when given, else the CPU's (:data:`SERVE_CPU_BACKEND`) or torch."""
-    if backend is not None:
-        return backend
-    return SERVE_CPU_BACKEND if device == "cpu" else BACKENDS[0]
-
-
 def _add_model_flags(parser: argparse.ArgumentParser, size_help: str, serving: bool = False) -> None:
     """The model, where and how its networks run, and the portrait side (``size_help``: the flag's help;
-    ``serving``: the server's backend default, :func:`serve_backend`)."""
+    ``serving``: the server's backend default, :func:`engine.backends.live_backend`)."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    default = f"{SERVE_CPU_BACKEND} on the CPU, {BACKENDS[0]} elsewhere" if serving else BACKENDS[0]
+    default = f"{LIVE_CPU_BACKEND} on the CPU, {BACKENDS[0]} elsewhere" if serving else BACKENDS[0]
     parser.add_argument("--backend", default=None if serving else BACKENDS[0], choices=BACKENDS,
                         help=f"how the networks run (default: {default}; see README, Backends)")
     parser.add_argument("--threads", type=THREADS, default=None,

@@ -161,7 +161,8 @@ def open_session(request: StreamRequest) -> tuple[Session, bool]:
     if request.face_embedding is not None:
         embedding = load_face_embedding(request.face_embedding, model.config.image_proj.embedding_dim)
     dtype = torch.float16 if request.device.startswith("cuda") else torch.float32
-    backend = make_backend(request.backend, model, request.device, dtype, threads=request.threads)
+    backend = make_backend(request.backend, model, request.device, dtype, threads=request.threads,
+                           generation=request.options.with_model_defaults(model.config.sampling))
     session = Session(backend, model.config, portrait.image, portrait.mask, request.options,
                       region_masks=region_masks, face_embedding=embedding)
     return session, portrait.detected

@@ -138,12 +138,13 @@ def test_serve_options_come_from_the_shared_flags():
 def test_serve_runs_torchscript_on_the_cpu_unless_told():
     """A server traces once and runs faster for it; ``generate`` and ``stream`` keep eager torch (a short job
     would not earn the tracing back)."""
-    from engine.cli import build_parser, serve_backend
+    from engine.backends import live_backend
+    from engine.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["serve"]).backend is None
-    assert serve_backend(None, "cpu") == "torchscript" and serve_backend(None, "cuda:0") == "torch"
-    assert serve_backend("onnxruntime", "cpu") == "onnxruntime"
+    assert live_backend(None, "cpu") == "torchscript" and live_backend(None, "cuda:0") == "torch"
+    assert live_backend("onnxruntime", "cpu") == "onnxruntime"
     assert parser.parse_args(["generate", "--image", "a.png", "--audio", "a.wav", "--out", "a.mp4"]).backend == "torch"
     assert "torchscript on the CPU" in _flags(_subparser("serve"))["--backend"].help
 

@@ -43,6 +43,11 @@ class Backend(ABC):
         """
         return fn(*args, **kwargs)
 
+    def prepare(self, size: int, batch: int | None = None) -> None:
+        """Make now what the first calls at the steady-state shapes of portrait side ``size`` and ``batch``
+        guidance branches (None: every batch served) would make (the torchscript backend's traces), so that a
+        live session does not wait for it. Nothing here."""
+
     @abstractmethod
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
         """PCM covering ``num_frames`` video frames -> per-frame audio tokens ``[num_frames, T, D]``."""

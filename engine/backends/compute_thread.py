@@ -81,6 +81,9 @@ class ComputeThreadBackend(Backend):
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self.compute.run(fn, *args, **kwargs)
 
+    def prepare(self, size: int, batch: int | None = None) -> None:
+        self.compute.run(self.inner.prepare, size, batch)
+
     def audio_tokens(self, pcm: torch.Tensor, num_frames: int) -> torch.Tensor:
         return self.compute.run(self.inner.audio_tokens, pcm, num_frames)
 

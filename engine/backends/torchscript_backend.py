@@ -7,7 +7,7 @@ hundreds of small operators, that is 12-20 % less time per call than eager on th
 
 A network is traced at the shapes of its static profiles (:meth:`~export.networks.spec.Network.dim_points`: the
 stream's steady state, e.g. the first clip's and the later clips' frame counts) on its first call at that shape, a
-few seconds each for a backbone (:meth:`TorchScriptBackend.prepare` does it ahead, for a server); any other shape
+few seconds each for a backbone (:meth:`TorchScriptBackend.prepare` does it ahead, for a live session); any other shape
 (an utterance's short last clip) and the networks not traced run the same modules eagerly, so no call waits for a
 trace it would use once. The per-session networks (face locator, speed encoder, image projection) run in torch
 (:class:`~engine.backends.graph.GraphBackend`).
@@ -113,14 +113,12 @@ class TorchScriptBackend(GraphBackend):
             outputs = (outputs,)
         return dict(zip(network.output_names, outputs))
 
-    def prepare(self, size: int | None = None, batch: int | None = None) -> dict[tuple, float]:
-        """Trace every traced network at each of its static shapes for portrait side ``size`` (None: the model's
-        resolution) and ``batch`` rows (the guidance branches; None: every batch of the static shapes), on sample
-        inputs, so that no session waits for a trace; returns :attr:`trace_seconds`."""
-        size = size or self.model.config.resolution
+    def prepare(self, size: int, batch: int | None = None) -> None:
+        """Trace every traced network at each of its static shapes for portrait side ``size`` and ``batch`` rows (the
+        guidance branches; None: every batch of the static shapes), on sample inputs, so that no session waits for a
+        trace (:attr:`trace_seconds` says what it took)."""
         for name in TRACED_NETWORKS:
             network = self.network(name, size)
             for dims in static_dims(network):
                 if batch is None or dims.get("batch", batch) == batch:
                     self._graph(network, size, network.sample_input(dims))
-        return dict(self.trace_seconds)

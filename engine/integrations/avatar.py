@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import DEFAULT_MODEL
+from engine.backends import live_backend
 from engine.options import GenerationOptions
 from engine.pipeline import StreamRequest, open_session
 from engine.stream.idle import Interruption
@@ -211,12 +212,16 @@ class AvatarStream:
         self.live.close()
 
 
-def open_live(image: str | Path, model: str = DEFAULT_MODEL, *, device: str = "cpu",
+def open_live(image: str | Path, model: str = DEFAULT_MODEL, *, device: str = "cpu", backend: str | None = None,
               options: GenerationOptions | None = None, policy: LagPolicy | None = None) -> LiveSession:
     """An always-on live session of ``model`` (a shipped model's name, a model directory or a preset) for the
-    portrait at ``image``: what the integrations' ``open_live`` argument builds. Blocking (face detection,
-    reference bank): the integrations call it from a worker thread."""
+    portrait at ``image``: what the integrations' ``open_live`` argument builds. ``backend`` None: a live
+    process's default (:func:`engine.backends.live_backend`: torchscript on the CPU), prepared here
+    (:meth:`~engine.backends.base.Backend.prepare`), so the first words do not wait for a trace. Blocking (face
+    detection, reference bank, traces: seconds): the integrations call it from a worker thread."""
     request = StreamRequest(image=Path(image), out=Path(os.devnull), model=model, device=device,
-                            options=options or GenerationOptions(), policy=policy or LagPolicy())
+                            backend=live_backend(backend, device), options=options or GenerationOptions(),
+                            policy=policy or LagPolicy())
     session, _ = open_session(request)
+    session.backend.prepare(session.size, len(session.denoiser.model.branches))
     return LiveSession(session, request.policy, always_on=True)

@@ -224,21 +224,19 @@ class SessionHub:
         """Load ``config.model`` once onto ``config.device`` and make the hub around it."""
         model = open_model(config.model)
         dtype = torch.float16 if config.device.startswith("cuda") else torch.float32
-        extra = {"options": config.options.with_model_defaults(model.config.sampling)} \
-            if config.backend == "torchscript" else {}
-        hub = cls(make_backend(config.backend, model, config.device, dtype, threads=config.threads, **extra),
-                  model.config, config)
-        if config.backend == "torchscript":
-            hub.prepare_graphs()
+        generation = config.options.with_model_defaults(model.config.sampling)
+        hub = cls(make_backend(config.backend, model, config.device, dtype, threads=config.threads,
+                               generation=generation), model.config, config)
+        hub.prepare_backend()
         return hub
 
-    def prepare_graphs(self) -> float:
-        """The torchscript backend: trace its graphs for the sessions' shapes now, before any session (one guidance
-        batch, or every batch the scheduler may gather); returns the seconds it took."""
+    def prepare_backend(self) -> float:
+        """Let the backend make ahead what the sessions' first calls would (:meth:`Backend.prepare`: the torchscript
+        backend's traces) for one guidance batch, or every batch the scheduler may gather; returns the seconds."""
         started = time.perf_counter()
         options = self.config.options
         branches = len(branches_needed(GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)))
-        self.backend.run(self.backend.prepare, self.size, None if self.scheduler is not None else branches)
+        self.backend.prepare(self.size, None if self.scheduler is not None else branches)
         return time.perf_counter() - started
 
     @property

@@ -86,7 +86,8 @@ def test_a_session_matches_torch_and_traces_only_the_steady_shapes(tiny_model: E
 
 def test_prepare_traces_ahead_for_one_batch(tiny_model: EmoteModel, run_session) -> None:
     backend = make_backend("torchscript", tiny_model, "cpu", torch.float32)
-    prepared = backend.run(backend.prepare, None, 1)
+    backend.prepare(tiny_model.config.resolution, 1)
+    prepared = dict(backend.inner.trace_seconds)
     assert {key[0] for key in prepared} == set(TRACED_NETWORKS)
     assert {key[2][0][0] for key in _backbone_keys(backend.inner)} == {1}
     run_session(backend, tiny_model, 0.5)
@@ -145,3 +146,14 @@ def test_a_network_that_cannot_be_traced_runs_eagerly_with_a_warning(tiny_model:
         warnings.simplefilter("always")
         backend.run_graph("backbone", tiny_model.config.resolution, dict(zip(network.input_names, inputs)))
     assert not again, "a failed trace is not tried again at every call"
+
+
+def test_the_steady_shapes_follow_the_sessions_clip_sizes(tiny_model: EmoteModel) -> None:
+    from engine.options import GenerationOptions
+
+    size = tiny_model.config.resolution
+    plain = make_backend("torchscript", tiny_model, "cpu", torch.float32)
+    short = make_backend("torchscript", tiny_model, "cpu", torch.float32,
+                         generation=GenerationOptions(first_clip_frames=3))
+    frames = {b: {d["frames"] for d in static_dims(b.inner.network("backbone", size))} for b in (plain, short)}
+    assert 3 in frames[short] and 3 not in frames[plain], frames

@@ -163,5 +163,8 @@ def test_open_live_builds_an_always_on_session_from_a_photo_and_a_model_name():
     try:
         assert live.always_on and live.session.size == preset("tiny").resolution
         assert live.session.options.steps == 1
+        backend = live.session.backend
+        assert backend.name == "torchscript", "an always-on avatar runs a live process's CPU default"
+        assert any(key[0] == "backbone" for key in backend.inner.trace_seconds), "traced before the first words"
     finally:
         live.close()
