@@ -120,3 +120,13 @@ def hallo_tiny() -> ModelConfig:
     cfg.reference_net.motion_source = "norm1"
     cfg.temporal.skip_plain_blocks = True
     return cfg
+
+
+def random_hallo(std: float) -> EmoteModel:
+    """A :func:`hallo_tiny` model with random weights: its backbone, ReferenceNet and image projection drawn at
+    ``std`` (seeds 0, 1, 2), the ReferenceNet's default context made from them."""
+    model = random_model(hallo_tiny(), seed=0)
+    for i, name in enumerate(("backbone", "reference_net", "image_proj")):
+        randomize_(getattr(model, name), std=std, seed=i)
+    model.sync_default_context()
+    return model

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from support import hallo_tiny, randomize_, tiny_random_model
+from support import random_hallo, tiny_random_model
 
 from engine.backends import make_backend
 from engine.backends.torch_eager import TorchEagerBackend
@@ -34,11 +34,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def hallo() -> EmoteModel:
-    model = random_model(hallo_tiny(), seed=0)
-    for i, name in enumerate(("backbone", "reference_net", "image_proj")):
-        randomize_(getattr(model, name), std=0.1, seed=i)  # 0.1: every mask level moves the output > 1e-2
-    model.sync_default_context()
-    return model
+    return random_hallo(std=0.1)  # 0.1: every mask level moves the output > 1e-2
 
 
 @pytest.fixture(scope="module")

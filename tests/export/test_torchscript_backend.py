@@ -12,12 +12,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from support import hallo_tiny, randomize_
+from support import random_hallo
 
 from engine.backends import make_backend
 from engine.backends.torch_eager import TorchEagerBackend
 from engine.backends.torchscript_backend import TRACED_NETWORKS, TorchScriptBackend, static_dims
-from engine.models.checkpoint import random_model
 from engine.models.model import EmoteModel
 
 MAX_LEVELS = 2
@@ -31,11 +30,7 @@ def _backbone_keys(backend: TorchScriptBackend) -> list[tuple]:
 @pytest.fixture(scope="module")
 def hallo() -> EmoteModel:
     """Hallo's layout: audio modules with region masks, face-embedding tokens, norm1 motion features."""
-    model = random_model(hallo_tiny(), seed=0)
-    for i, name in enumerate(("backbone", "reference_net", "image_proj")):
-        randomize_(getattr(model, name), std=0.1, seed=i)
-    model.sync_default_context()
-    return model
+    return random_hallo(std=0.1)
 
 
 @pytest.mark.parametrize("layout", ["tiny", "hallo"])

@@ -10,11 +10,11 @@ import copy
 
 import pytest
 import torch
-from support import hallo_tiny, randomize_
+from support import hallo_tiny, random_hallo, randomize_
 
 from engine.config import ModelConfig, preset
 from engine.models.blocks import UNetContext
-from engine.models.checkpoint import load_model, random_model, save_model
+from engine.models.checkpoint import load_model, save_model
 from engine.models.hallo_audio import RegionAudioBlock, region_mask_levels
 from engine.models.model import EmoteModel
 from engine.pipeline import open_model, with_region_weights
@@ -24,11 +24,7 @@ B, F, LATENT = 1, 2, 8
 
 @pytest.fixture(scope="module")
 def model() -> EmoteModel:
-    m = random_model(hallo_tiny(), seed=0)
-    for i, name in enumerate(("backbone", "reference_net", "image_proj")):
-        randomize_(getattr(m, name), std=0.05, seed=i)
-    m.sync_default_context()
-    return m
+    return random_hallo(std=0.05)
 
 
 @pytest.fixture(scope="module")
