@@ -133,6 +133,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         source = FileSource(args.audio, realtime=args.realtime)
     else:
         source = StdinPcmSource(args.stdin_pcm)
+    if args.backend is None:  # a file is not a live source: eager torch, as generate
+        args.backend = BACKENDS[0] if args.audio else live_backend(None, args.device)
     request = _request(StreamRequest, args, _generation_options(args, idle_steps=args.idle_steps), offline=False,
                        policy=LagPolicy(args.policy, max_lag_s=args.max_lag), always_on=args.always_on)
     stats = stream(request, source, live_status=not args.quiet)
@@ -259,13 +261,14 @@ def _serve_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("EMOTE_TOKEN") or None
 
 
-def _add_model_flags(parser: argparse.ArgumentParser, size_help: str, serving: bool = False) -> None:
-    """The model, where and how its networks run, and the portrait side (``size_help``: the flag's help;
-    ``serving``: the server's backend default, :func:`engine.backends.live_backend`)."""
+def _add_model_flags(parser: argparse.ArgumentParser, size_help: str, live: str | None = None) -> None:
+    """The model, where and how its networks run, and the portrait side (``size_help``: the flag's help; ``live``:
+    for a live process, whose backend default is :func:`engine.backends.live_backend`'s, the help's words on when
+    ("" always, " with --mic"); None: the default is the first of the backends)."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    default = f"{LIVE_CPU_BACKEND} on the CPU, {BACKENDS[0]} elsewhere" if serving else BACKENDS[0]
-    parser.add_argument("--backend", default=None if serving else BACKENDS[0], choices=BACKENDS,
+    default = BACKENDS[0] if live is None else f"{LIVE_CPU_BACKEND} on the CPU{live}, else {BACKENDS[0]}"
+    parser.add_argument("--backend", default=BACKENDS[0] if live is None else None, choices=BACKENDS,
                         help=f"how the networks run (default: {default}; see README, Backends)")
     parser.add_argument("--threads", type=THREADS, default=None,
                         help="CPU: intra-op threads the networks run with (default: OMP_NUM_THREADS, else every "
@@ -378,14 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="frames at the video's fps even while no audio arrives (idle motion in the pauses of "
                            "--mic or --stdin-pcm, e.g. a TTS that writes in bursts); the MP4's sound keeps the pauses")
     _add_idle_steps_flag(live, "with --always-on: sampler steps of a clip made from silence")
-    _add_model_flags(live, OUTPUT_SIZE_HELP)
+    _add_model_flags(live, OUTPUT_SIZE_HELP, live=" with --mic or --stdin-pcm")
     _add_generation_flags(live)
     live.set_defaults(func=cmd_stream)
     serve = sub.add_parser("serve", help="live avatar web server: talk in the browser, watch the face answer")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    _add_model_flags(serve, "portrait side in pixels, a multiple of 8, 32-2048 (default: the model's)", serving=True)
+    _add_model_flags(serve, "portrait side in pixels, a multiple of 8, 32-2048 (default: the model's)", live="")
     _add_generation_flags(serve, first_clip=4)
     _add_idle_steps_flag(serve, "sampler steps of a clip made from silence in an always-on session")
     serve.add_argument("--max-sessions", "--sessions-per-replica", dest="max_sessions", type=int, default=4,

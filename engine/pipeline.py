@@ -143,7 +143,8 @@ def check_audio(pcm: np.ndarray, path: Path) -> None:
 
 
 def open_session(request: StreamRequest) -> tuple[Session, bool]:
-    """Model, portrait and backend for ``request``; returns the session and whether a face was detected."""
+    """Model, portrait and backend for ``request``, the backend prepared for the session's steady-state shapes
+    (:meth:`~engine.backends.base.Backend.prepare`); returns the session and whether a face was detected."""
     image = load_image(request.image, min_side=MIN_PORTRAIT_SIDE)
     model = open_model(request.model, request.fps, region_weights=request.region_weights)
     size = model.config.resolution if request.size is None else request.size
@@ -165,6 +166,7 @@ def open_session(request: StreamRequest) -> tuple[Session, bool]:
                            generation=request.options.with_model_defaults(model.config.sampling))
     session = Session(backend, model.config, portrait.image, portrait.mask, request.options,
                       region_masks=region_masks, face_embedding=embedding)
+    backend.prepare(session.size, len(session.denoiser.model.branches))
     return session, portrait.detected
 
 

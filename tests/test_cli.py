@@ -149,6 +149,26 @@ def test_serve_runs_torchscript_on_the_cpu_unless_told():
     assert "torchscript on the CPU" in _flags(_subparser("serve"))["--backend"].help
 
 
+def test_stream_from_a_live_source_runs_the_live_default(monkeypatch):
+    """``stream --mic`` / ``--stdin-pcm`` is a live process like a server; ``stream --audio FILE`` is not."""
+    import engine.pipeline
+    from engine.stream.stats import StreamStats
+
+    asked = []
+
+    def fake_stream(request, source, live_status=True):
+        asked.append(request.backend)
+        return StreamStats(25.0)
+
+    monkeypatch.setattr(engine.pipeline, "stream", fake_stream)
+    root = Path(__file__).resolve().parents[1] / "engine" / "assets" / "demo"
+    common = ["--image", str(root / "portrait.png"), "--out", "o.mp4", "--model", "tiny", "--quiet"]
+    assert main(["stream", "--stdin-pcm", "16000", *common]) == 0
+    assert main(["stream", "--audio", str(root / "speech.wav"), *common]) == 0
+    assert main(["stream", "--stdin-pcm", "16000", "--backend", "onnxruntime", *common]) == 0
+    assert asked == ["torchscript", "torch", "onnxruntime"]
+
+
 def test_an_unknown_backend_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--backend", "jax"])

@@ -216,12 +216,11 @@ def open_live(image: str | Path, model: str = DEFAULT_MODEL, *, device: str = "c
               options: GenerationOptions | None = None, policy: LagPolicy | None = None) -> LiveSession:
     """An always-on live session of ``model`` (a shipped model's name, a model directory or a preset) for the
     portrait at ``image``: what the integrations' ``open_live`` argument builds. ``backend`` None: a live
-    process's default (:func:`engine.backends.live_backend`: torchscript on the CPU), prepared here
+    process's default (:func:`engine.backends.live_backend`: torchscript on the CPU), prepared before it returns
     (:meth:`~engine.backends.base.Backend.prepare`), so the first words do not wait for a trace. Blocking (face
     detection, reference bank, traces: seconds): the integrations call it from a worker thread."""
     request = StreamRequest(image=Path(image), out=Path(os.devnull), model=model, device=device,
                             backend=live_backend(backend, device), options=options or GenerationOptions(),
                             policy=policy or LagPolicy())
     session, _ = open_session(request)
-    session.backend.prepare(session.size, len(session.denoiser.model.branches))
     return LiveSession(session, request.policy, always_on=True)
