@@ -1,4 +1,4 @@
-"""Pipecat end to end, run locally: a pipeline (PipelineTask + PipelineRunner, no transport) of a stand-in TTS
+"""Pipecat end to end, run locally: a pipeline (PipelineWorker + WorkerRunner, no transport) of a stand-in TTS
 service speaking with espeak-ng, the avatar processor, and a recorder of what would reach the output transport.
 
 The session runs on the real clock (a pipeline is live), so where the speech lands depends on when it was
@@ -24,11 +24,11 @@ from pipecat.frames.frames import (  # noqa: E402
     TTSStoppedFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.runner import PipelineRunner  # noqa: E402
-from pipecat.pipeline.task import PipelineParams, PipelineTask  # noqa: E402
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 from pipecat.services.settings import TTSSettings  # noqa: E402
 from pipecat.services.tts_service import TTSService  # noqa: E402
+from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from engine.backends.torch_eager import TorchEagerBackend  # noqa: E402
 from engine.integrations.pipecat import INTERRUPTIONS, EmoteAvatarProcessor  # noqa: E402
@@ -97,24 +97,25 @@ def open_live(model, portrait) -> LiveSession:
 async def run_pipeline(model, portrait, script) -> tuple[Recorder, EmoteAvatarProcessor]:
     avatar = EmoteAvatarProcessor(lambda: open_live(model, portrait), sample_rate=RATE)
     recorder = Recorder()
-    task = PipelineTask(Pipeline([EspeakTTS(), avatar, recorder]),
-                        params=PipelineParams(audio_out_sample_rate=RATE), enable_rtvi=False)
-    runner = PipelineRunner(handle_sigint=False)
-    running = asyncio.create_task(runner.run(task))
+    worker = PipelineWorker(Pipeline([EspeakTTS(), avatar, recorder]),
+                            params=PipelineParams(audio_out_sample_rate=RATE), enable_rtvi=False)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
     try:
-        await script(task, recorder)
-        await task.queue_frame(EndFrame())
+        await script(worker, recorder)
+        await worker.queue_frame(EndFrame())
         await asyncio.wait_for(running, 60)
     finally:
         if not running.done():
-            await task.cancel()
+            await worker.cancel()
     return recorder, avatar
 
 
 def test_a_pipeline_speaks_through_the_avatar_with_the_audio_in_step(model, portrait):
-    async def script(task: PipelineTask, recorder: Recorder) -> None:
+    async def script(worker: PipelineWorker, recorder: Recorder) -> None:
         await recorder.wait_for(lambda: len(recorder.images()) >= 5)  # idle frames before anyone speaks
-        await task.queue_frame(TTSSpeakFrame(TEXT))
+        await worker.queue_frame(TTSSpeakFrame(TEXT))
         await recorder.wait_for(lambda: any(isinstance(f, TTSStoppedFrame) for f in recorder.frames))
         stopped = len(recorder.images())
         await recorder.wait_for(lambda: len(recorder.images()) >= stopped + 5)
@@ -149,11 +150,11 @@ def test_a_pipeline_speaks_through_the_avatar_with_the_audio_in_step(model, port
 
 
 def test_an_interruption_frame_is_a_barge_in(model, portrait):
-    async def script(task: PipelineTask, recorder: Recorder) -> None:
+    async def script(worker: PipelineWorker, recorder: Recorder) -> None:
         await recorder.wait_for(lambda: len(recorder.images()) >= 3)
-        await task.queue_frame(TTSSpeakFrame(TEXT + " " + TEXT + " " + TEXT))
+        await worker.queue_frame(TTSSpeakFrame(TEXT + " " + TEXT + " " + TEXT))
         await recorder.wait_for(lambda: sum(isinstance(f, TTSAudioRawFrame) for f in recorder.frames) >= 5)
-        await task.queue_frame(INTERRUPTIONS[0]())
+        await worker.queue_frame(INTERRUPTIONS[0]())
         interrupted = len(recorder.images())
         await recorder.wait_for(lambda: len(recorder.images()) >= interrupted + 12)
 
