@@ -33,8 +33,9 @@ BACKENDS = tuple(_CLASSES)
 """The backends' names, the first the default."""
 LIVE_CPU_BACKEND = "torchscript"
 """What a long-running live process (``emote serve``, an always-on avatar) runs on the CPU unless told: it traces
-its graphs once at start (seconds), then runs a clip 1.2-1.3x faster than eager (README, Backends); a short
-``generate`` would not earn the tracing back, so the general default stays the first of :data:`BACKENDS`."""
+its graphs once at start (seconds), then runs a clip about 1.2x faster than eager at 1 intra-op thread (README,
+Backends); a short ``generate`` would not earn the tracing back, so the general default stays the first of
+:data:`BACKENDS`."""
 
 
 def live_backend(backend: str | None, device: str) -> str:

@@ -3,7 +3,8 @@
 The graphs are the exported networks' own modules (:class:`export.networks.spec.Network`, the flat form ONNX export
 traces), so what runs is the torch model's arithmetic: frozen (weights become constants), with oneDNN's packed
 weights and fused convolutions (``torch.jit.optimize_for_inference``). At talking64's sizes, where a backbone call is
-thousands of small operators, a call takes about a fifth less time than eager on the same thread (docs/cpu-speed.md).
+thousands of small operators, a call takes about a fifth less time than eager at 1 intra-op thread
+(docs/cpu-speed.md).
 
 A network is traced at the shapes of its static profiles (:meth:`~export.networks.spec.Network.dim_points`: the
 stream's steady state, e.g. the first clip's and the later clips' frame counts) on its first call at that shape, a
