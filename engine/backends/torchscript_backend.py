@@ -70,12 +70,13 @@ class TorchScriptBackend(GraphBackend):
     def _graph(self, network: Network, size: int, inputs: tuple[torch.Tensor, ...]) -> Any | None:
         """The traced graph of ``network`` for these inputs' shapes: made now on the first call at a static shape;
         None for a shape that is not static, or whose trace failed (a warning says so): run eagerly."""
+        if network.name not in TRACED_NETWORKS:
+            return None
         key = (network.name, size, tuple(tuple(t.shape) for t in inputs))
         if key in self._graphs:
             return self._graphs[key]
         dims = network.dims_of({name: t.shape for name, t in zip(network.input_names, inputs)})
-        if network.name not in TRACED_NETWORKS or not any(
-                all(dims.get(axis) == value for axis, value in point.items()) for point in static_dims(network)):
+        if not any(all(dims.get(axis) == value for axis, value in point.items()) for point in static_dims(network)):
             return None
         started = time.perf_counter()
         try:
