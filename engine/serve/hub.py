@@ -230,14 +230,12 @@ class SessionHub:
         hub.prepare_backend()
         return hub
 
-    def prepare_backend(self) -> float:
+    def prepare_backend(self) -> None:
         """Let the backend make ahead what the sessions' first calls would (:meth:`Backend.prepare`: the torchscript
-        backend's traces) for one guidance batch, or every batch the scheduler may gather; returns the seconds."""
-        started = time.perf_counter()
+        backend's traces) for one guidance batch, or every batch the scheduler may gather."""
         options = self.config.options
         branches = len(branches_needed(GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)))
         self.backend.prepare(self.size, None if self.scheduler is not None else branches)
-        return time.perf_counter() - started
 
     @property
     def active(self) -> int:
