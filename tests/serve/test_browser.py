@@ -325,8 +325,10 @@ def test_the_pages_always_on_box_and_interrupt_button_in_headless_chromium(start
                                         "&& s.recentFrames.some((f) => f[0] >= s.interrupted.frame + "
                                         f"{FRAMES_AFTER_CUT})) ? s : null; }})()", 120)
             assert not after["failed"], after["status"]
-            idle_figure = await page.json("(() => ({shown: document.getElementById('fig-idle').textContent, "
-                                          "counted: window.emote.state().idle}))()")
+            # The figure is drawn at the next animation frame after a frame is counted: read both once they agree.
+            idle_figure = await page.wait_for("(() => { const f = {shown: document.getElementById('fig-idle')"
+                                              ".textContent, counted: window.emote.state().idle}; "
+                                              "return f.shown === String(f.counted) ? f : null; })()", 10)
             await page.json("document.getElementById('stop').click()", gesture=True)
             final = await page.wait_for("(() => { const s = window.emote.state(); "
                                         "return s.finished || s.failed ? s : null; })()", 120)
