@@ -1,10 +1,11 @@
-"""TorchScript backend (CPU): each network traced once per steady-state shape, frozen and optimised for inference.
+"""TorchScript backend (CPU): each network traced once per steady-state shape and frozen.
 
 The graphs are the exported networks' own modules (:class:`export.networks.spec.Network`, the flat form ONNX export
-traces), so what runs is the torch model's arithmetic: frozen (weights become constants), with oneDNN's packed
-weights and fused convolutions (``torch.jit.optimize_for_inference``). At talking64's sizes, where a backbone call is
-thousands of small operators, a call takes about a fifth less time than eager at 1 intra-op thread
-(docs/cpu-speed.md).
+traces), so what runs is the torch model's arithmetic, frozen (weights become constants, folded where they meet) and
+run by TorchScript's interpreter instead of Python. At talking64's sizes, where a backbone call is thousands of small
+operators, a backbone call takes about a quarter less time than eager at 1 and 2 intra-op threads (docs/cpu-speed.md).
+``torch.jit.optimize_for_inference`` (oneDNN layouts for the convolutions) is not applied: at these sizes its layout
+conversions cost more than they save.
 
 A network is traced at the shapes of its static profiles (:meth:`~export.networks.spec.Network.dim_points`: the
 stream's steady state, e.g. the first clip's and the later clips' frame counts) on its first call at that shape, a
@@ -29,13 +30,24 @@ from export.networks.spec import Network
 
 TRACED_NETWORKS = ("reference", "backbone")
 """The networks traced at their static shapes: where a clip's time goes (about 97 % of it for talking64). The audio
-encoder's inputs vary with the audio and the VAE is one call a clip (and ``optimize_for_inference`` fails on
-diffusers-style VAE decoders in torch 2.13 with an internal assert): both run eagerly."""
+encoder's inputs vary with the audio and the VAE is one call a clip: both run eagerly."""
 
 
 def static_dims(network: Network) -> list[dict[str, int]]:
     """The dynamic-axis sizes of ``network``'s static profiles (profiles whose least and most sizes agree)."""
     return [lo for _, lo, _, hi in network.dim_points() if lo == hi]
+
+
+def trace_network(network: Network, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    """``network``'s module traced on ``inputs`` (its graph inputs in order) and frozen, not yet run (TorchScript
+    optimises a graph for what it sees on its first runs; a graph pass meant to change it comes before)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # Shape checks in the modules turn into constants: right for a graph made for one shape. torch deprecates
+        # TorchScript for torch.compile, which here compiled for 93 s, recompiled per block and ran slower than
+        # eager (docs/cpu-speed.md): the warning is no news to whoever runs this backend.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        return torch.jit.freeze(torch.jit.trace(network.module().eval(), inputs, check_trace=False))
 
 
 class TorchScriptBackend(GraphBackend):
@@ -80,7 +92,9 @@ class TorchScriptBackend(GraphBackend):
             return None
         started = time.perf_counter()
         try:
-            graph = self._trace(network, inputs)
+            graph = trace_network(network, inputs)
+            with torch.no_grad():
+                graph(*inputs)
         except Exception as exc:  # noqa: BLE001 - a torch limitation on some module: eager is as right, only slower
             warnings.warn(f"torchscript: {network.name} at {dims} could not be traced; it runs eagerly "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", stacklevel=2)
@@ -88,20 +102,6 @@ class TorchScriptBackend(GraphBackend):
         self._graphs[key] = graph
         if graph is not None:
             self.trace_seconds[key] = time.perf_counter() - started
-        return graph
-
-    @staticmethod
-    def _trace(network: Network, inputs: tuple[torch.Tensor, ...]) -> Any:
-        """``network``'s module traced on ``inputs``, frozen and optimised for inference, run once."""
-        with torch.no_grad(), warnings.catch_warnings():
-            # Shape checks in the modules turn into constants: right for a graph made for one shape. torch deprecates
-            # TorchScript for torch.compile, which here compiled for 93 s, recompiled per block and ran slower than
-            # eager (docs/cpu-speed.md): the warning is no news to whoever runs this backend.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-            traced = torch.jit.trace(network.module().eval(), inputs, check_trace=False)
-            graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            graph(*inputs)
         return graph
 
     def run_graph(self, name: str, size: int, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

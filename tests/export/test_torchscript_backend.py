@@ -1,8 +1,7 @@
 """The torchscript backend: traced graphs against the eager modules, network by network and over whole sessions.
 
-A traced, frozen graph computes the eager module's arithmetic with oneDNN's packed weights: per network within
-1e-5 of eager; a whole tiny session within the same uint8 tolerance as ONNX Runtime's fp32 graphs
-(tests/export/test_backends.py).
+A traced, frozen graph computes the eager module's arithmetic (constants folded): per network within 1e-5 of eager;
+a whole tiny session within the same uint8 tolerance as ONNX Runtime's fp32 graphs (tests/export/test_backends.py).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from support import random_hallo
 
 from engine.backends import make_backend
 from engine.backends.torch_eager import TorchEagerBackend
+from engine.backends import torchscript_backend
 from engine.backends.torchscript_backend import TRACED_NETWORKS, TorchScriptBackend, static_dims
 from engine.models.model import EmoteModel
 
@@ -130,7 +130,7 @@ def test_a_network_that_cannot_be_traced_runs_eagerly_with_a_warning(tiny_model:
     def fail(*_: object) -> None:
         raise RuntimeError("expected double\nmore detail")
 
-    monkeypatch.setattr(TorchScriptBackend, "_trace", staticmethod(fail))
+    monkeypatch.setattr(torchscript_backend, "trace_network", fail)
     with pytest.warns(UserWarning, match=r"backbone at .* could not be traced; it runs eagerly "
                                          r"\(RuntimeError: expected double\)"):
         got = backend.run_graph("backbone", tiny_model.config.resolution, dict(zip(network.input_names, inputs)))
