@@ -2,8 +2,8 @@
 
 ``torch``: eager PyTorch (any device). ``torch-cuda-graphs``: eager modules captured into CUDA
 graphs per static shape (CUDA only). ``onnxruntime``: exported ONNX graphs in ONNX Runtime (CPU
-here; CUDA with onnxruntime-gpu). ``torchscript``: the same networks traced per steady-state shape, frozen and
-optimised for inference (CPU only). ``tensorrt``: TensorRT plans from the engine cache (CUDA and the
+here; CUDA with onnxruntime-gpu). ``torchscript``: the same networks traced per steady-state shape and frozen
+(CPU only). ``tensorrt``: TensorRT plans from the engine cache (CUDA and the
 tensorrt package). Each backend's module is imported only when it is asked for, so a missing package
 is a clear error at that point, never an import failure elsewhere, and the names cost no import.
 """
@@ -31,10 +31,13 @@ _CLASSES = {
 
 BACKENDS = tuple(_CLASSES)
 """The backends' names, the first the default."""
+SHAPED_BY_SESSIONS = frozenset({"torchscript", "tensorrt"})
+"""The backends that make their graphs for the sessions' clip sizes (their ``options`` argument: traced shapes,
+TensorRT profiles); the others make theirs for the model's defaults, or none."""
 LIVE_CPU_BACKEND = "torchscript"
 """What a long-running live process (``emote serve``, an always-on avatar) runs on the CPU unless told: it traces
-its graphs once at start (seconds), then runs a clip about 1.2x faster than eager at 1 intra-op thread (README,
-Backends); a short ``generate`` would not earn the tracing back, so the general default stays the first of
+its graphs once at start (seconds), then runs a stream about 1.1-1.2x faster than eager at 1 or 2 intra-op threads
+(README, Backends); a short ``generate`` would not earn the tracing back, so the general default stays the first of
 :data:`BACKENDS`."""
 
 
@@ -53,8 +56,8 @@ def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch
     On the CPU the backend's network calls all run on one thread of their own
     (:class:`~engine.backends.compute_thread.ComputeThreadBackend`) with ``threads`` intra-op threads (None:
     ``torch.get_num_threads()`` of the calling thread); ONNX Runtime's sessions get the same count.
-    ``generation``: the sessions' options, whose clip sizes the torchscript backend's steady-state shapes follow
-    (the others take no such thing; None: the model's defaults).
+    ``generation``: the sessions' options, whose clip sizes the graphs of the backends in
+    :data:`SHAPED_BY_SESSIONS` follow (ignored by the others; None: the model's defaults).
 
     Raises:
         ValueError: an unknown name.
@@ -67,12 +70,12 @@ def make_backend(name: str, model: EmoteModel, device: str = "cpu", dtype: torch
     from engine.backends.compute_thread import ComputeThreadBackend
 
     dtype = torch.float32 if dtype is None else dtype
+    if generation is not None and name in SHAPED_BY_SESSIONS:
+        options["options"] = generation
     if torch.device(device).type == "cpu":
         threads = threads or torch.get_num_threads()
         if name == "onnxruntime":
             options["threads"] = threads
-        if name == "torchscript" and generation is not None:
-            options["options"] = generation
         return ComputeThreadBackend(lambda: _make(name, model, device, dtype, **options), threads)
     return _make(name, model, device, dtype, **options)
 
@@ -83,4 +86,4 @@ def _make(name: str, model: EmoteModel, device: str, dtype: torch.dtype, **optio
     return getattr(importlib.import_module(module), cls)(model, device, dtype, **options)
 
 
-__all__ = ["BACKENDS", "LIVE_CPU_BACKEND", "live_backend", "make_backend"]
+__all__ = ["BACKENDS", "LIVE_CPU_BACKEND", "SHAPED_BY_SESSIONS", "live_backend", "make_backend"]

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.backends import BACKENDS, make_backend
+import engine.backends
+from engine.backends import BACKENDS, SHAPED_BY_SESSIONS, make_backend
 from engine.backends.torch_eager import TorchEagerBackend
 from engine import DEFAULT_MODEL
 from engine.models.checkpoint import load_model, model_directory
 from engine.models.model import EmoteModel
+from engine.options import GenerationOptions
 from export.engine_cache import EngineCache
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -107,6 +109,28 @@ def test_make_backend_names_and_clear_errors(tiny_model: EmoteModel) -> None:
     if not HAS_TENSORRT:
         with pytest.raises(RuntimeError, match="TensorRT is not installed"):
             make_backend("tensorrt", tiny_model, "cuda", torch.float16)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_make_backend_hands_the_sessions_options_to_the_backends_shaped_by_them(
+        tiny_model: EmoteModel, monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """On either path (the CPU's compute thread or a CUDA backend built directly) the sessions' options reach the
+    backends whose graphs follow the clip sizes (torchscript's traces, TensorRT's profiles), and only those."""
+    made: dict[str, dict] = {}
+
+    def record(name: str, model: EmoteModel, device: str, dtype: torch.dtype, **options: object) -> TorchEagerBackend:
+        made[name] = options
+        return TorchEagerBackend(model, "cpu", dtype)
+
+    monkeypatch.setattr(engine.backends, "_make", record)
+    generation = GenerationOptions(first_clip_frames=3)
+    for name in BACKENDS:
+        backend = make_backend(name, tiny_model, device, generation=generation)
+        if device == "cpu":
+            backend.compute.close()
+    assert SHAPED_BY_SESSIONS == {"torchscript", "tensorrt"}
+    assert {name for name, options in made.items() if options.get("options") is generation} == SHAPED_BY_SESSIONS
+    assert all("options" not in options for name, options in made.items() if name not in SHAPED_BY_SESSIONS)
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: make engines would build")
