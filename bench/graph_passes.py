@@ -26,7 +26,7 @@ import torch
 from bench.backends import open_benchmark_model
 from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
-from bench.report import format_ratio, markdown_table, pyplot
+from bench.report import commit_text, format_ratio, grouped_bars, markdown_table, results_page
 from bench.timing import Figure, time_call
 from engine.backends.torchscript_backend import TRACED_NETWORKS, TorchScriptBackend, static_dims, trace_network
 from export.networks.spec import Network
@@ -106,34 +106,19 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
              _cell(r["ms"]["frozen"]), _cell(r["ms"]["optimize_for_inference"]),
              f"{format_ratio(r['ratio']['median'])} ({r['ratio']['min']:.2f}-{r['ratio']['max']:.2f})")
             for r in results["rows"]]
-    lines = [f"# Frozen TorchScript graphs with and without optimize_for_inference: {results['model']}, "
-             f"{env['device']}", "",
-             f"{results['size']}x{results['size']}, one call per network at its steady-state shape; per round the "
-             f"median of {results['calls']} calls, {results['rounds']} rounds alternating which graph goes first; "
-             f"commit {env.get('git', {}).get('commit', '?')[:12]}, {env.get('date', '')}.", "",
-             markdown_table(header, rows)]
-    if plot_name:
-        lines += ["", f"![ms per call]({plot_name})"]
-    return "\n".join(lines) + "\n"
+    return results_page(
+        f"Frozen TorchScript graphs with and without optimize_for_inference: {results['model']}, {env['device']}",
+        f"{results['size']}x{results['size']}, one call per network at its steady-state shape; per round the median "
+        f"of {results['calls']} calls, {results['rounds']} rounds alternating which graph goes first; commit "
+        f"{commit_text(env)}, {env['date']}.", markdown_table(header, rows), plot_name, "ms per call")
 
 
 def plot(results: dict, path: Path) -> Path:
     """Bars of ms per call per graph, grouped by network and thread count."""
-    plt = pyplot()
-    groups = [(r["network"], r["threads"]) for r in results["rows"]]
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(groups), 3.6))
-    width = 0.8 / len(PASSES)
-    for i, kind in enumerate(PASSES):
-        values = [r["ms"][kind]["median"] for r in results["rows"]]
-        ax.bar([j + i * width for j in range(len(groups))], values, width, label=kind)
-    ax.set_xticks([j + width / 2 for j in range(len(groups))], [f"{n}\n{t} thread(s)" for n, t in groups])
-    ax.set_ylabel("ms per call (median)")
-    ax.set_title(f"{results['model']} on {results['environment']['device']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    groups = [f"{r['network']}\n{r['threads']} thread(s)" for r in results["rows"]]
+    series = {kind: [r["ms"][kind]["median"] for r in results["rows"]] for kind in PASSES}
+    return grouped_bars(path, groups, series, "ms per call (median)",
+                        f"{results['model']} on {results['environment']['device']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

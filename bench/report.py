@@ -133,6 +133,33 @@ def pyplot():
     return plt
 
 
+def results_page(title: str, summary: str, table: str, plot_name: str | None, alt: str) -> str:
+    """A results Markdown page: the title as a heading, a paragraph saying how it was measured, the table, and the
+    plot (alt text ``alt``) when one was drawn."""
+    lines = [f"# {title}", "", summary, "", table]
+    if plot_name:
+        lines += ["", f"![{alt}]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> Path:
+    """A bar chart written to ``path``: one group of bars per label in ``groups``, one bar per ``series`` entry in
+    each (its values in group order), a legend of the series' names."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(groups), 3.6))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([j + i * width for j in range(len(groups))], values, width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))], groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A Markdown table: a header row, the alignment row, then ``rows`` (each as long as ``header``)."""
     if any(len(r) != len(header) for r in rows):

@@ -37,7 +37,7 @@ import torch
 from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
 from bench.harness import DEMO_PORTRAIT
-from bench.report import format_ratio, markdown_table, pyplot
+from bench.report import format_ratio, grouped_bars, markdown_table, results_page
 from bench.speech import speech_pcm
 from bench.timing import Figure
 
@@ -133,34 +133,20 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
              f"{r['s_per_frame']['max'] * 1e3:.1f})",
              f"{r['switches_per_frame']['median']:.0f}", format_ratio(r["ratio_to_sync"]["median"]))
             for r in results["rows"]]
-    lines = [f"# Stage threads against a synchronous loop: {results['model']}, {env['device']}", "",
-             f"{results['seconds']:g} s of speech per run, unpaced, the model's default settings; "
-             f"{results['rounds']} rounds, one fresh process per run, round-robin; commit "
-             f"{env.get('git', {}).get('commit', '?')[:12]}, {env.get('date', '')}.", "",
-             markdown_table(header, rows)]
-    if plot_name:
-        lines += ["", f"![ms per frame]({plot_name})"]
-    return "\n".join(lines) + "\n"
+    return results_page(
+        f"Stage threads against a synchronous loop: {results['model']}, {env['device']}",
+        f"{results['seconds']:g} s of speech per run, unpaced, the model's default settings; {results['rounds']} "
+        f"rounds, one fresh process per run, round-robin; commit {env.get('git', {}).get('commit', '?')[:12]}, "
+        f"{env.get('date', '')}.", markdown_table(header, rows), plot_name, "ms per frame")
 
 
 def plot(results: dict, path: Path) -> Path:
     """Bars of ms per frame per way, grouped by backend and thread count."""
-    plt = pyplot()
     groups = sorted({(r["backend"], r["threads"]) for r in results["rows"]})
-    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(groups), 3.6))
-    width = 0.8 / len(MODES)
-    for i, mode in enumerate(MODES):
-        values = [next(r["s_per_frame"]["median"] * 1e3 for r in results["rows"]
-                       if (r["backend"], r["threads"], r["mode"]) == (*g, mode)) for g in groups]
-        ax.bar([j + i * width for j in range(len(groups))], values, width, label=mode)
-    ax.set_xticks([j + width for j in range(len(groups))], [f"{b}\n{t} thread(s)" for b, t in groups])
-    ax.set_ylabel("ms per frame (median)")
-    ax.set_title(f"{results['model']} on {results['environment']['device']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    series = {mode: [next(r["s_per_frame"]["median"] * 1e3 for r in results["rows"]
+                          if (r["backend"], r["threads"], r["mode"]) == (*g, mode)) for g in groups] for mode in MODES}
+    return grouped_bars(path, [f"{b}\n{t} thread(s)" for b, t in groups], series, "ms per frame (median)",
+                        f"{results['model']} on {results['environment']['device']}")
 
 
 def write(results: dict, directory: Path) -> Path:
