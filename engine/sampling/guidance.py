@@ -18,8 +18,12 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from engine.options import GenerationOptions
 
 
 class Branch(enum.Enum):
@@ -50,6 +54,11 @@ class GuidanceScales:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.reference) and math.isfinite(self.audio)):
             raise ValueError(f"guidance scales must be finite, got {self.reference}, {self.audio}")
+
+    @classmethod
+    def of(cls, options: GenerationOptions) -> GuidanceScales:
+        """The scales ``options`` ask for (``cfg_ref``, ``cfg_audio``; the model's defaults already applied)."""
+        return cls(reference=options.cfg_ref, audio=options.cfg_audio)
 
     def weights(self) -> dict[Branch, float]:
         """Weight of each branch in the guided output (they sum to 1), branches of weight 0 left out,

@@ -233,8 +233,7 @@ class SessionHub:
     def prepare_backend(self) -> None:
         """Let the backend make ahead what the sessions' first calls would (:meth:`Backend.prepare`: the torchscript
         backend's traces) for one guidance batch, or every batch the scheduler may gather."""
-        options = self.config.options
-        branches = len(branches_needed(GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)))
+        branches = len(branches_needed(GuidanceScales.of(self.config.options)))
         self.backend.prepare(self.size, None if self.scheduler is not None else branches)
 
     @property

@@ -136,8 +136,7 @@ class Session:
         self.audio = StreamingAudioFeatures(backend, config.fps, lookahead=window,
                                             left_context=round(options.audio_context_s * config.fps))
         sampler = make_sampler(options.sampler, NoiseSchedule.from_dict(config.scheduler))
-        guidance = GuidanceScales(reference=options.cfg_ref, audio=options.cfg_audio)
-        self.denoiser = ClipDenoiser(backend, sampler, options.steps, guidance)
+        self.denoiser = ClipDenoiser(backend, sampler, options.steps, GuidanceScales.of(options))
         self.window = RollingWindow(self.denoiser.model, sampler, options.steps)
         device, dtype = backend.device, backend.dtype
         self.hallo = hallo_conditions(backend, config, face_mask, size // config.latent_downscale, region_masks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.options import GenerationOptions
 from engine.sampling import Branch, GuidanceScales, branches_needed, combine, split_batched
 
 FULL, REF, UNCOND = Branch.FULL, Branch.REF_ONLY, Branch.UNCOND
@@ -25,6 +26,11 @@ FULL, REF, UNCOND = Branch.FULL, Branch.REF_ONLY, Branch.UNCOND
 )
 def test_branches_needed(reference: float, audio: float, expected: tuple[Branch, ...]) -> None:
     assert branches_needed(GuidanceScales(reference=reference, audio=audio)) == expected
+
+
+def test_scales_of_options_read_each_condition_from_its_own_field() -> None:
+    assert GuidanceScales.of(GenerationOptions(cfg_ref=1.0, cfg_audio=3.5)) == GuidanceScales(reference=1.0, audio=3.5)
+    assert branches_needed(GuidanceScales.of(GenerationOptions(cfg_ref=2.0, cfg_audio=1.0))) == (FULL, REF, UNCOND)
 
 
 def test_branch_conditions() -> None:
