@@ -3,7 +3,7 @@
 
     python -m bench.graph_passes                         # talking64's backbone and ReferenceNet, 1 and 2 threads
     python -m bench.graph_passes --threads 2 --rounds 12
-    python -m bench.graph_passes --smoke --out-dir /tmp/g   # the tiny preset, one short round (the test suite's)
+    python -m bench.graph_passes --smoke --out-dir /tmp/g   # the tiny preset, two one-call rounds (the tests')
 
 ``optimize_for_inference`` converts the convolutions to oneDNN's blocked layout (with conversions to and from it
 around them) and pre-transposes the linear layers' weights; the backend does not apply it (its module docstring).
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds per graph, alternating (default 8)")
     parser.add_argument("--calls", type=int, default=6, help="calls per round (default 6)")
     parser.add_argument("--warmup", type=int, default=6, help="untimed calls per graph first (default 6)")
-    parser.add_argument("--smoke", action="store_true", help="the tiny preset, one short round (checks the layout)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny preset at 1 thread, two one-call rounds (checks the layout, not a time)")
     parser.add_argument("--out-dir", type=Path, help="where the results go (default: bench/results/<device>/)")
     parser.add_argument("--render", type=Path, help="redraw the .md and .png of a results JSON")
     return parser
