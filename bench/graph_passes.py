@@ -26,7 +26,7 @@ import torch
 from bench.backends import open_benchmark_model
 from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
-from bench.report import commit_text, format_ratio, grouped_bars, markdown_table, results_page
+from bench.report import commit_text, format_figure, grouped_bars, markdown_table, results_page
 from bench.timing import Figure, time_call
 from engine.backends.torchscript_backend import TRACED_NETWORKS, TorchScriptBackend, static_dims, trace_network
 from export.networks.spec import Network
@@ -93,18 +93,14 @@ def measure(args: argparse.Namespace) -> dict:
             "environment": describe(torch.device("cpu")), "rows": rows}
 
 
-def _cell(figure: dict) -> str:
-    return f"{figure['median']:.1f} ({figure['min']:.1f}-{figure['max']:.1f})"
-
-
 def markdown(results: dict, plot_name: str | None = None) -> str:
     """The results as a Markdown table (median, min-max over rounds)."""
     env = results["environment"]
     header = ("network", "shape", "intra-op threads", "frozen ms", "+ optimize_for_inference ms",
               "optimised / frozen (min-max)")
     rows = [(r["network"], ", ".join(f"{k} {v}" for k, v in r["dims"].items()), str(r["threads"]),
-             _cell(r["ms"]["frozen"]), _cell(r["ms"]["optimize_for_inference"]),
-             f"{format_ratio(r['ratio']['median'])} ({r['ratio']['min']:.2f}-{r['ratio']['max']:.2f})")
+             format_figure(r["ms"]["frozen"]), format_figure(r["ms"]["optimize_for_inference"]),
+             format_figure(r["ratio"]))
             for r in results["rows"]]
     return results_page(
         f"Frozen TorchScript graphs with and without optimize_for_inference: {results['model']}, {env['device']}",

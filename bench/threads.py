@@ -37,7 +37,7 @@ import torch
 from bench.cli import int_tuple, results_dir, write_results
 from bench.environment import describe
 from bench.harness import DEMO_PORTRAIT
-from bench.report import format_ratio, grouped_bars, markdown_table, results_page
+from bench.report import commit_text, format_figure, format_ratio, grouped_bars, markdown_table, results_page
 from bench.speech import speech_pcm
 from bench.timing import Figure
 
@@ -129,15 +129,14 @@ def markdown(results: dict, plot_name: str | None = None) -> str:
     env = results["environment"]
     header = ("backend", "intra-op threads", "way", "ms per frame", "voluntary switches per frame", "/ sync")
     rows = [(r["backend"], str(r["threads"]), r["mode"],
-             f"{r['s_per_frame']['median'] * 1e3:.1f} ({r['s_per_frame']['min'] * 1e3:.1f}-"
-             f"{r['s_per_frame']['max'] * 1e3:.1f})",
+             format_figure(r["s_per_frame"], scale=1e3),
              f"{r['switches_per_frame']['median']:.0f}", format_ratio(r["ratio_to_sync"]["median"]))
             for r in results["rows"]]
     return results_page(
         f"Stage threads against a synchronous loop: {results['model']}, {env['device']}",
         f"{results['seconds']:g} s of speech per run, unpaced, the model's default settings; {results['rounds']} "
-        f"rounds, one fresh process per run, round-robin; commit {env.get('git', {}).get('commit', '?')[:12]}, "
-        f"{env.get('date', '')}.", markdown_table(header, rows), plot_name, "ms per frame")
+        f"rounds, one fresh process per run, round-robin; commit {commit_text(env)}, "
+        f"{env['date']}.", markdown_table(header, rows), plot_name, "ms per frame")
 
 
 def plot(results: dict, path: Path) -> Path:

@@ -3,7 +3,7 @@
 The graphs are the exported networks' own modules (:class:`export.networks.spec.Network`, the flat form ONNX export
 traces), so what runs is the torch model's arithmetic, frozen (weights become constants, folded where they meet) and
 run by TorchScript's interpreter instead of Python. At talking64's sizes, where a backbone call is thousands of small
-operators, a backbone call takes about a quarter less time than eager at 1 and 2 intra-op threads (docs/cpu-speed.md).
+operators, a backbone call takes about a fifth less time than eager (docs/cpu-speed.md).
 ``torch.jit.optimize_for_inference`` (oneDNN layouts for the convolutions) is not applied: at these sizes its layout
 conversions cost more than they save.
 

@@ -13,9 +13,8 @@ import pytest
 import torch
 from support import random_hallo
 
-from engine.backends import make_backend
+from engine.backends import make_backend, torchscript_backend
 from engine.backends.torch_eager import TorchEagerBackend
-from engine.backends import torchscript_backend
 from engine.backends.torchscript_backend import TRACED_NETWORKS, TorchScriptBackend, static_dims
 from engine.models.model import EmoteModel
 
